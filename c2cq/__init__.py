@@ -1,0 +1,13 @@
+"""c2cq: serverless LLM serving without cold starts."""
+
+from c2cq.errors import C2CQError, PeerDeadError, RequestError, RequestTimeout
+
+__all__ = ["AsyncClient", "Client", "C2CQError", "PeerDeadError", "RequestError", "RequestTimeout"]
+
+
+def __getattr__(name: str):  # the client pulls in zmq: import it only when asked for
+    if name in ("AsyncClient", "Client"):
+        from c2cq import client
+
+        return getattr(client, name)
+    raise AttributeError(name)

@@ -1,0 +1,36 @@
+"""The `c2cq` command: up, down, status, generate, models, loadgen, sim."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from c2cq.errors import C2CQError
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="c2cq", description="Serverless LLM serving without cold starts.")
+    p.add_argument("--home", default=None, help="instance directory (default $C2CQ_HOME or ~/.c2cq)")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    from c2cq import cli_models, cli_run
+
+    cli_run.register(sub)
+    cli_models.register(sub)
+    try:
+        from c2cq.loadgen import cli as loadgen_cli
+
+        loadgen_cli.register(sub)
+    except ImportError:
+        pass
+    args = p.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except C2CQError as e:
+        print(f"c2cq: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,200 @@
+"""`c2cq up | down | status | generate`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+
+from c2cq import log
+from c2cq.errors import C2CQError, ConfigError
+from c2cq.rundir import RunDir
+from c2cq.supervisor.discover import discover
+from c2cq.supervisor.manager import ChildSpec, read_pid, service_argv, supervise
+from c2cq.supervisor.policy import RestartPolicy
+
+
+def register(sub) -> None:
+    up = sub.add_parser("up", help="start catalog, scheduler and one executor per slice")
+    up.add_argument("--backend", choices=("cpu", "cuda", "sim"), default=None,
+                    help="override discovery (default: cuda where GPUs exist, else cpu)")
+    up.add_argument("--slices", type=int, default=int(os.environ.get("C2CQ_SLICES", "2")),
+                    help="CPU or sim slices when no GPU is found (default 2)")
+    up.add_argument("--per-gpu", type=int, default=1, help="executors per GPU where MIG is not configured")
+    up.add_argument("--threads", type=int, default=1, help="torch threads per CPU executor")
+    up.add_argument("--sim-time-scale", type=float, default=1.0)
+    up.add_argument("--max-tokens-limit", type=int, default=4096)
+    up.add_argument("--restart-max", type=int, default=5)
+    up.add_argument("--restart-window", type=float, default=60.0)
+    up.add_argument("--detach", action="store_true", help="return once every service is ready")
+    up.add_argument("--print-config", action="store_true")
+    up.add_argument("--notify-fd", type=int, default=None, help=argparse.SUPPRESS)
+    up.set_defaults(func=cmd_up)
+
+    down = sub.add_parser("down", help="stop a running instance and reap everything")
+    down.add_argument("--timeout", type=float, default=30.0)
+    down.set_defaults(func=cmd_down)
+
+    st = sub.add_parser("status", help="services, slices, states, restarts")
+    st.add_argument("--json", action="store_true")
+    st.set_defaults(func=cmd_status)
+
+    gen = sub.add_parser("generate", help="stream a generation to stdout")
+    gen.add_argument("prompt")
+    gen.add_argument("--model", required=True)
+    gen.add_argument("--max-tokens", type=int, default=64)
+    gen.add_argument("--temperature", type=float, default=0.0)
+    gen.add_argument("--top-k", type=int, default=0)
+    gen.add_argument("--top-p", type=float, default=1.0)
+    gen.add_argument("--seed", type=int, default=None)
+    gen.set_defaults(func=cmd_generate)
+
+
+def _specs(args: argparse.Namespace, rd: RunDir) -> tuple[list[ChildSpec], list]:
+    home = ["--home", str(rd.home)]
+    slices = discover(args.backend, args.slices, args.per_gpu)
+    if not slices:
+        raise ConfigError(f"no slices found for backend {args.backend!r} (no GPU visible to NVML?)")
+    specs = [
+        ChildSpec("catalog", service_argv("c2cq.services.catalog.main", *home)),
+        ChildSpec("scheduler", service_argv("c2cq.services.scheduler.main", *home,
+                                            "--max-tokens-limit", str(args.max_tokens_limit))),
+    ]
+    for s in slices:
+        specs.append(ChildSpec(s.executor_id, service_argv(
+            "c2cq.services.executor.main", *home, "--id", s.executor_id, "--backend", s.backend,
+            "--device", s.device, "--threads", str(args.threads), "--sim-time-scale", str(args.sim_time_scale)),
+            env=s.env))
+    return specs, slices
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    rd = RunDir.from_env(args.home)
+    pid = read_pid(rd)
+    if pid is not None:
+        raise ConfigError(f"an instance already runs in {rd.home} (supervisor pid {pid}); `c2cq down` first")
+    specs, slices = _specs(args, rd)
+    policy = RestartPolicy(max_restarts=args.restart_max, window_s=args.restart_window)
+    if args.print_config:
+        print(json.dumps({"home": str(rd.home), "client": rd.client_addr, "executor": rd.executor_addr,
+                          "catalog": rd.catalog_addr, "shm": str(rd.shm_dir), "policy": policy.__dict__ if hasattr(policy, "__dict__") else repr(policy),
+                          "services": [{"name": s.name, "argv": list(s.argv), "env": dict(s.env)} for s in specs]},
+                         indent=2, default=str))
+        return 0
+    if args.detach:
+        return _detach(args, rd)
+    rd.ensure()
+    log.configure("supervisor")
+    rd.pid_file.write_text(str(os.getpid()))
+    meta = {"slices": [{"executor_id": s.executor_id, "backend": s.backend, "device": s.device} for s in slices]}
+    import uvloop
+
+    return uvloop.run(supervise(rd, specs, policy, meta, args.notify_fd))
+
+
+def _detach(args: argparse.Namespace, rd: RunDir) -> int:
+    rd.ensure()
+    r, w = os.pipe()
+    argv = [a for a in sys.argv[1:] if a != "--detach"]
+    if args.home and "--home" not in argv:
+        argv = ["--home", str(rd.home), *argv]
+    logf = open(rd.log_dir / "supervisor.log", "ab")
+    proc = subprocess.Popen([sys.executable, "-m", "c2cq.cli", *argv, "--notify-fd", str(w)], pass_fds=(w,),
+                            stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, start_new_session=True)
+    os.close(w)
+    logf.close()
+    line = b""
+    while not line.endswith(b"\n"):  # the supervisor writes "ready" or "failed …"; EOF: it died first
+        chunk = os.read(r, 4096)
+        if not chunk:
+            break
+        line += chunk
+    os.close(r)
+    if line.startswith(b"ready"):
+        print(f"c2cq up: ready (supervisor pid {proc.pid}, home {rd.home})")
+        return 0
+    reason = line.decode(errors="replace").strip() or f"the supervisor exited with {proc.poll()}"
+    print(f"c2cq up: {reason}; see {rd.log_dir}", file=sys.stderr)
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    return 1
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    rd = RunDir.from_env(args.home)
+    pid = read_pid(rd)
+    if pid is None:
+        print(f"c2cq down: nothing runs in {rd.home}")
+        return 0
+    fd = os.pidfd_open(pid)
+    os.kill(pid, signal.SIGTERM)
+    ready, _, _ = select.select([fd], [], [], args.timeout)
+    os.close(fd)
+    if not ready:
+        os.killpg(pid, signal.SIGKILL)
+        raise C2CQError(f"the supervisor {pid} did not stop within {args.timeout} s; killed its process group")
+    print("c2cq down: stopped")
+    return 0
+
+
+def load_state(rd: RunDir) -> dict:
+    try:
+        doc = json.loads(rd.state_file.read_text())
+    except FileNotFoundError:
+        return {"running": False, "services": []}
+    doc["running"] = read_pid(rd) is not None
+    return doc
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    rd = RunDir.from_env(args.home)
+    doc = load_state(rd)
+    doc["executors"] = []
+    if doc["running"]:
+        from c2cq.client import AsyncClient
+
+        async def q():
+            async with AsyncClient(home=str(rd.home)) as c:
+                return await c.status(timeout=3.0)
+
+        try:
+            rep = asyncio.run(q())
+            doc["executors"] = [
+                {f: getattr(e, f) for f in e.__struct_fields__} for e in rep.executors]
+            doc["requests_in_flight"] = rep.requests_in_flight
+        except C2CQError as e:
+            doc["scheduler_error"] = str(e)
+    if args.json:
+        print(json.dumps(doc, indent=2))
+        return 0
+    print(f"home {rd.home}: {'running' if doc['running'] else 'not running'}")
+    for s in doc.get("services", []):
+        print(f"  {s['name']:<12} {s['state']:<11} pid={s['pid']} restarts={s['restarts']}"
+              + (f" ({s['reason']})" if s.get("reason") else ""))
+    for e in doc["executors"]:
+        print(f"  slice {e['executor_id']:<8} {e['state']:<9} {e['backend']}:{e['device']} model={e['model']} "
+              f"alpha={e['alpha']:.2f} active={e['active_requests']}")
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from c2cq.client import AsyncClient
+
+    async def run() -> None:
+        async with AsyncClient(home=args.home) as c:
+            async for piece in c.stream(args.model, args.prompt, max_tokens=args.max_tokens,
+                                        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                                        seed=args.seed):
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+        sys.stdout.write("\n")
+
+    asyncio.run(run())
+    return 0

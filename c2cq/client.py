@@ -1,0 +1,294 @@
+"""The client library: ``AsyncClient`` (asyncio) and the blocking ``Client``.
+
+One DEALER socket carries any number of concurrent requests; a reader task routes replies to
+each request's stream. Errors arrive as typed exceptions, never as silence: a rejection is a
+RequestError, a scheduler that stops answering is a PeerDeadError, a request that hears nothing
+for ``timeout`` seconds is a RequestTimeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+
+import zmq
+import zmq.asyncio
+
+from c2cq.codec import Codec, encode
+from c2cq.errors import PeerDeadError, RequestError, RequestTimeout, WireError
+from c2cq.rundir import RunDir
+from c2cq.schemas.client import (
+    SLO,
+    CancelRequest,
+    Ping,
+    Pong,
+    RequestAccepted,
+    RequestFinished,
+    RequestRejected,
+    SamplingParams,
+    SchedulerToClient,
+    StatusQuery,
+    StatusReply,
+    SubmitRequest,
+    TokensEmitted,
+)
+from c2cq.schemas.enums import FinishReason
+from c2cq.transport import make_socket, recv_batch
+
+_END = object()
+
+
+class Stream:
+    """One request's replies, in order. Iterate for TokensEmitted; ``finished`` holds the end."""
+
+    def __init__(self, client: "AsyncClient", request_id: str, timeout: float | None) -> None:
+        self.client, self.request_id, self.timeout = client, request_id, timeout
+        self.queue: asyncio.Queue = asyncio.Queue()
+        self.accepted: RequestAccepted | None = None
+        self.finished: RequestFinished | None = None
+        self.received = 0  # tokens received so far
+        self.first_token_at: float | None = None
+        self.token_times: list[float] = []  # monotonic arrival time of each token batch
+        self._done = False
+
+    def __aiter__(self) -> "Stream":
+        return self
+
+    async def __anext__(self) -> TokensEmitted:
+        while True:
+            if self._done:
+                raise StopAsyncIteration
+            try:
+                item = await asyncio.wait_for(self.queue.get(), self.timeout)
+            except TimeoutError:
+                self._done = True
+                self.client._streams.pop(self.request_id, None)
+                raise RequestTimeout(f"request {self.request_id}: nothing heard for {self.timeout} s") from None
+            if isinstance(item, BaseException):
+                self._done = True
+                raise item
+            if isinstance(item, RequestAccepted):
+                self.accepted = item
+                continue
+            if isinstance(item, RequestFinished):
+                self._done = True
+                self.finished = item
+                if item.finish_reason == FinishReason.ERROR:
+                    raise RequestError(item.error_code or "internal", item.message or "failed", self.request_id)
+                raise StopAsyncIteration
+            if isinstance(item, TokensEmitted):
+                if item.seq + len(item.token_ids) <= self.received:
+                    continue  # a duplicate
+                if item.seq != self.received:
+                    self._done = True
+                    raise RequestError("internal", f"token gap: expected {self.received}, got {item.seq}", self.request_id)
+                now = time.monotonic()
+                self.received += len(item.token_ids)
+                self.first_token_at = self.first_token_at or now
+                self.token_times.extend([now] * len(item.token_ids))
+                return item
+
+    async def text(self) -> str:
+        return "".join([t.text async for t in self])
+
+    async def cancel(self) -> None:
+        await self.client.cancel(self.request_id)
+
+
+class AsyncClient:
+    def __init__(self, address: str | None = None, *, home: str | None = None, timeout: float | None = 300.0,
+                 ping_interval: float = 1.0, dead_after: float = 10.0) -> None:
+        self.address = address or RunDir.from_env(home).client_addr
+        self.timeout, self.ping_interval, self.dead_after = timeout, ping_interval, dead_after
+        self._ctx: zmq.asyncio.Context | None = None
+        self._sock: zmq.asyncio.Socket | None = None
+        self._streams: dict[str, Stream] = {}
+        self._status: dict[int, asyncio.Future] = {}
+        self._nonce = itertools.count(1)
+        self._codec: Codec = Codec(SchedulerToClient)
+        self._tasks: list[asyncio.Task] = []
+        self._last_heard = time.monotonic()
+        self._dead: PeerDeadError | None = None
+
+    async def connect(self) -> "AsyncClient":
+        if self._sock is None:
+            self._ctx = zmq.asyncio.Context()
+            self._sock = make_socket(self._ctx, zmq.DEALER, connect=self.address, hwm=100_000)
+            self._last_heard = time.monotonic()
+            self._tasks = [asyncio.create_task(self._reader()), asyncio.create_task(self._watchdog())]
+        return self
+
+    async def __aenter__(self) -> "AsyncClient":
+        return await self.connect()
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        if self._sock is not None:
+            self._sock.close(linger=0)
+            self._ctx.term()
+            self._sock = self._ctx = None
+
+    # -- background -----------------------------------------------------------------------------
+    async def _reader(self) -> None:
+        while True:
+            for frames in await recv_batch(self._sock):
+                self._last_heard = time.monotonic()
+                try:
+                    msg = self._codec.decode(frames[-1])
+                except WireError:
+                    continue
+                if isinstance(msg, (Pong,)):
+                    continue
+                if isinstance(msg, StatusReply):
+                    fut = self._status.pop(msg.nonce, None)
+                    if fut is not None and not fut.done():
+                        fut.set_result(msg)
+                    continue
+                rid = getattr(msg, "request_id", None)
+                stream = self._streams.get(rid) if rid is not None else None
+                if stream is None:
+                    continue
+                if isinstance(msg, RequestRejected):
+                    self._streams.pop(rid, None)
+                    stream.queue.put_nowait(RequestError(msg.code, msg.message, rid))
+                elif isinstance(msg, RequestFinished):
+                    self._streams.pop(rid, None)
+                    stream.queue.put_nowait(msg)
+                else:
+                    stream.queue.put_nowait(msg)
+
+    async def _watchdog(self) -> None:
+        while True:
+            await asyncio.sleep(self.ping_interval)
+            if not self._streams and not self._status:
+                self._last_heard = time.monotonic()
+                continue
+            silent = time.monotonic() - self._last_heard
+            if silent > self.dead_after:
+                self._fail_all(PeerDeadError(f"the scheduler at {self.address} has not answered for {silent:.1f} s"))
+            elif silent > self.ping_interval:
+                self._send(Ping(nonce=next(self._nonce)))
+
+    def _fail_all(self, err: PeerDeadError) -> None:
+        for rid, stream in list(self._streams.items()):
+            stream.queue.put_nowait(err)
+        self._streams.clear()
+        for fut in self._status.values():
+            if not fut.done():
+                fut.set_exception(err)
+        self._status.clear()
+
+    def _send(self, msg) -> None:
+        try:
+            self._sock.send(encode(msg), flags=zmq.NOBLOCK)
+        except zmq.Again:
+            raise PeerDeadError(f"the scheduler at {self.address} is not taking messages (queue full)") from None
+
+    # -- API ------------------------------------------------------------------------------------
+    async def submit(self, model: str, prompt: str | None = None, *, prompt_token_ids: list[int] | None = None,
+                     max_tokens: int = 128, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
+                     seed: int | None = None, stop: list[str] | tuple[str, ...] = (),
+                     stop_token_ids: list[int] | tuple[int, ...] = (), ignore_eos: bool = False,
+                     slo: SLO | dict | None = None, client_request_id: str | None = None,
+                     request_id: str | None = None) -> Stream:
+        await self.connect()
+        rid = request_id or uuid.uuid4().hex
+        if isinstance(slo, dict):
+            slo = SLO(**slo)
+        msg = SubmitRequest(
+            request_id=rid, model=model, prompt=prompt,
+            prompt_token_ids=tuple(prompt_token_ids) if prompt_token_ids is not None else None,
+            max_tokens=max_tokens,
+            sampling=SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, stop=tuple(stop),
+                                    stop_token_ids=tuple(stop_token_ids), ignore_eos=ignore_eos),
+            slo=slo or SLO(), client_request_id=client_request_id)
+        stream = Stream(self, rid, self.timeout)
+        self._streams[rid] = stream
+        self._send(msg)
+        return stream
+
+    async def stream(self, model: str, prompt: str | None = None, **kw) -> AsyncIterator[str]:
+        s = await self.submit(model, prompt, **kw)
+        async for t in s:
+            yield t.text
+
+    async def generate(self, model: str, prompt: str | None = None, **kw) -> str:
+        return await (await self.submit(model, prompt, **kw)).text()
+
+    async def cancel(self, request_id: str) -> None:
+        self._send(CancelRequest(request_id=request_id))
+
+    async def status(self, timeout: float = 5.0) -> StatusReply:
+        await self.connect()
+        nonce = next(self._nonce)
+        fut = asyncio.get_running_loop().create_future()
+        self._status[nonce] = fut
+        self._send(StatusQuery(nonce=nonce))
+        try:
+            return await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            self._status.pop(nonce, None)
+            raise PeerDeadError(f"no status reply from {self.address} within {timeout} s") from None
+
+
+@dataclass
+class _Loop:
+    loop: asyncio.AbstractEventLoop
+    thread: threading.Thread
+
+
+class Client:
+    """A blocking wrapper: the AsyncClient runs on a private event loop in a daemon thread."""
+
+    def __init__(self, address: str | None = None, **kw) -> None:
+        loop = asyncio.new_event_loop()
+        t = threading.Thread(target=loop.run_forever, name="c2cq-client", daemon=True)
+        t.start()
+        self._l = _Loop(loop, t)
+        self._async = AsyncClient(address, **kw)
+        self._call(self._async.connect())
+
+    def _call(self, coro):
+        return asyncio.run_coroutine_threadsafe(coro, self._l.loop).result()
+
+    def generate(self, model: str, prompt: str | None = None, **kw) -> str:
+        return self._call(self._async.generate(model, prompt, **kw))
+
+    def stream(self, model: str, prompt: str | None = None, **kw) -> Iterator[str]:
+        s = self._call(self._async.submit(model, prompt, **kw))
+        while True:
+            try:
+                yield self._call(s.__anext__()).text
+            except StopAsyncIteration:
+                return
+
+    def submit(self, model: str, prompt: str | None = None, **kw) -> Stream:
+        return self._call(self._async.submit(model, prompt, **kw))
+
+    def cancel(self, request_id: str) -> None:
+        self._call(self._async.cancel(request_id))
+
+    def status(self) -> StatusReply:
+        return self._call(self._async.status())
+
+    def close(self) -> None:
+        self._call(self._async.close())
+        self._l.loop.call_soon_threadsafe(self._l.loop.stop)
+        self._l.thread.join(timeout=5)
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,87 @@
+"""Where an instance keeps its files: C2CQ_HOME, the per-run dir, ipc addresses, shm names.
+
+Two instances with different homes never collide: every path and shared-memory name derives
+from the home directory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from c2cq.errors import ConfigError
+
+_IPC_MAX = 100  # sun_path is 108 bytes on Linux; keep a margin for "ipc://"
+
+
+def default_home() -> Path:
+    return Path(os.environ.get("C2CQ_HOME") or Path.home() / ".c2cq").expanduser().resolve()
+
+
+@dataclass(frozen=True, slots=True)
+class RunDir:
+    home: Path
+
+    @classmethod
+    def from_env(cls, home: str | os.PathLike | None = None) -> "RunDir":
+        return cls(Path(home).expanduser().resolve() if home else default_home())
+
+    @property
+    def instance(self) -> str:
+        """A short stable id of this home, used in shm and socket names."""
+        return hashlib.sha1(str(self.home).encode()).hexdigest()[:12]
+
+    @property
+    def run(self) -> Path:
+        return self.home / "run"
+
+    @property
+    def catalog_dir(self) -> Path:
+        return self.home / "catalog"
+
+    @property
+    def state_file(self) -> Path:
+        return self.run / "state.json"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.run / "supervisor.pid"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.run / "logs"
+
+    @property
+    def sock_dir(self) -> Path:
+        d = self.run / "sock"
+        if len(str(d)) + 24 > _IPC_MAX:  # a long home: put sockets in a short per-instance dir
+            d = Path("/tmp") / f"c2cq-{self.instance}"
+        return d
+
+    @property
+    def shm_dir(self) -> Path:
+        return Path("/dev/shm") / f"c2cq-{self.instance}"
+
+    def address(self, name: str) -> str:
+        addr = f"ipc://{self.sock_dir / name}.ipc"
+        if len(addr) > _IPC_MAX + 6:
+            raise ConfigError(f"ipc address too long: {addr}")
+        return addr
+
+    @property
+    def client_addr(self) -> str:
+        return os.environ.get("C2CQ_CLIENT_ADDR") or self.address("client")
+
+    @property
+    def executor_addr(self) -> str:
+        return self.address("exec")
+
+    @property
+    def catalog_addr(self) -> str:
+        return self.address("catalog")
+
+    def ensure(self) -> None:
+        for d in (self.run, self.catalog_dir, self.log_dir, self.sock_dir):
+            d.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,63 @@
+"""Slice discovery: one executor per MIG UUID, else one per GPU, else N CPU slices."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Slice:
+    executor_id: str
+    backend: str  # cpu | cuda | sim
+    device: str
+    env: tuple[tuple[str, str], ...] = ()  # e.g. (("CUDA_VISIBLE_DEVICES", "MIG-…"),)
+
+
+def nvml_devices() -> list[tuple[str, list[str]]]:
+    """[(gpu uuid, [mig uuids])] through pynvml; [] when there is no driver or no GPU."""
+    try:
+        import pynvml
+    except ImportError:
+        return []
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError:
+        return []  # NVMLError_LibraryNotFound / DriverNotLoaded: no GPU here
+    try:
+        out = []
+        for i in range(pynvml.nvmlDeviceGetCount()):
+            h = pynvml.nvmlDeviceGetHandleByIndex(i)
+            uuid = pynvml.nvmlDeviceGetUUID(h)
+            migs = []
+            try:
+                current, _ = pynvml.nvmlDeviceGetMigMode(h)
+            except pynvml.NVMLError:
+                current = 0
+            if current:
+                for j in range(pynvml.nvmlDeviceGetMaxMigDeviceCount(h)):
+                    try:
+                        migs.append(pynvml.nvmlDeviceGetUUID(pynvml.nvmlDeviceGetMigDeviceHandleByIndex(h, j)))
+                    except pynvml.NVMLError:
+                        continue
+            out.append((uuid if isinstance(uuid, str) else uuid.decode(), [
+                u if isinstance(u, str) else u.decode() for u in migs]))
+        return out
+    finally:
+        pynvml.nvmlShutdown()
+
+
+def discover(backend: str | None, slices: int, per_gpu: int = 1) -> list[Slice]:
+    """The executors to start. ``backend`` None: cuda where GPUs exist, else cpu."""
+    if backend in (None, "cuda"):
+        gpus = nvml_devices()
+        found: list[Slice] = []
+        for g, (uuid, migs) in enumerate(gpus):
+            for target in migs or [uuid] * per_gpu:  # several executors stand in for MIG slices
+                i = len(found)
+                found.append(Slice(f"exec-{i}", "cuda", target, (("CUDA_VISIBLE_DEVICES", target),)))
+        if found:
+            return found
+        if backend == "cuda":
+            return []
+    kind = backend or "cpu"
+    return [Slice(f"exec-{i}", kind, f"{kind}:{i}") for i in range(slices)]

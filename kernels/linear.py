@@ -1,0 +1,106 @@
+"""The one entry point every linear layer goes through: Y = X·Wᵀ (+ bias) with W split by α.
+
+A weight of N output rows is split along N into two parts: the first ``hbm.shape[0]`` rows are
+resident in device memory (HBM), the remaining rows are read from host memory. On a CPU slice
+both parts are host memory; on a GPU the Triton HybridGEMM reads both in one launch.
+
+Dispatch (DESIGN.md, kernel selection): CUDA ``x`` → plain ``torch`` GEMM when the whole weight is
+in HBM (α = 1), otherwise HybridGEMM (α = 0 streams everything from host memory); CPU ``x`` → torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from c2cq.kernels.hybrid_gemm import ShapeError, hybrid_gemm
+
+
+@dataclass(frozen=True, slots=True)
+class SplitWeight:
+    """A linear weight (N × K) split along N: rows [0, n_hbm) in ``hbm``, the rest in ``host``."""
+
+    hbm: torch.Tensor  # (n_hbm, K), device memory; may have 0 rows
+    host: torch.Tensor  # (N - n_hbm, K), host memory; may have 0 rows
+
+    @classmethod
+    def host_only(cls, w: torch.Tensor) -> "SplitWeight":
+        return cls(hbm=w[:0], host=w)
+
+    @property
+    def n(self) -> int:
+        return self.hbm.shape[0] + self.host.shape[0]
+
+    @property
+    def k(self) -> int:
+        return self.host.shape[1] if self.host.shape[0] else self.hbm.shape[1]
+
+    @property
+    def alpha(self) -> float:
+        return self.hbm.shape[0] / self.n if self.n else 1.0
+
+
+def hybrid_linear(x: torch.Tensor, w: SplitWeight, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Y = X·Wᵀ (+ bias) over the last dimension of ``x``; the output has ``w.n`` features."""
+    if x.shape[-1] != w.k:
+        raise ShapeError(f"hybrid_linear: x has K={x.shape[-1]}, weight has K={w.k}")
+    if x.is_cuda:
+        return _cuda_linear(x, w, bias)
+    return _torch_linear(x, w, bias)
+
+
+def _cuda_linear(x: torch.Tensor, w: SplitWeight, bias: torch.Tensor | None) -> torch.Tensor:
+    if w.host.shape[0] == 0:
+        return torch.nn.functional.linear(x, w.hbm, bias)
+    lead = x.shape[:-1]
+    y = hybrid_gemm(x.reshape(-1, w.k), w.hbm, w.host, bias)
+    return y.reshape(*lead, w.n)
+
+
+def _torch_linear(x: torch.Tensor, w: SplitWeight, bias: torch.Tensor | None) -> torch.Tensor:
+    if w.hbm.shape[0] == 0:
+        return torch.nn.functional.linear(x, w.host, bias)
+    if w.host.shape[0] == 0:
+        return torch.nn.functional.linear(x, w.hbm, bias)
+    y = torch.cat([torch.nn.functional.linear(x, w.hbm), torch.nn.functional.linear(x, w.host)], dim=-1)
+    return y if bias is None else y + bias
+
+
+def hybrid_moe(
+    x: torch.Tensor, expert_weights: list[SplitWeight], topk_ids: torch.Tensor, topk_weights: torch.Tensor
+) -> torch.Tensor:
+    """y[t] = Σ_j topk_weights[t, j] · x[t]·W_{topk_ids[t, j]}ᵀ; reads only the routed experts' weights.
+
+    ``x`` is (T × K), ``topk_ids`` and ``topk_weights`` are (T × top_k). One HybridGEMM (or torch
+    GEMM) per routed expert over the tokens routed to it; the result has x's dtype.
+    """
+    if x.dim() != 2 or topk_ids.shape != topk_weights.shape or topk_ids.shape[0] != x.shape[0]:
+        raise ShapeError(
+            f"hybrid_moe: x (T × K) and topk (T × top_k) disagree: {tuple(x.shape)}, "
+            f"{tuple(topk_ids.shape)}, {tuple(topk_weights.shape)}"
+        )
+    if not expert_weights:
+        raise ShapeError("hybrid_moe: no experts")
+    n = expert_weights[0].n
+    if any(e.n != n for e in expert_weights):
+        raise ShapeError("hybrid_moe: experts differ in N")
+    ids = topk_ids.reshape(-1)
+    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= len(expert_weights)):
+        raise ShapeError(f"hybrid_moe: expert id outside [0, {len(expert_weights)})")
+    top_k = topk_ids.shape[1]
+    token_of = torch.arange(x.shape[0], device=x.device).repeat_interleave(top_k)
+    gates = topk_weights.reshape(-1).to(torch.float32)
+    y = torch.zeros((x.shape[0], n), dtype=torch.float32, device=x.device)
+    order = torch.argsort(ids, stable=True)
+    counts = torch.bincount(ids, minlength=len(expert_weights)).tolist()
+    start = 0
+    for e, count in enumerate(counts):
+        if count == 0:
+            continue
+        sel = order[start : start + count]
+        start += count
+        rows = token_of[sel]
+        part = hybrid_linear(x.index_select(0, rows), expert_weights[e]).to(torch.float32)
+        y.index_add_(0, rows, part * gates[sel, None])
+    return y.to(x.dtype)

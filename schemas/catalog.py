@@ -1,0 +1,72 @@
+"""Catalog messages (ROUTER at the catalog; scheduler, executors and the CLI are DEALERs)."""
+
+from __future__ import annotations
+
+from typing import Union
+
+import msgspec
+
+from c2cq.schemas.base import Event, Message
+from c2cq.schemas.enums import ErrorCode, ModelKind
+from c2cq.schemas.refs import ShmRef
+
+
+class ModelInfo(msgspec.Struct, frozen=True, kw_only=True):
+    name: str
+    kind: ModelKind
+    architecture: str
+    parameters: int
+    bytes: int
+    dtype: str
+    vocab_size: int
+    num_layers: int
+    hidden_size: int
+    max_context: int
+    shm: ShmRef | None = None  # where the weights are mapped (real models only)
+    eos_token_ids: tuple[int, ...] = ()
+
+
+class DescribeModel(Message, frozen=True, kw_only=True, tag="describe"):
+    name: str
+
+
+class ListModels(Message, frozen=True, kw_only=True, tag="list"):
+    pass
+
+
+class RegisterModel(Message, frozen=True, kw_only=True, tag="register"):
+    """Register a converted model file (real) or a description (sim, ``path`` None)."""
+
+    info: ModelInfo
+    path: str | None = None
+
+
+class RemoveModel(Message, frozen=True, kw_only=True, tag="remove"):
+    name: str
+
+
+class ModelInfoReply(Message, frozen=True, kw_only=True, tag="model_info"):
+    info: ModelInfo
+
+
+class ModelListReply(Message, frozen=True, kw_only=True, tag="model_list"):
+    models: tuple[ModelInfo, ...]
+
+
+class CatalogError(Message, frozen=True, kw_only=True, tag="catalog_error"):
+    code: ErrorCode
+    message: str
+
+
+class ModelRegistered(Event, frozen=True, kw_only=True, tag="model_registered"):
+    info: ModelInfo
+    path: str | None = None
+
+
+class ModelRemoved(Event, frozen=True, kw_only=True, tag="model_removed"):
+    name: str
+
+
+ToCatalog = Union[DescribeModel, ListModels, RegisterModel, RemoveModel]
+FromCatalog = Union[ModelInfoReply, ModelListReply, CatalogError, ModelRegistered, ModelRemoved]
+CatalogEvent = Union[ModelRegistered, ModelRemoved]

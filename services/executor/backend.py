@@ -1,0 +1,48 @@
+"""What every executor backend (sim, cpu, cuda) provides to the slice loop."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from c2cq.schemas.catalog import ModelInfo
+from c2cq.schemas.enums import FinishReason
+from c2cq.schemas.executor import AssignRequest
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    request_id: str
+    index: int  # index of the first new token in the request's output
+    token_ids: tuple[int, ...]
+    text: str
+    finish: FinishReason | None = None
+    prompt_tokens: int = 0
+    error: str | None = None
+
+
+@dataclass(slots=True)
+class StepResult:
+    outputs: list[Output] = field(default_factory=list)
+    busy_s: float = 0.0  # the step's duration (measured, or modelled by the sim backend)
+    prefill_tokens: int = 0
+    decode_tokens: int = 0
+    bytes_hbm: int = 0
+    bytes_host: int = 0
+
+
+class Backend(Protocol):
+    name: str
+    device: str
+    memory_budget_bytes: int
+    link_bandwidth_bps: float
+    max_batch: int
+    blocking: bool  # True: step() computes for real and must run off the event loop
+
+    def switch(self, info: ModelInfo) -> None: ...
+    def add(self, req: AssignRequest) -> None: ...
+    def abort(self, request_id: str) -> None: ...
+    def has_work(self) -> bool: ...
+    def step(self, chunk_tokens: int) -> StepResult: ...
+    def alpha(self) -> float: ...
+    def set_alpha(self, alpha: float) -> None: ...

@@ -1,0 +1,241 @@
+"""The executor process: one per slice. Runs a backend (sim, cpu, cuda) behind the protocol."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import time
+import uuid
+
+import zmq
+import zmq.asyncio
+
+from c2cq import lifecycle, log
+from c2cq.codec import Codec, encode
+from c2cq.errors import WireError
+from c2cq.rundir import RunDir
+from c2cq.schemas import executor as m
+from c2cq.schemas.catalog import CatalogError, DescribeModel, FromCatalog, ModelInfo, ModelInfoReply
+from c2cq.schemas.enums import ErrorCode, FinishReason
+from c2cq.services.executor.backend import Backend, StepResult
+from c2cq.services.executor.slice import SliceQueue
+from c2cq.transport import make_socket, recv_batch
+
+HEARTBEAT_S = 0.5
+ANNOUNCE_S = 5.0
+STATS_S = 0.1
+
+
+class Executor:
+    def __init__(self, rd: RunDir, executor_id: str, backend: Backend) -> None:
+        self.id, self.backend = executor_id, backend
+        self.boot_id = uuid.uuid4().hex[:12]
+        self.log = log.get(executor=executor_id)
+        self.ctx = zmq.asyncio.Context()
+        self.sched = make_socket(self.ctx, zmq.DEALER, connect=rd.executor_addr, identity=executor_id.encode())
+        self.catalog = make_socket(self.ctx, zmq.DEALER, connect=rd.catalog_addr)
+        self.codec: Codec = Codec(m.SchedulerToExecutor)
+        self.catalog_codec: Codec = Codec(FromCatalog)
+        self.queue = SliceQueue()
+        self.models: dict[str, ModelInfo] = {}
+        self.seq = 0
+        self.chunk_tokens = 512
+        self.draining = False
+        self.wake = asyncio.Event()
+        self._catalog_lock = asyncio.Lock()
+        self._stats = StepResult()
+        self._stats_steps = 0
+        self._stats_since = time.monotonic()
+
+    # -- events out -----------------------------------------------------------------------------
+    def emit(self, cls, **fields) -> None:
+        self.seq += 1
+        msg = cls(source=self.id, seq=self.seq, ts_ns=time.monotonic_ns(), **fields)
+        self.sched.send(encode(msg))  # DEALER: queued up to the HWM while the scheduler is away
+
+    def announce(self) -> None:
+        b = self.backend
+        self.emit(m.SliceReady, executor_id=self.id, boot_id=self.boot_id, backend=b.name, device=b.device,
+                  memory_budget_bytes=b.memory_budget_bytes, link_bandwidth_bps=b.link_bandwidth_bps,
+                  max_batch=b.max_batch)
+
+    def fail(self, req_id: str, code: ErrorCode, message: str) -> None:
+        self.emit(m.RequestCompleted, request_id=req_id, finish_reason=FinishReason.ERROR, prompt_tokens=0,
+                  completion_tokens=0, error_code=code, message=message)
+
+    # -- the catalog ----------------------------------------------------------------------------
+    async def describe(self, name: str) -> ModelInfo | str:
+        if name in self.models:
+            return self.models[name]
+        async with self._catalog_lock:
+            await self.catalog.send(encode(DescribeModel(name=name)))
+            try:
+                while True:
+                    reply = self.catalog_codec.decode(await asyncio.wait_for(self.catalog.recv(), 5.0))
+                    if isinstance(reply, ModelInfoReply) and reply.info.name == name:
+                        self.models[name] = reply.info
+                        return reply.info
+                    if isinstance(reply, CatalogError):
+                        return reply.message
+            except (TimeoutError, WireError) as e:
+                return f"catalog unavailable: {e or type(e).__name__}"
+
+    # -- commands in ----------------------------------------------------------------------------
+    def on_command(self, cmd) -> None:
+        if isinstance(cmd, m.AssignRequest):
+            if self.draining:
+                self.fail(cmd.request_id, ErrorCode.SHUTTING_DOWN, "the executor is draining")
+            elif self.queue.admit(cmd):
+                self.backend.add(cmd)
+        elif isinstance(cmd, m.AbortRequest):
+            if self.queue.remove(cmd.request_id) == "running":
+                self.backend.abort(cmd.request_id)
+        elif isinstance(cmd, m.ApplyPlan):
+            self.chunk_tokens = max(1, cmd.chunk_tokens)
+            self.backend.set_alpha(cmd.alpha)
+        elif isinstance(cmd, m.Drain):
+            self.draining = True
+        elif isinstance(cmd, (m.PreloadModel, m.EvictModel)):
+            pass  # residency is managed by the backend as it serves; explicit control comes with issue 5
+        self.wake.set()
+
+    async def recv_loop(self) -> None:
+        while True:
+            for frames in await recv_batch(self.sched):
+                try:
+                    cmd = self.codec.decode(frames[-1])
+                except WireError as e:
+                    self.log.warning("malformed_frame", error=str(e)[:200])
+                    continue
+                self.on_command(cmd)
+
+    # -- work -----------------------------------------------------------------------------------
+    async def switch_if_idle(self) -> None:
+        nxt = self.queue.next_switch()
+        if nxt is None:
+            return
+        model, reqs = nxt
+        info = await self.describe(model)
+        if isinstance(info, str):
+            for r in reqs:
+                self.queue.remove(r.request_id)
+                self.fail(r.request_id, ErrorCode.UNKNOWN_MODEL, info)
+            self.queue.model = None
+            return
+        t0 = time.monotonic()
+        if self.backend.blocking:
+            await asyncio.to_thread(self.backend.switch, info)
+        else:
+            self.backend.switch(info)
+        self.emit(m.ModelResident, model=model, alpha=self.backend.alpha(),
+                  bytes_resident=int(self.backend.alpha() * info.bytes), switched_s=time.monotonic() - t0)
+        for r in reqs:
+            if r.request_id in self.queue.running:
+                self.backend.add(r)
+
+    async def work_loop(self) -> None:
+        while True:
+            await self.switch_if_idle()
+            if not self.backend.has_work():
+                self.wake.clear()
+                if not self.queue.pending:
+                    await self.wake.wait()
+                continue
+            t0 = time.monotonic()
+            if self.backend.blocking:
+                res = await asyncio.to_thread(self.backend.step, self.chunk_tokens)
+            else:
+                res = self.backend.step(self.chunk_tokens)
+                await asyncio.sleep(max(0.0, res.busy_s - (time.monotonic() - t0)))
+            self.publish(res)
+
+    def publish(self, res: StepResult) -> None:
+        for o in res.outputs:
+            if o.request_id not in self.queue.running:
+                continue  # aborted while the step ran
+            if o.token_ids:
+                self.emit(m.TokensProduced, request_id=o.request_id, index=o.index, token_ids=o.token_ids, text=o.text)
+            if o.finish is not None:
+                self.queue.remove(o.request_id)
+                self.emit(m.RequestCompleted, request_id=o.request_id, finish_reason=o.finish,
+                          prompt_tokens=o.prompt_tokens, completion_tokens=o.index + len(o.token_ids),
+                          error_code=ErrorCode.INTERNAL if o.error else None, message=o.error)
+        s = self._stats
+        s.busy_s += res.busy_s
+        s.prefill_tokens += res.prefill_tokens
+        s.decode_tokens += res.decode_tokens
+        s.bytes_hbm += res.bytes_hbm
+        s.bytes_host += res.bytes_host
+        self._stats_steps += 1
+        if time.monotonic() - self._stats_since >= STATS_S:
+            self.emit(m.StepStats, step_s=s.busy_s / self._stats_steps, tokens=s.prefill_tokens + s.decode_tokens,
+                      prefill_tokens=s.prefill_tokens, decode_tokens=s.decode_tokens, batch=len(self.queue.running),
+                      bytes_hbm=s.bytes_hbm, bytes_host=s.bytes_host, model=self.queue.model)
+            self._stats, self._stats_steps, self._stats_since = StepResult(), 0, time.monotonic()
+
+    async def heartbeat_loop(self) -> None:
+        last_announce = time.monotonic()
+        while True:
+            await asyncio.sleep(HEARTBEAT_S)
+            self.emit(m.Heartbeat, executor_id=self.id, boot_id=self.boot_id, active=len(self.queue.running),
+                      waiting=len(self.queue.pending), draining=self.draining)
+            if time.monotonic() - last_announce > ANNOUNCE_S:
+                self.announce()
+                last_announce = time.monotonic()
+
+    def close(self) -> None:
+        self.sched.close(linger=0)
+        self.catalog.close(linger=0)
+        self.ctx.term()
+
+
+def make_backend(args: argparse.Namespace) -> Backend:
+    if args.backend == "sim":
+        from c2cq.services.executor.sim import SimBackend, SliceProfile
+
+        return SimBackend(SliceProfile(time_scale=args.sim_time_scale), device=args.device or f"sim:{args.id}")
+    if args.backend == "cpu":
+        from c2cq.services.executor.cpu import CpuBackend
+
+        return CpuBackend(device=args.device or "cpu", threads=args.threads)
+    if args.backend == "cuda":
+        from c2cq.services.executor.cuda import CudaBackend
+
+        return CudaBackend(device=args.device or os.environ.get("CUDA_VISIBLE_DEVICES", "cuda:0"))
+    raise SystemExit(f"unknown backend {args.backend!r}")
+
+
+async def amain(args: argparse.Namespace) -> None:
+    log.configure(f"executor-{args.id}")
+    rd = RunDir.from_env(args.home)
+    ex = Executor(rd, args.id, make_backend(args))
+    stop = lifecycle.shutdown_flag()
+    ex.announce()
+    tasks = [asyncio.create_task(c) for c in (ex.recv_loop(), ex.work_loop(), ex.heartbeat_loop())]
+    lifecycle.signal_ready()
+    ex.log.info("ready", backend=args.backend, boot_id=ex.boot_id)
+    stopper = asyncio.create_task(stop.wait())
+    done, _ = await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
+    for t in tasks:
+        t.cancel()
+    ex.close()
+    for t in done:
+        if t is not stopper and t.exception():
+            raise t.exception()
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="c2cq-executor")
+    p.add_argument("--home", default=None)
+    p.add_argument("--id", required=True)
+    p.add_argument("--backend", choices=("sim", "cpu", "cuda"), default="sim")
+    p.add_argument("--device", default=None)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--sim-time-scale", type=float, default=1.0)
+    args = p.parse_args(argv)
+    lifecycle.run(lambda: amain(args))
+
+
+if __name__ == "__main__":
+    main()
