@@ -1,0 +1,206 @@
+"""The CPU executor's model engine: continuous batching with chunked prefill over a paged KV cache."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from c2cq.errors import RequestError
+from c2cq.schemas.enums import ErrorCode, FinishReason
+from c2cq.services.executor.model.batch import FlatBatch
+from c2cq.services.executor.model.config import parse_config
+from c2cq.services.executor.model.detokenizer import IncrementalDetokenizer, load_tokenizer
+from c2cq.services.executor.model.model import Model
+from c2cq.services.executor.model.sampler import SamplingParams, new_generator, sample
+from c2cq.services.executor.model.sequence import Sequence
+from c2cq.services.executor.model.stop import StopText
+from c2cq.services.executor.model.weights import MakeLinear, host_only
+
+
+@dataclass(frozen=True, slots=True)
+class StepOutput:
+    request_id: str
+    new_token_ids: tuple[int, ...]
+    text_delta: str
+    finished: bool
+    finish_reason: str | None  # a FinishReason value once finished
+
+
+@dataclass(frozen=True, slots=True)
+class StepStats:
+    prefill_tokens: int
+    decode_tokens: int
+    num_seqs: int
+    weight_bytes: int  # bytes of weights the step's forward read (routed experts only)
+
+    @property
+    def tokens(self) -> int:
+        return self.prefill_tokens + self.decode_tokens
+
+
+class Engine:
+    """Runs many requests of one model, a step at a time; no I/O, no threads."""
+
+    def __init__(self, config: Mapping[str, Any], tensors: Mapping[str, torch.Tensor],
+                 tokenizer_json: bytes | None, *, kv_blocks: int, block_size: int,
+                 make_linear: MakeLinear = host_only) -> None:
+        self.config = parse_config(config)
+        self.model = Model(self.config, tensors, make_linear)
+        self.cache = self.model.new_cache(kv_blocks, block_size)
+        self.tokenizer = load_tokenizer(tokenizer_json) if tokenizer_json is not None else None
+        self._seqs: dict[str, Sequence] = {}
+        self._arrivals = itertools.count()
+        self.last_stats = StepStats(0, 0, 0, 0)
+        self.preemptions = 0  # sequences whose KV was dropped for recompute, since start
+
+    # -- requests ---------------------------------------------------------------------------------
+    def add(self, request_id: str, prompt_ids: list[int], params: SamplingParams) -> None:
+        if request_id in self._seqs:
+            raise RequestError(ErrorCode.DUPLICATE_REQUEST, f"request {request_id!r} is already running", request_id)
+        if not prompt_ids:
+            raise RequestError(ErrorCode.EMPTY_PROMPT, "the prompt has no tokens", request_id)
+        vocab = self.config.vocab_size
+        if any(not 0 <= t < vocab for t in prompt_ids):
+            raise RequestError(ErrorCode.MALFORMED, f"a prompt token id is outside [0, {vocab})", request_id)
+        capacity = self.cache.allocator.num_blocks * self.cache.block_size
+        if len(prompt_ids) + params.max_tokens > capacity:
+            raise RequestError(ErrorCode.PROMPT_TOO_LONG, f"prompt + max_tokens = "
+                               f"{len(prompt_ids) + params.max_tokens} exceeds the KV cache's {capacity} tokens",
+                               request_id)
+        detok = IncrementalDetokenizer(self.tokenizer, prompt_ids) if self.tokenizer is not None else None
+        self._seqs[request_id] = Sequence(
+            request_id=request_id, prompt_len=len(prompt_ids), params=params, tokens=list(prompt_ids),
+            table=self.cache.new_table(), generator=new_generator(params.seed), detok=detok,
+            stop_text=StopText(params.stop), arrival=next(self._arrivals))
+
+    def abort(self, request_id: str) -> bool:
+        """Drop a request and free its KV blocks; False when it is not (or no longer) here."""
+        seq = self._seqs.pop(request_id, None)
+        if seq is None:
+            return False
+        seq.table.release(self.cache.allocator)
+        return True
+
+    @property
+    def num_requests(self) -> int:
+        return len(self._seqs)
+
+    @property
+    def free_blocks(self) -> int:
+        return self.cache.allocator.num_free
+
+    @property
+    def tokens_processed(self) -> int:
+        """Tokens the last step ran through the model (prefill + decode)."""
+        return self.last_stats.tokens
+
+    @property
+    def weight_bytes_read(self) -> int:
+        """Bytes of weights the last step read."""
+        return self.last_stats.weight_bytes
+
+    @property
+    def weight_bytes(self) -> int:
+        """Bytes of all the model's linear weights (what a step reads at most, experts all routed)."""
+        return sum(lin.nbytes for lin in self.model.weights)
+
+    # -- scheduling -------------------------------------------------------------------------------
+    def _preempt(self, seq: Sequence) -> None:
+        """Free a sequence's blocks; it recomputes its KV (prompt + output so far) later."""
+        seq.table.release(self.cache.allocator)
+        seq.num_cached = 0
+        seq.preemptions += 1
+        self.preemptions += 1
+
+    def _make_room(self, seq: Sequence, num_tokens: int, younger: list[Sequence], preempted: set[str]) -> bool:
+        """Free blocks for ``seq`` to hold ``num_tokens`` by preempting the youngest sequences first."""
+        alloc = self.cache.allocator
+        while seq.table.blocks_needed(num_tokens) > alloc.num_free:
+            victims = [s for s in younger if s.table.blocks and s.request_id not in preempted]
+            if not victims:
+                return False
+            self._preempt(victims[-1])
+            preempted.add(victims[-1].request_id)
+        return True
+
+    def _schedule(self, chunk_tokens: int) -> list[tuple[Sequence, int]]:
+        """(sequence, tokens to run) in arrival order: each decode takes 1 token, prefill chunks share the
+        ``chunk_tokens`` budget first come first served. When KV blocks run out, the youngest sequences
+        are preempted (their KV is recomputed later), so the oldest always progresses."""
+        order = sorted(self._seqs.values(), key=lambda s: s.arrival)
+        alloc, bs = self.cache.allocator, self.cache.block_size
+        plan: list[tuple[Sequence, int]] = []
+        budget = chunk_tokens
+        preempted: set[str] = set()
+        for i, seq in enumerate(order):
+            if seq.request_id in preempted:
+                continue
+            decoding = seq.pending == 1 and seq.num_cached > 0
+            if not decoding and budget == 0:
+                continue
+            if not self._make_room(seq, seq.num_cached + 1, order[i + 1:], preempted):
+                if decoding:
+                    self._preempt(seq)
+                    preempted.add(seq.request_id)
+                continue
+            room = (len(seq.table.blocks) + alloc.num_free) * bs - seq.num_cached
+            n = 1 if decoding else min(seq.pending, budget, room)
+            seq.table.grow(alloc, seq.num_cached + n)
+            plan.append((seq, n))
+            if not decoding:
+                budget -= n
+        return plan
+
+    # -- the step ---------------------------------------------------------------------------------
+    def step(self, chunk_tokens: int) -> list[StepOutput]:
+        """Run one forward over every scheduled sequence; ``chunk_tokens`` caps this step's prefill tokens."""
+        if chunk_tokens < 1:
+            raise ValueError(f"chunk_tokens must be >= 1, got {chunk_tokens}")
+        plan = self._schedule(chunk_tokens)
+        if not plan:
+            self.last_stats = StepStats(0, 0, 0, 0)
+            return []
+        chunks = [(seq.tokens[seq.num_cached:seq.num_cached + n], seq.num_cached, seq.table) for seq, n in plan]
+        want = [seq.num_cached + n == len(seq.tokens) for seq, n in plan]
+        decode = sum(1 for seq, n in plan if n == 1 and seq.pending == 1 and seq.num_output > 0)
+        batch = FlatBatch.build(chunks, want)
+        self.model.weights.counter.reset()
+        logits = self.model.forward(batch, self.cache)
+        self.last_stats = StepStats(prefill_tokens=sum(n for _, n in plan) - decode, decode_tokens=decode,
+                                    num_seqs=len(plan), weight_bytes=self.model.weights.counter.reset())
+        outputs = []
+        row = 0
+        for (seq, n), wanted in zip(plan, want, strict=True):
+            seq.num_cached += n
+            if not wanted:
+                continue
+            token = sample(logits[row], seq.params, seq.generator)
+            row += 1
+            outputs.append(self._append(seq, token))
+        return outputs
+
+    def _append(self, seq: Sequence, token: int) -> StepOutput:
+        seq.tokens.append(token)
+        params = seq.params
+        stop_ids = params.stop_token_ids + (() if params.ignore_eos else self.config.eos_token_ids)
+        text = ""
+        reason: str | None = None
+        if token in stop_ids:
+            reason = FinishReason.STOP
+        elif seq.detok is not None:
+            text = seq.stop_text.add(seq.detok.add(token))
+            if seq.stop_text.stopped:
+                reason = FinishReason.STOP
+        if reason is None and seq.num_output >= params.max_tokens:
+            reason = FinishReason.LENGTH
+        if reason is not None:
+            if seq.detok is not None and not seq.stop_text.stopped:
+                text += seq.stop_text.add(seq.detok.flush()) + seq.stop_text.flush()
+            seq.finish_reason = str(reason)
+            self.abort(seq.request_id)
+        return StepOutput(seq.request_id, (token,), text, reason is not None,
+                          None if reason is None else str(reason))

@@ -1,0 +1,84 @@
+"""Paged KV cache: fixed-size blocks in one pool per layer, a block table per sequence."""
+
+from __future__ import annotations
+
+import torch
+
+from c2cq.services.executor.model.errors import OutOfKVBlocks
+
+
+class BlockAllocator:
+    """Hands out block ids from a fixed pool; raises OutOfKVBlocks when it cannot."""
+
+    def __init__(self, num_blocks: int) -> None:
+        if num_blocks <= 0:
+            raise ValueError(f"num_blocks must be positive, got {num_blocks}")
+        self.num_blocks = num_blocks
+        self._free = list(range(num_blocks - 1, -1, -1))  # pop() hands out low ids first
+
+    @property
+    def num_free(self) -> int:
+        return len(self._free)
+
+    def allocate(self, n: int) -> list[int]:
+        if n > len(self._free):
+            raise OutOfKVBlocks(f"need {n} KV blocks, {len(self._free)} of {self.num_blocks} free")
+        return [self._free.pop() for _ in range(n)]
+
+    def free(self, blocks: list[int]) -> None:
+        self._free.extend(reversed(blocks))
+
+
+class BlockTable:
+    """The blocks one sequence's KV occupies, in position order."""
+
+    def __init__(self, block_size: int) -> None:
+        self.block_size = block_size
+        self.blocks: list[int] = []
+
+    def blocks_needed(self, num_tokens: int) -> int:
+        """Blocks to add so that positions [0, num_tokens) have a slot."""
+        return max(0, -(-num_tokens // self.block_size) - len(self.blocks))
+
+    def grow(self, allocator: BlockAllocator, num_tokens: int) -> None:
+        self.blocks.extend(allocator.allocate(self.blocks_needed(num_tokens)))
+
+    def release(self, allocator: BlockAllocator) -> None:
+        allocator.free(self.blocks)
+        self.blocks = []
+
+    def slots(self, start: int, end: int) -> torch.Tensor:
+        """Flat slot ids (block * block_size + offset) of positions [start, end)."""
+        pos = torch.arange(start, end)
+        table = torch.tensor(self.blocks, dtype=torch.long)
+        return table[pos // self.block_size] * self.block_size + pos % self.block_size
+
+
+class KVCache:
+    """Per layer, a K pool and a V pool of [num_blocks, block_size, kv_heads, head_dim]."""
+
+    def __init__(self, num_layers: int, num_blocks: int, block_size: int, kv_heads: int, head_dim: int,
+                 dtype: torch.dtype) -> None:
+        if block_size <= 0:
+            raise ValueError(f"block_size must be positive, got {block_size}")
+        self.block_size = block_size
+        self.allocator = BlockAllocator(num_blocks)
+        shape = (num_blocks, block_size, kv_heads, head_dim)
+        self.k = [torch.zeros(shape, dtype=dtype) for _ in range(num_layers)]
+        self.v = [torch.zeros(shape, dtype=dtype) for _ in range(num_layers)]
+
+    def new_table(self) -> BlockTable:
+        return BlockTable(self.block_size)
+
+    def write(self, layer: int, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Store k, v [tokens, kv_heads, head_dim] at flat ``slots``."""
+        self.k[layer].view(-1, *k.shape[1:]).index_copy_(0, slots, k)
+        self.v[layer].view(-1, *v.shape[1:]).index_copy_(0, slots, v)
+
+    def read(self, layer: int, table: BlockTable, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """K, V of positions [0, length) of one sequence, each [length, kv_heads, head_dim]."""
+        n = -(-length // self.block_size)
+        ids = torch.tensor(table.blocks[:n], dtype=torch.long)
+        k = self.k[layer][ids].flatten(0, 1)[:length]
+        v = self.v[layer][ids].flatten(0, 1)[:length]
+        return k, v

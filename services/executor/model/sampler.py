@@ -1,0 +1,77 @@
+"""Next-token choice per request: greedy, temperature, top-k, top-p, with a per-request seed."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from c2cq.errors import RequestError
+from c2cq.schemas.enums import ErrorCode
+
+
+@dataclass(frozen=True, slots=True)
+class SamplingParams:
+    """How one request picks tokens and when it stops. temperature 0 → greedy; top_k 0 → off."""
+
+    max_tokens: int = 16
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    stop_token_ids: tuple[int, ...] = ()
+    ignore_eos: bool = False
+
+    def __post_init__(self) -> None:
+        if self.max_tokens < 1:
+            raise RequestError(ErrorCode.BAD_MAX_TOKENS, f"max_tokens must be >= 1, got {self.max_tokens}")
+        if not self.temperature >= 0.0:
+            raise RequestError(ErrorCode.BAD_SAMPLING, f"temperature must be >= 0, got {self.temperature}")
+        if self.top_k < 0:
+            raise RequestError(ErrorCode.BAD_SAMPLING, f"top_k must be >= 0, got {self.top_k}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise RequestError(ErrorCode.BAD_SAMPLING, f"top_p must be in (0, 1], got {self.top_p}")
+        if any(not s for s in self.stop):
+            raise RequestError(ErrorCode.BAD_SAMPLING, "stop strings must not be empty")
+
+    @classmethod
+    def from_wire(cls, wire: Any, max_tokens: int) -> "SamplingParams":
+        """From the client schema's SamplingParams (same field names) and the request's max_tokens."""
+        return cls(max_tokens=max_tokens, temperature=wire.temperature, top_k=wire.top_k, top_p=wire.top_p,
+                   seed=wire.seed, stop=tuple(wire.stop), stop_token_ids=tuple(wire.stop_token_ids))
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+def new_generator(seed: int | None) -> torch.Generator:
+    """The request's own random stream, so its samples do not depend on who shares the batch."""
+    return torch.Generator().manual_seed(seed if seed is not None else random.getrandbits(63))
+
+
+def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
+    """Set to -inf every logit outside the top-k and outside the smallest top-p nucleus (1-D, fp32)."""
+    out = logits.clone()
+    if 0 < top_k < out.numel():
+        kth = torch.topk(out, top_k).values[-1]
+        out[out < kth] = float("-inf")
+    if top_p < 1.0:
+        probs, order = torch.sort(torch.softmax(out, dim=-1), descending=True)
+        before = torch.cumsum(probs, dim=-1) - probs  # mass strictly above each token
+        drop = before >= top_p  # keep tokens until the kept mass reaches top_p; the first always stays
+        out[order[drop]] = float("-inf")
+    return out
+
+
+def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator) -> int:
+    """One token id from 1-D ``logits`` (any float dtype)."""
+    logits = logits.float()
+    if params.greedy:
+        return int(torch.argmax(logits))
+    filtered = filter_logits(logits / params.temperature, params.top_k, params.top_p)
+    probs = torch.softmax(filtered, dim=-1)
+    return int(torch.multinomial(probs, 1, generator=generator))
