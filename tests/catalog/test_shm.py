@@ -1,0 +1,145 @@
+"""Publishing into /dev/shm and zero-copy mapping: no memory until touched, the same pages in every process."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from c2cq.errors import ConfigError
+from c2cq.services.catalog.convert import write_model_file
+from c2cq.services.catalog.layout import ModelFileError, read_layout
+from c2cq.services.catalog.shm import map_shared, publish, unpublish
+
+MiB = 1 << 20
+
+MAPPER = r"""
+import json, sys
+from c2cq.services.catalog.shm import map_shared
+
+def status(key):
+    for line in open("/proc/self/status"):
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) * 1024
+
+def shared():
+    total = 0
+    for line in open("/proc/self/smaps_rollup"):
+        if line.startswith(("Shared_Clean:", "Shared_Dirty:")):
+            total += int(line.split()[1]) * 1024
+    return total
+
+before = status("VmRSS")
+mf = map_shared(sys.argv[1])
+tensors = mf.tensors()
+mapped = status("VmRSS")
+checksum = sum(float(t.double().sum()) for t in tensors.values())  # reads every page
+touched = status("VmRSS")
+print(json.dumps({"before": before, "mapped": mapped, "touched": touched, "shared": shared(),
+                  "checksum": checksum}), flush=True)
+sys.stdin.read()  # keep the mapping until the test closes our stdin
+"""
+
+
+@pytest.fixture
+def shm_dir():
+    if not Path("/dev/shm").is_dir():
+        pytest.skip("no /dev/shm")
+    path = Path("/dev/shm") / f"c2cq-test-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    path.mkdir()
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _model(path: Path, tensors: int, elements: int, seed: int = 0) -> float:
+    """Write a model file of ``tensors`` fp32 tensors; return the sum of all values."""
+    rng = np.random.default_rng(seed)
+    arrays = [rng.standard_normal(elements, dtype=np.float32) for _ in range(tensors)]
+    specs = [(f"model.layers.{i}.mlp.up_proj.weight", "fp32", (elements,)) for i in range(tensors)]
+    write_model_file(path, specs, arrays, {"config": {}}, progress=False)
+    return float(sum(a.astype(np.float64).sum() for a in arrays))
+
+
+def _start_mapper(path: Path) -> tuple[subprocess.Popen, dict]:
+    proc = subprocess.Popen([sys.executable, "-c", MAPPER, str(path)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    line = proc.stdout.readline()  # blocks until the child has mapped and touched everything
+    if not line:
+        proc.wait(timeout=60)
+        pytest.fail(f"mapper exited with {proc.returncode}")
+    return proc, json.loads(line)
+
+
+def test_mapping_costs_no_memory_until_touched_and_pages_are_shared(shm_dir):
+    src = shm_dir / "big.c2cqm"
+    expected_sum = _model(src, tensors=50, elements=MiB)  # 200 MiB of weights
+    size = src.stat().st_size
+    first, a = _start_mapper(src)
+    try:
+        second, b = _start_mapper(src)
+        second.communicate("", timeout=60)
+    finally:
+        first.communicate("", timeout=60)
+    for r in (a, b):
+        # both summed the same bytes (float64 accumulation of fp32 values: order differences stay ~1e-9 relative)
+        assert r["checksum"] == pytest.approx(expected_sum, rel=1e-9, abs=1e-6)
+        # mapping adds the index and 50 tensor objects, not the 200 MiB behind them
+        assert r["mapped"] - r["before"] < 16 * MiB
+        # reading every tensor brings the file's pages into the process: at least 90% of the file
+        assert r["touched"] - r["before"] > 0.9 * size
+    # while the first process still holds its mapping, the second one's pages are shared with it
+    assert b["shared"] > 0.9 * size
+
+
+def test_publish_links_on_the_same_filesystem_and_copies_across(shm_dir, tmp_path):
+    same_fs = shm_dir / "staging"
+    same_fs.mkdir()
+    out = shm_dir / "published"
+    out.mkdir()
+    _model(same_fs / "a.c2cqm", tensors=3, elements=1000)
+    linked = publish(same_fs / "a.c2cqm", out, "model-a")
+    assert linked == out / "model-a.c2cqm"
+    assert linked.stat().st_ino == (same_fs / "a.c2cqm").stat().st_ino
+
+    _model(tmp_path / "b.c2cqm", tensors=3, elements=1000, seed=1)
+    if (tmp_path / "b.c2cqm").stat().st_dev == out.stat().st_dev:
+        pytest.skip("tmp_path is on the shm filesystem; cannot exercise the copy path")
+    copied = publish(tmp_path / "b.c2cqm", out, "model-b")
+    assert copied.stat().st_ino != (tmp_path / "b.c2cqm").stat().st_ino
+    ref, got = read_layout(tmp_path / "b.c2cqm"), map_shared(copied)
+    assert got.index == ref.index
+    assert all(torch.equal(got.tensor(n), ref.tensor(n)) for n in ref.entries)
+    assert sorted(p.name for p in out.iterdir()) == ["model-a.c2cqm", "model-b.c2cqm"]
+
+
+def test_publish_is_idempotent_and_replaces_other_content(shm_dir, tmp_path):
+    _model(tmp_path / "a.c2cqm", tensors=2, elements=100, seed=1)
+    _model(tmp_path / "b.c2cqm", tensors=2, elements=100, seed=2)
+    first = publish(tmp_path / "a.c2cqm", shm_dir, "m")
+    assert publish(tmp_path / "a.c2cqm", shm_dir, "m") == first
+    assert map_shared(first).index.checksum == read_layout(tmp_path / "a.c2cqm").index.checksum
+    publish(tmp_path / "b.c2cqm", shm_dir, "m")
+    assert map_shared(first).index.checksum == read_layout(tmp_path / "b.c2cqm").index.checksum
+    assert [p.name for p in shm_dir.iterdir()] == ["m.c2cqm"]
+
+
+def test_unpublish_and_bad_input(shm_dir, tmp_path):
+    _model(tmp_path / "a.c2cqm", tensors=1, elements=10)
+    publish(tmp_path / "a.c2cqm", shm_dir, "m")
+    assert unpublish(shm_dir, "m") is True
+    assert unpublish(shm_dir, "m") is False
+    for bad in ("../etc", "a/b", "", ".hidden"):
+        with pytest.raises(ConfigError):
+            publish(tmp_path / "a.c2cqm", shm_dir, bad)
+    (tmp_path / "junk.c2cqm").write_bytes(b"not a model" * 1000)
+    with pytest.raises(ModelFileError):
+        publish(tmp_path / "junk.c2cqm", shm_dir, "junk")
+    assert list(shm_dir.iterdir()) == []
