@@ -1,0 +1,67 @@
+"""Helpers for tests of a running instance: run the CLI, find its processes, wait for a condition."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def c2cq(home: Path, *args: str, timeout: float = 180, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "C2CQ_HOME": str(home)}
+    p = subprocess.run([sys.executable, "-m", "c2cq.cli", *args], env=env, capture_output=True, text=True,
+                       timeout=timeout)
+    if check and p.returncode != 0:
+        raise AssertionError(f"c2cq {' '.join(args)} exited {p.returncode}\n{p.stdout}\n{p.stderr}")
+    return p
+
+
+def instance_pids(home: Path) -> set[int]:
+    """Every live process whose command line or environment names this home."""
+    pids = set()
+    key = str(home).encode()
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            if key in (d / "cmdline").read_bytes() or key in (d / "environ").read_bytes():
+                pids.add(int(d.name))
+        except OSError:
+            continue
+    pids.discard(os.getpid())
+    return pids
+
+
+def wait_for(pred, timeout: float, what: str, interval: float = 0.05):
+    """Poll a condition until it holds (the event itself has no other channel to wait on)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        v = pred()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+
+
+def status(home: Path) -> dict:
+    return json.loads(c2cq(home, "status", "--json").stdout)
+
+
+class Instance:
+    def __init__(self, home: Path, slices: int, backend: str) -> None:
+        self.home, self.slices, self.backend = home, slices, backend
+
+    def up(self, *extra: str) -> None:
+        c2cq(self.home, "up", "--backend", self.backend, "--slices", str(self.slices), "--detach", *extra)
+        wait_for(lambda: sum(e["state"] == "ready" for e in status(self.home)["executors"]) == self.slices,
+                 30, f"{self.slices} ready executors")
+
+    def down(self) -> None:
+        c2cq(self.home, "down")
+
+    def cli(self, *args: str, **kw) -> subprocess.CompletedProcess:
+        return c2cq(self.home, *args, **kw)
