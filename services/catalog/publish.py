@@ -1,51 +1,52 @@
-"""Publishing registered model files into shared memory, and the catalog's message handling."""
+"""The catalog's shared-memory side: every real model file published once in /dev/shm for all executors.
+
+Wraps the registry's message handling: a RegisterModel with a path is checked (the file must open
+as a c2cq model file and agree with its description) and published *before* it is registered, so
+a bad file is refused with nothing registered; a removed model is unpublished (mappings already
+open in executors stay valid until they close them).
+"""
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 
 import msgspec
 
 from c2cq import log
-from c2cq.schemas.catalog import ModelInfo, ModelInfoReply, ModelListReply, RegisterModel, RemoveModel
+from c2cq.errors import ModelError
+from c2cq.schemas.catalog import CatalogError, ModelInfo, ModelInfoReply, ModelListReply, RegisterModel, RemoveModel
+from c2cq.schemas.enums import ErrorCode
 from c2cq.schemas.refs import ShmRef
+from c2cq.services.catalog import shm
+from c2cq.services.catalog.describe import describe_file
 from c2cq.services.catalog.store import CatalogStore
 
 
 class Publisher:
-    """Keeps one shared-memory copy of every real model file, for all executors to map."""
-
     def __init__(self, store: CatalogStore, shm_dir: Path) -> None:
-        self.store, self.shm_dir = store, shm_dir
+        self.store, self.shm_dir = store, Path(shm_dir)
         self.published: dict[str, ShmRef] = {}
         self.log = log.get()
 
-    def _publish(self, name: str, path: str) -> ShmRef | None:
-        src = Path(path)
-        if not src.is_file():
-            self.log.error("model_file_missing", model=name, path=path)
-            return None
+    def _publish(self, name: str, path: str) -> ShmRef:
         self.shm_dir.mkdir(parents=True, exist_ok=True)
-        dst = self.shm_dir / f"{name}.c2cqm"
-        if not dst.exists() or dst.stat().st_size != src.stat().st_size:
-            tmp = dst.with_suffix(f".tmp-{os.getpid()}")
-            shutil.copyfile(src, tmp)
-            os.replace(tmp, dst)
+        dst = shm.publish(Path(path), self.shm_dir, name)
         ref = ShmRef(path=str(dst), size=dst.stat().st_size)
         self.published[name] = ref
         return ref
 
     def publish_all(self) -> None:
         for name, e in self.store.reg.models.items():
-            if e.path is not None:
+            if e.path is None:
+                continue
+            try:
                 self._publish(name, e.path)
+            except (ModelError, OSError) as err:  # one broken file must not keep the others from serving
+                self.log.error("publish_failed", model=name, path=e.path, error=str(err))
 
     def unpublish(self, name: str) -> None:
-        ref = self.published.pop(name, None)
-        if ref is not None:
-            Path(ref.path).unlink(missing_ok=True)
+        if self.published.pop(name, None) is not None:
+            shm.unpublish(self.shm_dir, name)
 
     def unpublish_all(self) -> None:
         for name in list(self.published):
@@ -59,11 +60,32 @@ class Publisher:
         ref = self.published.get(info.name)
         return msgspec.structs.replace(info, shm=ref) if ref is not None else info
 
-    def handle(self, msg):
-        reply = self.store.handle(msg)
-        if isinstance(msg, RegisterModel) and isinstance(reply, ModelInfoReply) and msg.path is not None:
+    def _register(self, msg: RegisterModel):
+        if msg.info.name in self.store.reg.models:
+            return self.store.handle(msg)  # the registry's duplicate answer
+        try:
+            found = describe_file(msg.info.name, msg.path)
+        except (ModelError, OSError) as e:
+            return CatalogError(code=ErrorCode.BAD_MODEL, message=str(e))
+        if (found.parameters, found.bytes, found.architecture) != (msg.info.parameters, msg.info.bytes,
+                                                                    msg.info.architecture):
+            return CatalogError(code=ErrorCode.BAD_MODEL, message=f"{msg.path} does not match the description "
+                                f"sent for {msg.info.name!r} (the file changed since it was described?)")
+        try:
             self._publish(msg.info.name, msg.path)
-        elif isinstance(msg, RemoveModel) and isinstance(reply, ModelListReply):
+        except (ModelError, OSError) as e:
+            return CatalogError(code=ErrorCode.BAD_MODEL, message=f"cannot publish {msg.path}: {e}")
+        reply = self.store.handle(msg)
+        if not isinstance(reply, ModelInfoReply):
+            self.unpublish(msg.info.name)
+        return reply
+
+    def handle(self, msg):
+        if isinstance(msg, RegisterModel) and msg.path is not None:
+            reply = self._register(msg)
+        else:
+            reply = self.store.handle(msg)
+        if isinstance(msg, RemoveModel) and isinstance(reply, ModelListReply):
             self.unpublish(msg.name)
         if isinstance(reply, ModelInfoReply):
             return ModelInfoReply(info=self._with_shm(reply.info))

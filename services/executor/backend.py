@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from c2cq.schemas.catalog import ModelInfo
-from c2cq.schemas.enums import FinishReason
+from c2cq.schemas.enums import ErrorCode, FinishReason
 from c2cq.schemas.executor import AssignRequest
 
 
@@ -19,6 +19,7 @@ class Output:
     finish: FinishReason | None = None
     prompt_tokens: int = 0
     error: str | None = None
+    code: ErrorCode | None = None  # with error: its code (INTERNAL when None)
 
 
 @dataclass(slots=True)

@@ -124,10 +124,19 @@ class Executor:
             self.queue.model = None
             return
         t0 = time.monotonic()
-        if self.backend.blocking:
-            await asyncio.to_thread(self.backend.switch, info)
-        else:
-            self.backend.switch(info)
+        try:
+            if self.backend.blocking:
+                await asyncio.to_thread(self.backend.switch, info)
+            else:
+                self.backend.switch(info)
+        except Exception as e:  # a model this backend cannot load fails its requests, not the executor
+            self.log.error("switch_failed", model=model, error=str(e))
+            code = getattr(e, "code", None) or ErrorCode.BAD_MODEL
+            for r in reqs:
+                self.queue.remove(r.request_id)
+                self.fail(r.request_id, code, f"cannot load {model!r}: {e}")
+            self.queue.model = None
+            return
         self.emit(m.ModelResident, model=model, alpha=self.backend.alpha(),
                   bytes_resident=int(self.backend.alpha() * info.bytes), switched_s=time.monotonic() - t0)
         for r in reqs:
@@ -160,7 +169,7 @@ class Executor:
                 self.queue.remove(o.request_id)
                 self.emit(m.RequestCompleted, request_id=o.request_id, finish_reason=o.finish,
                           prompt_tokens=o.prompt_tokens, completion_tokens=o.index + len(o.token_ids),
-                          error_code=ErrorCode.INTERNAL if o.error else None, message=o.error)
+                          error_code=(o.code or ErrorCode.INTERNAL) if o.error else None, message=o.error)
         s = self._stats
         s.busy_s += res.busy_s
         s.prefill_tokens += res.prefill_tokens

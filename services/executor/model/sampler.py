@@ -41,7 +41,8 @@ class SamplingParams:
     def from_wire(cls, wire: Any, max_tokens: int) -> "SamplingParams":
         """From the client schema's SamplingParams (same field names) and the request's max_tokens."""
         return cls(max_tokens=max_tokens, temperature=wire.temperature, top_k=wire.top_k, top_p=wire.top_p,
-                   seed=wire.seed, stop=tuple(wire.stop), stop_token_ids=tuple(wire.stop_token_ids))
+                   seed=wire.seed, stop=tuple(wire.stop), stop_token_ids=tuple(wire.stop_token_ids),
+                   ignore_eos=wire.ignore_eos)
 
     @property
     def greedy(self) -> bool:

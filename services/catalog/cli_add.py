@@ -1,0 +1,118 @@
+"""`c2cq models add PATH` (an HF folder or a GGUF file) and `c2cq models add-random PRESET`.
+
+Converts once into the catalog's model folder (atomically), then registers the file with the
+catalog — the running catalog process when an instance is up (it checks and publishes the file in
+shared memory), else the catalog store directly. A refused registration removes the converted file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+
+from c2cq import catalog_client
+from c2cq.errors import ConfigError, ModelError
+from c2cq.rundir import RunDir
+from c2cq.schemas.catalog import DescribeModel, RegisterModel
+from c2cq.services.catalog import layout
+from c2cq.services.catalog.describe import describe_file
+from c2cq.services.catalog.shm import published_path
+
+
+def register(msub) -> None:
+    add = msub.add_parser("add", help="convert and register a Hugging Face folder or a GGUF file")
+    add.add_argument("path", help="model folder (config.json, *.safetensors, tokenizer.json) or a .gguf file")
+    add.add_argument("--name", help="catalog name (default: the folder or file name)")
+    add.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"),
+                     help="dtype of a dequantised GGUF (HF checkpoints keep their own dtype)")
+    add.add_argument("--quiet", action="store_true", help="no progress bar")
+    add.set_defaults(func=cmd_add)
+    rnd = msub.add_parser("add-random", help="generate and register a random-weight model of a preset shape")
+    from c2cq.services.catalog.synth import PRESETS
+
+    rnd.add_argument("preset", choices=sorted(PRESETS))
+    rnd.add_argument("--name", required=True)
+    rnd.add_argument("--tokenizer-from", required=True, metavar="MODEL",
+                     help="a registered real model whose tokenizer (and vocabulary size) the new model uses")
+    rnd.add_argument("--dtype", default="fp32", choices=("fp32", "bf16", "fp16"))
+    rnd.add_argument("--seed", type=int, default=0)
+    rnd.add_argument("--quiet", action="store_true")
+    rnd.set_defaults(func=cmd_add_random)
+
+
+def default_name(src: Path) -> str:
+    stem = src.stem if src.is_file() else src.name
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", stem).strip("-.") or "model"
+
+
+def _target(rd: RunDir, name: str) -> Path:
+    published_path(Path("/"), name)  # the name must also name a shared-memory file
+    try:
+        catalog_client.call(rd, DescribeModel(name=name))
+    except ModelError:
+        pass  # not registered: good
+    else:
+        raise ConfigError(f"a model named {name!r} is already registered (c2cq models rm {name} first)")
+    folder = rd.catalog_dir / "models"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / f"{name}{layout.EXTENSION}"
+
+
+def _register(rd: RunDir, name: str, dst: Path) -> None:
+    try:
+        info = describe_file(name, dst)
+        catalog_client.call(rd, RegisterModel(info=info, path=str(dst)))
+    except BaseException:
+        dst.unlink(missing_ok=True)
+        raise
+    print(f"registered {name}: {info.architecture}, {info.parameters / 1e6:.1f}M parameters, "
+          f"{info.bytes / 2**20:.1f} MiB {info.dtype}")
+
+
+def add_path(rd: RunDir, src: Path, name: str | None = None, *, dtype: str = "fp32", progress: bool = True) -> str:
+    from c2cq.services.catalog.convert import convert_hf
+    from c2cq.services.catalog.gguf_import import convert_gguf
+
+    if not src.exists():
+        raise ConfigError(f"{src}: no such file or folder")
+    name = name or default_name(src)
+    dst = _target(rd, name)
+    if src.is_file() and src.suffix.lower() == ".gguf":
+        convert_gguf(src, dst, dtype=dtype, progress=progress)
+    elif src.is_dir():
+        convert_hf(src, dst, progress=progress)
+    else:
+        raise ConfigError(f"{src}: expected a Hugging Face model folder or a .gguf file")
+    _register(rd, name, dst)
+    return name
+
+
+def add_random(rd: RunDir, preset: str, name: str, tokenizer_from: str, *, dtype: str = "fp32", seed: int = 0,
+               progress: bool = True) -> str:
+    from c2cq.services.catalog.synth import preset_config, write_random
+
+    src = catalog_client.call(rd, DescribeModel(name=tokenizer_from)).info
+    entry = rd.catalog_dir / "models" / f"{tokenizer_from}{layout.EXTENSION}"
+    if not entry.exists():
+        raise ConfigError(f"{tokenizer_from!r} has no model file to take a tokenizer from")
+    mf = layout.read_layout(entry)
+    meta = {"tokenizer_json": mf.tokenizer_json, "tokenizer_config": mf.tokenizer_config,
+            "chat_template": mf.chat_template, "generation_config": mf.generation_config}
+    eos = src.eos_token_ids[0] if src.eos_token_ids else None
+    dst = _target(rd, name)
+    write_random(dst, preset_config(preset, vocab_size=src.vocab_size, eos_token_id=eos), meta, dtype=dtype,
+                 seed=seed, progress=progress)
+    _register(rd, name, dst)
+    return name
+
+
+def cmd_add(args: argparse.Namespace) -> int:
+    add_path(RunDir.from_env(args.home), Path(args.path), args.name, dtype=args.dtype, progress=not args.quiet)
+    return 0
+
+
+def cmd_add_random(args: argparse.Namespace) -> int:
+    add_random(RunDir.from_env(args.home), args.preset, args.name, args.tokenizer_from, dtype=args.dtype,
+               seed=args.seed, progress=not args.quiet)
+    return 0
