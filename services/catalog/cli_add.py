@@ -15,9 +15,9 @@ from c2cq import catalog_client
 from c2cq.errors import ConfigError, ModelError
 from c2cq.rundir import RunDir
 from c2cq.schemas.catalog import DescribeModel, RegisterModel
-from c2cq.services.catalog import layout
-from c2cq.services.catalog.describe import describe_file
-from c2cq.services.catalog.shm import published_path
+
+# model-file modules import torch: they are imported when a command runs, not when the CLI starts
+EXTENSION = ".c2cqm"
 
 
 def register(msub) -> None:
@@ -29,7 +29,7 @@ def register(msub) -> None:
     add.add_argument("--quiet", action="store_true", help="no progress bar")
     add.set_defaults(func=cmd_add)
     rnd = msub.add_parser("add-random", help="generate and register a random-weight model of a preset shape")
-    from c2cq.services.catalog.synth import PRESETS
+    from c2cq.services.catalog.presets import PRESETS
 
     rnd.add_argument("preset", choices=sorted(PRESETS))
     rnd.add_argument("--name", required=True)
@@ -47,6 +47,8 @@ def default_name(src: Path) -> str:
 
 
 def _target(rd: RunDir, name: str) -> Path:
+    from c2cq.services.catalog.shm import published_path
+
     published_path(Path("/"), name)  # the name must also name a shared-memory file
     try:
         catalog_client.call(rd, DescribeModel(name=name))
@@ -56,10 +58,12 @@ def _target(rd: RunDir, name: str) -> Path:
         raise ConfigError(f"a model named {name!r} is already registered (c2cq models rm {name} first)")
     folder = rd.catalog_dir / "models"
     folder.mkdir(parents=True, exist_ok=True)
-    return folder / f"{name}{layout.EXTENSION}"
+    return folder / f"{name}{EXTENSION}"
 
 
 def _register(rd: RunDir, name: str, dst: Path) -> None:
+    from c2cq.services.catalog.describe import describe_file
+
     try:
         info = describe_file(name, dst)
         catalog_client.call(rd, RegisterModel(info=info, path=str(dst)))
@@ -90,6 +94,7 @@ def add_path(rd: RunDir, src: Path, name: str | None = None, *, dtype: str = "fp
 
 def add_random(rd: RunDir, preset: str, name: str, tokenizer_from: str, *, dtype: str = "fp32", seed: int = 0,
                progress: bool = True) -> str:
+    from c2cq.services.catalog import layout
     from c2cq.services.catalog.synth import preset_config, write_random
 
     src = catalog_client.call(rd, DescribeModel(name=tokenizer_from)).info

@@ -71,3 +71,22 @@ def test_request_that_cannot_fit_is_rejected(checkpoints):
     with pytest.raises(RequestError) as dup:
         engine.add("ok", prompt(1, 3), SamplingParams())
     assert dup.value.code == "duplicate_request"
+
+
+@pytest.mark.parametrize("name", ["llama", "mistral_window", "mixtral"])
+def test_unwritten_slots_are_never_read(checkpoints, name):
+    """The pool is allocated uninitialised (pages cost memory only once written): poisoning every slot
+    with NaN before use must leave the greedy output unchanged."""
+    ck = checkpoints(name)
+    ids = prompt(11, 9)
+    outs = []
+    for poison in (False, True):
+        engine = Engine(ck.config, ck.tensors, None, kv_blocks=12, block_size=4)
+        if poison:
+            for t in (*engine.cache.k, *engine.cache.v):
+                t.fill_(float("nan"))
+        engine.add("a", ids, SamplingParams(max_tokens=20))
+        engine.add("b", ids[:5], SamplingParams(max_tokens=7))
+        outs.append({rid: [t for o in out for t in o.new_token_ids] for rid, out in drain(engine, 3).items()})
+    assert outs[0] == outs[1]
+    assert len(outs[0]["a"]) == 20 and len(outs[0]["b"]) == 7

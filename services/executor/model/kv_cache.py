@@ -64,8 +64,10 @@ class KVCache:
         self.block_size = block_size
         self.allocator = BlockAllocator(num_blocks)
         shape = (num_blocks, block_size, kv_heads, head_dim)
-        self.k = [torch.zeros(shape, dtype=dtype) for _ in range(num_layers)]
-        self.v = [torch.zeros(shape, dtype=dtype) for _ in range(num_layers)]
+        # empty, not zeros: a slot is only ever read after it was written (read() keeps [0, length)), and
+        # untouched pages cost no memory, so the pool's resident size follows the tokens actually cached
+        self.k = [torch.empty(shape, dtype=dtype) for _ in range(num_layers)]
+        self.v = [torch.empty(shape, dtype=dtype) for _ in range(num_layers)]
 
     def new_table(self) -> BlockTable:
         return BlockTable(self.block_size)

@@ -1,0 +1,170 @@
+"""`c2cq models add|list|rm` against a running instance: bad checkpoints are refused by name, the
+catalog keeps serving the others, nothing half-written remains; a switch adds no private memory."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import struct
+from pathlib import Path
+
+import pytest
+import torch
+import transformers
+import zmq
+from safetensors.torch import load_file, save_file
+
+from c2cq.client import AsyncClient
+from c2cq.codec import Codec, encode
+from c2cq.rundir import RunDir
+from c2cq.schemas.catalog import CatalogError, FromCatalog, RegisterModel
+from c2cq.services.catalog.describe import info_of
+from c2cq.services.catalog.layout import read_layout
+from c2cq.services.catalog.synth import preset_config, write_random
+from c2cq.testing import Instance, instance_pids, status
+
+
+def good_dir(root: Path, name: str = "good") -> Path:
+    cfg = transformers.LlamaConfig(vocab_size=96, hidden_size=64, intermediate_size=80, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2)
+    torch.manual_seed(0)
+    folder = root / name
+    transformers.LlamaForCausalLM(cfg).save_pretrained(folder)
+    return folder
+
+
+def edit_config(folder: Path, **changes) -> None:
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg.update(changes)
+    (folder / "config.json").write_text(json.dumps(cfg))
+
+
+def bad_checkpoints(root: Path) -> dict[str, tuple[Path, str]]:
+    """name → (folder or file, a phrase the error must contain)."""
+    out = {}
+    d = good_dir(root, "arch")
+    edit_config(d, architectures=["GPT2LMHeadModel"])
+    out["arch"] = (d, "unsupported architecture 'GPT2LMHeadModel'")
+    d = good_dir(root, "missing")
+    t = load_file(d / "model.safetensors")
+    del t["model.layers.1.mlp.up_proj.weight"]
+    save_file(t, d / "model.safetensors", metadata={"format": "pt"})
+    out["missing"] = (d, "model.layers.1.mlp.up_proj.weight")
+    d = good_dir(root, "shape")
+    edit_config(d, intermediate_size=81)
+    out["shape"] = (d, "config implies")
+    d = good_dir(root, "vocab")
+    edit_config(d, vocab_size=97)
+    out["vocab"] = (d, "vocab_size=97")
+    d = good_dir(root, "truncated")
+    f = d / "model.safetensors"
+    f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    out["truncated"] = (d, "model.safetensors")
+    g = root / "not-a.gguf"
+    g.write_bytes(b"GGUF" + struct.pack("<I", 3) + b"\x00" * 5)
+    out["gguf"] = (g, "not-a.gguf")
+    return out
+
+
+@pytest.fixture
+def running(home):
+    inst = Instance(home, slices=1, backend="sim")
+    inst.up()
+    try:
+        yield inst
+    finally:
+        inst.down()
+        left = instance_pids(home)
+        for pid in left:
+            os.kill(pid, 9)
+        assert not left
+
+
+def test_bad_checkpoints_are_refused_by_name(running, tmp_path):
+    home = running.home
+    running.cli("models", "add", str(good_dir(tmp_path)), "--name", "good", "--quiet")
+    catalog_pid = next(s["pid"] for s in status(home)["services"] if s["name"] == "catalog")
+    for name, (path, phrase) in bad_checkpoints(tmp_path).items():
+        p = running.cli("models", "add", str(path), "--name", f"bad-{name}", "--quiet", check=False)
+        assert p.returncode != 0, f"{name} was accepted"
+        assert phrase in p.stderr, f"{name}: error does not name the problem: {p.stderr!r}"
+    listed = json.loads(running.cli("models", "list", "--json").stdout)
+    assert [m["name"] for m in listed] == ["good"]
+    assert sorted(p.name for p in (RunDir.from_env(str(home)).catalog_dir / "models").iterdir()) == ["good.c2cqm"]
+    assert next(s["pid"] for s in status(home)["services"] if s["name"] == "catalog") == catalog_pid
+
+
+def test_catalog_refuses_a_corrupt_file_sent_directly(running, tmp_path):
+    """A RegisterModel naming a damaged file gets a typed error; the catalog stays up and registers nothing."""
+    home = running.home
+    running.cli("models", "add", str(good_dir(tmp_path)), "--name", "good", "--quiet")
+    rd = RunDir.from_env(str(home))
+    src = rd.catalog_dir / "models" / "good.c2cqm"
+    info = info_of("copy", read_layout(src))
+    bad = tmp_path / "copy.c2cqm"
+    bad.write_bytes(src.read_bytes()[:-10])
+    ctx = zmq.Context()
+    s = ctx.socket(zmq.DEALER)
+    s.setsockopt(zmq.LINGER, 0)
+    s.connect(rd.catalog_addr)
+    s.send(encode(RegisterModel(info=info, path=str(bad))))
+    assert s.poll(10_000)
+    reply = Codec(FromCatalog).decode(s.recv())
+    s.close()
+    ctx.term()
+    assert isinstance(reply, CatalogError) and "truncated" in reply.message, reply
+    assert [m["name"] for m in json.loads(running.cli("models", "list", "--json").stdout)] == ["good"]
+
+
+def test_rm_then_the_model_is_unknown(running, tmp_path):
+    running.cli("models", "add", str(good_dir(tmp_path)), "--name", "good", "--quiet")
+    running.cli("models", "rm", "good")
+    assert json.loads(running.cli("models", "list", "--json").stdout) == []
+    assert not (RunDir.from_env(str(running.home)).shm_dir / "good.c2cqm").exists()
+
+
+def _mem(pid: int) -> dict[str, int]:
+    out = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(("RssAnon", "RssShmem", "RssFile")):
+            k, v = line.split(":")
+            out[k] = int(v.split()[0]) * 1024
+    return out
+
+
+def test_switching_to_a_half_billion_model_adds_no_private_memory(home, tmp_path):
+    """Weights are mapped from the shared file: the executor's private (anonymous) memory does not grow
+    by the model's size; the mapped pages show up as shared memory instead (the measurement sees them)."""
+    rd = RunDir.from_env(str(home))
+    folder = rd.catalog_dir / "models"
+    folder.mkdir(parents=True)
+    dst = folder / "qwen2-500m.c2cqm"
+    write_random(dst, preset_config("qwen2-500m", vocab_size=151936, eos_token_id=None), {}, dtype="bf16",
+                 progress=False)
+    info = info_of("qwen2-500m", read_layout(dst))
+    assert info.parameters > 450e6
+    from c2cq import catalog_client
+
+    catalog_client.call(rd, RegisterModel(info=info, path=str(dst)))
+    inst = Instance(home, slices=1, backend="cpu")
+    inst.up()
+    try:
+        pid = next(s["pid"] for s in status(home)["services"] if s["name"] == "exec-0")
+        before = _mem(pid)
+
+        async def run():
+            async with AsyncClient(home=str(home), timeout=300) as c:
+                s = await c.submit("qwen2-500m", prompt_token_ids=list(range(1, 14)), max_tokens=2, ignore_eos=True)
+                return sum([len(t.token_ids) async for t in s])
+
+        assert asyncio.run(run()) == 2
+        after = _mem(pid)
+    finally:
+        inst.down()
+    grew_private = after["RssAnon"] - before["RssAnon"]
+    grew_shared = after["RssShmem"] + after["RssFile"] - before["RssShmem"] - before["RssFile"]
+    print(f"model {info.bytes / 2**20:.0f} MiB; private +{grew_private / 2**20:.0f} MiB, "
+          f"shared +{grew_shared / 2**20:.0f} MiB")
+    assert grew_shared > 0.9 * info.bytes, "the weights were not read from the shared mapping"
+    assert grew_private < 0.1 * info.bytes, f"private memory grew by {grew_private / 2**20:.0f} MiB"
