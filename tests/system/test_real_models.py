@@ -21,7 +21,7 @@ from c2cq.services.catalog.cli_add import add_path
 from c2cq.services.catalog.shm import map_shared
 from c2cq.services.executor.model.batch import FlatBatch
 from c2cq.services.executor.model.engine import Engine
-from c2cq.testing import Instance, instance_pids, status, wait_for
+from c2cq.testing import Instance, instance_pids
 from hf_models import build_checkpoint
 
 # (spec, dtype): every architecture family, odd sizes (hidden 72, vocab 307), fp32 and bf16
