@@ -7,6 +7,7 @@ Receiving awaits readiness once, then drains with NOBLOCK (one await per message
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import zmq
@@ -58,10 +59,24 @@ async def recv_batch(sock: zmq.asyncio.Socket, max_batch: int = MAX_BATCH) -> li
     return batch
 
 
-def send_nowait(sock: zmq.asyncio.Socket, frames: list[bytes]) -> bool:
-    """Send without blocking; False when the peer is gone or its queue is full."""
+def send_nowait(sock: zmq.asyncio.Socket | zmq.Socket, frames: list[bytes]) -> bool:
+    """Send without blocking; False when the peer is gone or its queue is full.
+
+    An asyncio socket does not raise here: it returns a Future that already holds the error
+    (EAGAIN, or EHOSTUNREACH from ROUTER_MANDATORY), so the Future is what must be checked.
+    """
     try:
-        sock.send_multipart(frames, flags=zmq.NOBLOCK)
-        return True
-    except (zmq.Again, zmq.ZMQError):
+        res = sock.send_multipart(frames, flags=zmq.NOBLOCK)
+    except (zmq.Again, zmq.ZMQError):  # a plain socket raises
         return False
+    if not isinstance(res, asyncio.Future):
+        return True
+    if not res.done():  # queued behind an awaited send on the same socket: it goes out in order
+        res.add_done_callback(_retrieve)
+        return True
+    return res.exception() is None
+
+
+def _retrieve(fut: asyncio.Future) -> None:
+    if not fut.cancelled():
+        fut.exception()  # consumed: a late failure is not logged as "never retrieved"

@@ -26,8 +26,11 @@ def nvml_devices() -> list[tuple[str, list[str]]]:
     try:
         out = []
         for i in range(pynvml.nvmlDeviceGetCount()):
-            h = pynvml.nvmlDeviceGetHandleByIndex(i)
-            uuid = pynvml.nvmlDeviceGetUUID(h)
+            try:
+                h = pynvml.nvmlDeviceGetHandleByIndex(i)
+                uuid = pynvml.nvmlDeviceGetUUID(h)
+            except pynvml.NVMLError:
+                continue  # a GPU NVML cannot open (lost, no permission) is left out, not fatal
             migs = []
             try:
                 current, _ = pynvml.nvmlDeviceGetMigMode(h)
@@ -39,6 +42,8 @@ def nvml_devices() -> list[tuple[str, list[str]]]:
                         migs.append(pynvml.nvmlDeviceGetUUID(pynvml.nvmlDeviceGetMigDeviceHandleByIndex(h, j)))
                     except pynvml.NVMLError:
                         continue
+                if not migs:
+                    continue  # MIG on but no instances: CUDA can run nothing on this GPU
             out.append((uuid if isinstance(uuid, str) else uuid.decode(), [
                 u if isinstance(u, str) else u.decode() for u in migs]))
         return out

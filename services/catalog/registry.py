@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+import msgspec
+
 from c2cq.schemas.catalog import (
     CatalogError,
     DescribeModel,
@@ -41,6 +43,10 @@ def apply(reg: Registry, ev: ModelRegistered | ModelRemoved) -> None:
         reg.models.pop(ev.name, None)
 
 
+def _bare(info: ModelInfo) -> ModelInfo:
+    return msgspec.structs.replace(info, shm=None)
+
+
 def _err(code: ErrorCode, text: str) -> CatalogError:
     return CatalogError(code=code, message=text)
 
@@ -56,6 +62,12 @@ def handle(reg: Registry, msg, *, source: str, seq: int, ts_ns: int):
         bad = check_info(msg.info)
         if bad:
             return [], _err(ErrorCode.BAD_MODEL, bad)
+        old = reg.models.get(msg.info.name)
+        if old is not None:  # the same registration again is a no-op; a different one must not replace it
+            if (_bare(old.info), old.path) == (_bare(msg.info), msg.path):
+                return [], ModelInfoReply(info=old.info)
+            return [], _err(ErrorCode.BAD_MODEL, f"model {msg.info.name!r} is already registered with another "
+                            f"description or file (c2cq models rm {msg.info.name} first)")
         ev = ModelRegistered(source=source, seq=seq, ts_ns=ts_ns, info=msg.info, path=msg.path)
         return [ev], ModelInfoReply(info=msg.info)
     if isinstance(msg, RemoveModel):
@@ -72,7 +84,7 @@ HANDLED = (DescribeModel, ListModels, RegisterModel, RemoveModel)
 
 
 def check_info(info: ModelInfo) -> str | None:
-    if not NAME_RE.match(info.name):
+    if not NAME_RE.fullmatch(info.name):  # match() would let a trailing newline through `$`
         return f"model name {info.name!r} must match {NAME_RE.pattern}"
     for k in ("parameters", "bytes", "vocab_size", "num_layers", "hidden_size", "max_context"):
         if getattr(info, k) <= 0:

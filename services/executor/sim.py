@@ -91,6 +91,14 @@ class SimBackend:
     def step(self, chunk_tokens: int) -> StepResult:
         m, res = self.model, StepResult()
         batch = list(self.seqs.values())[: self.max_batch]
+        for s in batch:  # resumed with every token already delivered: complete without a token past max_tokens
+            if s.produced >= s.req.max_tokens:
+                res.outputs.append(Output(s.req.request_id, s.produced, (), "", FinishReason.LENGTH,
+                                          prompt_tokens=s.prompt_tokens))
+                del self.seqs[s.req.request_id]
+        batch = [s for s in batch if s.req.request_id in self.seqs]
+        if not batch:
+            return res
         budget = max(1, chunk_tokens)
         for s in batch:  # chunked prefill first, within the chunk budget
             if s.prefilled < s.prompt_tokens and budget > 0:
