@@ -58,7 +58,18 @@ def _cuda_linear(x: torch.Tensor, w: SplitWeight, bias: torch.Tensor | None) -> 
     return y.reshape(*lead, w.n)
 
 
+# CPUs without bf16/fp16 matrix instructions run torch's half-precision GEMM at GEMV speed per row
+# (measured here, 2560×960 bf16: 423 ms at M=512 against 66 ms through fp32). From this many rows on,
+# the weight is widened to fp32 for the product (exact), accumulated in fp32 and rounded back — what a
+# native half GEMM with fp32 accumulation computes, up to the last bit of rounding order.
+CPU_WIDEN_MIN_ROWS = 32
+
+
 def _torch_linear(x: torch.Tensor, w: SplitWeight, bias: torch.Tensor | None) -> torch.Tensor:
+    if (x.device.type == "cpu" and x.dtype in (torch.bfloat16, torch.float16)
+            and x.numel() // max(x.shape[-1], 1) >= CPU_WIDEN_MIN_ROWS):
+        wide = SplitWeight(hbm=w.hbm.float(), host=w.host.float())
+        return _torch_linear(x.float(), wide, None if bias is None else bias.float()).to(x.dtype)
     if w.hbm.shape[0] == 0:
         return torch.nn.functional.linear(x, w.host, bias)
     if w.host.shape[0] == 0:

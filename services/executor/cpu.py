@@ -60,7 +60,7 @@ class CpuBackend:
         self._file = None
         self._produced: dict[str, int] = {}  # request id → index of its next output token
         self._prompt_lens: dict[str, int] = {}
-        self._failed: list[Output] = []  # requests refused at add(), reported by the next step
+        self._failed: list[Output] = []  # requests ended at add() (refused, or nothing left), reported by the next step
         self._alpha_plan = 0.0
         # add/abort arrive on the event loop while a step runs in a worker thread: they are queued
         # here and applied by the next step, in the step's thread, in arrival order
@@ -113,8 +113,10 @@ class CpuBackend:
             if self.engine is None or self.model is None or self.model.name != req.model:
                 raise RequestError(ErrorCode.INTERNAL, f"the slice does not serve {req.model!r} now")
             resumed = len(req.resume_token_ids)
-            if resumed >= req.max_tokens:
-                raise RequestError(ErrorCode.BAD_MAX_TOKENS, "nothing left to generate after the resumed tokens")
+            if resumed >= req.max_tokens:  # resumed after its last token was delivered: only the end is due
+                self._failed.append(Output(req.request_id, resumed, (), "", FinishReason.LENGTH,
+                                           prompt_tokens=len(req.prompt_token_ids)))
+                return
             params = SamplingParams.from_wire(req.sampling, req.max_tokens - resumed)
             prompt = self._prompt_ids(req)
             self.engine.add(req.request_id, prompt + list(req.resume_token_ids), params)

@@ -31,6 +31,22 @@ def test_cpu_path_with_batch_dims(dtype, rows):
     assert_close(y, ref, *tolerance(dtype, 40, x, w))
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("rows", [0, 29, 77])
+def test_cpu_half_precision_widened_for_many_rows(dtype, rows):
+    """From CPU_WIDEN_MIN_ROWS rows on, half-precision weights are widened to fp32 for the product:
+    the result keeps x's dtype and the same accuracy bound against the float64 reference."""
+    from c2cq.kernels.linear import CPU_WIDEN_MIN_ROWS
+
+    g = torch.Generator().manual_seed(100 + rows)
+    x = torch.randn(CPU_WIDEN_MIN_ROWS + 3, 40, generator=g).to(dtype)
+    w = torch.randn(77, 40, generator=g).to(dtype)
+    bias = torch.randn(77, generator=g).to(dtype)
+    y = hybrid_linear(x, _split(w, rows, "cpu", False), bias)
+    assert y.dtype == dtype and y.shape == (CPU_WIDEN_MIN_ROWS + 3, 77)
+    assert_close(y, gemm_reference(x, w, bias), *tolerance(dtype, 40, x, w))
+
+
 def test_k_mismatch_is_a_shape_error():
     w = SplitWeight.host_only(torch.randn(8, 5))
     with pytest.raises(ShapeError):
