@@ -6,8 +6,10 @@ import argparse
 import json
 
 from c2cq import catalog_client
+from c2cq.errors import ModelError
 from c2cq.rundir import RunDir
 from c2cq.schemas.catalog import ListModels, RegisterModel, RemoveModel
+from c2cq.supervisor.manager import read_pid
 
 
 def register(sub) -> None:
@@ -31,18 +33,35 @@ def register(sub) -> None:
         pass
 
 
+def slices_by_model(rd: RunDir) -> dict[str, list[tuple[str, int]]]:
+    """model → [(slice, active + queued requests)] of the running instance's slices; {} when none runs."""
+    if read_pid(rd) is None:
+        return {}
+    from c2cq.client import Client
+
+    with Client(home=str(rd.home), timeout=10) as c:
+        reply = c.status()
+    out: dict[str, list[tuple[str, int]]] = {}
+    for e in reply.executors:
+        if e.model and e.state != "lost":
+            out.setdefault(e.model, []).append((e.executor_id, e.active_requests + e.queued_requests))
+    return out
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     rd = RunDir.from_env(args.home)
     reply = catalog_client.call(rd, ListModels())
-    rows = [{f: getattr(m, f) for f in m.__struct_fields__ if f != "shm"} | {"shm": m.shm.path if m.shm else None}
+    held = slices_by_model(rd)
+    rows = [{f: getattr(m, f) for f in m.__struct_fields__ if f != "shm"}
+            | {"shm": m.shm.path if m.shm else None, "slices": [x for x, _ in held.get(m.name, [])]}
             for m in reply.models]
     if args.json:
         print(json.dumps(rows, indent=2, default=str))
         return 0
-    print(f"{'name':<24} {'kind':<5} {'architecture':<22} {'params':>10} {'bytes':>12} {'dtype':<5}")
+    print(f"{'name':<24} {'kind':<5} {'architecture':<22} {'params':>10} {'bytes':>12} {'dtype':<5} slices")
     for r in rows:
         print(f"{r['name']:<24} {r['kind']:<5} {r['architecture']:<22} {r['parameters'] / 1e6:>9.1f}M "
-              f"{r['bytes']:>12} {r['dtype']:<5}")
+              f"{r['bytes']:>12} {r['dtype']:<5} {','.join(r['slices']) or '-'}")
     return 0
 
 
@@ -58,6 +77,10 @@ def cmd_add_sim(args: argparse.Namespace) -> int:
 
 def cmd_rm(args: argparse.Namespace) -> int:
     rd = RunDir.from_env(args.home)
+    busy = [(x, n) for x, n in slices_by_model(rd).get(args.name, []) if n > 0]
+    if busy:
+        raise ModelError(f"model_in_use: {args.name!r} is serving requests on "
+                         f"{', '.join(f'{x} ({n})' for x, n in busy)}; retry when they finish")
     catalog_client.call(rd, RemoveModel(name=args.name))
     print(f"removed {args.name}")
     return 0

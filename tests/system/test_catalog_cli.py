@@ -168,3 +168,28 @@ def test_switching_to_a_half_billion_model_adds_no_private_memory(home, tmp_path
           f"shared +{grew_shared / 2**20:.0f} MiB")
     assert grew_shared > 0.9 * info.bytes, "the weights were not read from the shared mapping"
     assert grew_private < 0.1 * info.bytes, f"private memory grew by {grew_private / 2**20:.0f} MiB"
+
+
+def test_rm_is_refused_while_a_request_uses_the_model(running):
+    home = running.home
+    running.cli("models", "add-sim", "--count", "2")
+    listed = {m["name"]: m for m in json.loads(running.cli("models", "list", "--json").stdout)}
+    assert listed["sim-000"]["slices"] == []
+
+    async def run():
+        async with AsyncClient(home=str(home), timeout=120) as c:
+            s = await c.submit("sim-000", "a long one", max_tokens=4000)
+            first = await s.__anext__()  # the slice now serves sim-000
+            p = await asyncio.to_thread(running.cli, "models", "rm", "sim-000", check=False)
+            held = json.loads((await asyncio.to_thread(running.cli, "models", "list", "--json")).stdout)
+            await c.cancel(s.request_id)
+            return first, p, held
+
+    first, p, held = asyncio.run(run())
+    assert first.token_ids
+    assert p.returncode != 0 and "model_in_use" in p.stderr, p.stderr
+    assert {m["name"]: m["slices"] for m in held}["sim-000"] == ["exec-0"]
+    from c2cq.testing import wait_for
+
+    wait_for(lambda: running.cli("models", "rm", "sim-000", check=False).returncode == 0, 30, "rm after cancel")
+    assert [m["name"] for m in json.loads(running.cli("models", "list", "--json").stdout)] == ["sim-001"]
