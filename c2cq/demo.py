@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 GENERATED = [("qwen3-60m", "qwen3-60m", "bf16"), ("mixtral-4x20m", "mixtral-4x20m", "fp32"),
-             ("llama-250m", "llama-250m", "bf16")]  # (name, preset, dtype)
+             ("llama-250m", "llama-250m", "fp32")]  # (name, preset, dtype)
 BASE = "smollm2-135m"
 
 
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="c2cq-demo", description=__doc__.split("\n\n")[0])
     p.add_argument("--home", default=os.environ.get("C2CQ_HOME") or str(Path.home() / ".c2cq-demo"))
     p.add_argument("--slices", type=int, default=2)
-    p.add_argument("--rate", type=float, default=1.0, help="requests/s of the load run")
+    p.add_argument("--rate", type=float, default=0.5, help="requests/s of the load run")
     p.add_argument("--duration", type=float, default=30.0, help="seconds of the load run's schedule")
     args = p.parse_args(argv)
     home = Path(args.home).expanduser()
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         c2cq(home, "generate", "--model", BASE, "--max-tokens", "24", "The capital of France is")
         out = home / "demo-report"
         c2cq(home, "loadgen", "--rate", str(args.rate), "--duration", str(args.duration), "--zipf", "1.0",
-             "--prompt-tokens", "64", "--output-tokens", "24", "--slo", "interactive:3000:250",
+             "--prompt-tokens", "48", "--output-tokens", "16", "--slo", "interactive:3000:250",
              "--slo", "batch:20000:1000", "--timeout", "120", "--out", str(out))
         print(f"\nreport: {out / 'report.json'}; plots: {', '.join(sorted(p.name for p in out.glob('*.png')))}")
         c2cq(home, "status")
