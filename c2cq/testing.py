@@ -65,3 +65,12 @@ class Instance:
 
     def cli(self, *args: str, **kw) -> subprocess.CompletedProcess:
         return c2cq(self.home, *args, **kw)
+
+    def teardown(self) -> None:
+        """`c2cq down` if it still runs; then no process of this home may be left (any left is killed)."""
+        if (self.home / "run" / "supervisor.pid").exists():
+            self.down()
+        leftovers = instance_pids(self.home)
+        for pid in leftovers:
+            os.kill(pid, 9)
+        assert not leftovers, f"processes left after c2cq down: {leftovers}"

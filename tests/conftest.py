@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
-from c2cq.testing import Instance, instance_pids
+from c2cq.testing import Instance
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -29,9 +28,4 @@ def sim_instance(home):
     try:
         yield inst
     finally:
-        if (home / "run" / "supervisor.pid").exists():
-            inst.down()
-        leftovers = instance_pids(home)
-        for pid in leftovers:
-            os.kill(pid, 9)
-        assert not leftovers, f"processes left after c2cq down: {leftovers}"
+        inst.teardown()

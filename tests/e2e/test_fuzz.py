@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import os
 import random
 import time
 import uuid
@@ -57,12 +56,7 @@ def inst(tmp_path_factory):
     try:
         yield i
     finally:
-        if (home / "run" / "supervisor.pid").exists():
-            i.down()
-        leftovers = instance_pids(home)
-        for pid in leftovers:
-            os.kill(pid, 9)
-        assert not leftovers, f"processes left after c2cq down: {leftovers}"
+        i.teardown()
 
 
 def snapshot(inst: Instance) -> dict:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import struct
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from c2cq.schemas.catalog import CatalogError, FromCatalog, RegisterModel
 from c2cq.services.catalog.describe import info_of
 from c2cq.services.catalog.layout import read_layout
 from c2cq.services.catalog.synth import preset_config, write_random
-from c2cq.testing import Instance, instance_pids, status
+from c2cq.testing import Instance, status
 
 
 def good_dir(root: Path, name: str = "good") -> Path:
@@ -74,11 +73,7 @@ def running(home):
     try:
         yield inst
     finally:
-        inst.down()
-        left = instance_pids(home)
-        for pid in left:
-            os.kill(pid, 9)
-        assert not left
+        inst.teardown()
 
 
 def test_bad_checkpoints_are_refused_by_name(running, tmp_path):
@@ -161,7 +156,7 @@ def test_switching_to_a_half_billion_model_adds_no_private_memory(home, tmp_path
         assert asyncio.run(run()) == 2
         after = _mem(pid)
     finally:
-        inst.down()
+        inst.teardown()
     grew_private = after["RssAnon"] - before["RssAnon"]
     grew_shared = after["RssShmem"] + after["RssFile"] - before["RssShmem"] - before["RssFile"]
     print(f"model {info.bytes / 2**20:.0f} MiB; private +{grew_private / 2**20:.0f} MiB, "

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import os
 from pathlib import Path
 
 import pytest
@@ -21,7 +20,7 @@ from c2cq.services.catalog.cli_add import add_path
 from c2cq.services.catalog.shm import map_shared
 from c2cq.services.executor.model.batch import FlatBatch
 from c2cq.services.executor.model.engine import Engine
-from c2cq.testing import Instance, instance_pids
+from c2cq.testing import Instance
 from hf_models import build_checkpoint
 
 # (spec, dtype): every architecture family, odd sizes (hidden 72, vocab 307), fp32 and bf16
@@ -68,11 +67,7 @@ def cpu_instance(catalog):
     try:
         yield inst
     finally:
-        inst.down()
-        left = instance_pids(home)
-        for pid in left:
-            os.kill(pid, 9)
-        assert not left, f"processes left after c2cq down: {left}"
+        inst.teardown()
 
 
 async def greedy(client: AsyncClient, model: str, ids: list[int]) -> list[int]:
