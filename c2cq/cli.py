@@ -17,6 +17,12 @@ def main(argv: list[str] | None = None) -> int:
     cli_run.register(sub)
     cli_models.register(sub)
     try:
+        from c2cq import cli_events
+
+        cli_events.register(sub)
+    except ImportError:
+        pass
+    try:
         from c2cq.loadgen import cli as loadgen_cli
 
         loadgen_cli.register(sub)

@@ -114,11 +114,15 @@ class AsyncClient:
         self._tasks: list[asyncio.Task] = []
         self._last_heard = time.monotonic()
         self._dead: PeerDeadError | None = None
+        # a stable routing id: a restarted scheduler routes to it from its log after we reconnect
+        self.identity = f"c2cq-client-{uuid.uuid4().hex}".encode()
+        self._unanswered: dict[str, tuple[SubmitRequest, float]] = {}  # submits with no reply yet
 
     async def connect(self) -> "AsyncClient":
         if self._sock is None:
             self._ctx = zmq.asyncio.Context()
-            self._sock = make_socket(self._ctx, zmq.DEALER, connect=self.address, hwm=100_000)
+            self._sock = make_socket(self._ctx, zmq.DEALER, connect=self.address, hwm=100_000,
+                                     identity=self.identity)
             self._last_heard = time.monotonic()
             self._tasks = [asyncio.create_task(self._reader()), asyncio.create_task(self._watchdog())]
         return self
@@ -156,6 +160,7 @@ class AsyncClient:
                         fut.set_result(msg)
                     continue
                 rid = getattr(msg, "request_id", None)
+                self._unanswered.pop(rid, None)
                 stream = self._streams.get(rid) if rid is not None else None
                 if stream is None:
                     continue
@@ -179,11 +184,24 @@ class AsyncClient:
                 self._fail_all(PeerDeadError(f"the scheduler at {self.address} has not answered for {silent:.1f} s"))
             elif silent > self.ping_interval:
                 self._send(Ping(nonce=next(self._nonce)))
+            self._resubmit()
+
+    def _resubmit(self) -> None:
+        """Send again a submit nothing was heard about (lost in a scheduler restart); the scheduler
+        treats a repeated submit of the same id from the same client as the same request."""
+        now = time.monotonic()
+        for rid, (msg, sent) in list(self._unanswered.items()):
+            if rid not in self._streams:
+                del self._unanswered[rid]
+            elif now - sent > 2 * self.ping_interval:
+                self._unanswered[rid] = (msg, now)
+                self._send(msg)
 
     def _fail_all(self, err: PeerDeadError) -> None:
         for rid, stream in list(self._streams.items()):
             stream.queue.put_nowait(err)
         self._streams.clear()
+        self._unanswered.clear()
         for fut in self._status.values():
             if not fut.done():
                 fut.set_exception(err)
@@ -215,6 +233,7 @@ class AsyncClient:
             slo=slo or SLO(), client_request_id=client_request_id)
         stream = Stream(self, rid, self.timeout)
         self._streams[rid] = stream
+        self._unanswered[rid] = (msg, time.monotonic())
         self._send(msg)
         return stream
 

@@ -1,18 +1,16 @@
-"""The scheduler's pure core: ``handle(state, input, now) -> outputs``; no sockets, no clocks.
+"""The scheduler's pure core: ``apply(state, event) -> (state, commands)``, a fold over its log.
 
-Inputs are client messages (with the sender's identity and the resolved ModelInfo), executor
-events, send failures and timer ticks. Outputs are ToClient / ToExecutor commands that the
-shell (main.py) sends. The state is mutated in place and owned by the caller.
+Every input that changes the state is a SchedulerEvent (events.py) carrying the time it arrived;
+``apply`` folds one into the state (mutated in place and returned: the caller owns it) and
+returns the commands to send. No sockets, no clocks, no randomness: replaying the same events
+into a fresh state gives the same state and the same commands. Read-only queries (Ping,
+StatusQuery) go through ``query`` and are not logged.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from c2cq.schemas import executor as ex_msgs
-from c2cq.schemas.catalog import ModelInfo
 from c2cq.schemas.client import (
-    CancelRequest,
     ExecutorStatus,
     Ping,
     Pong,
@@ -21,79 +19,129 @@ from c2cq.schemas.client import (
     RequestRejected,
     StatusQuery,
     StatusReply,
-    SubmitRequest,
     Timings,
     TokensEmitted,
     Usage,
 )
 from c2cq.schemas.enums import ErrorCode, FinishReason
-from c2cq.services.scheduler.placement import choose_executor
-from c2cq.services.scheduler.state import ExecutorView, RequestView, State, ToClient, ToExecutor
+from c2cq.schemas.client import SLO
+from c2cq.services.scheduler import controller, costmodel
+from c2cq.services.scheduler import events as ev
+from c2cq.services.scheduler.placement import choose_executor, earliest_ttft, link_group
+from c2cq.services.scheduler.state import (
+    CLASSES,
+    Batch,
+    Command,
+    Config,
+    ExecutorView,
+    RequestView,
+    State,
+    ToClient,
+    ToExecutor,
+    exec_request_id,
+)
 from c2cq.services.scheduler.validate import check_submit
 
-Out = list[ToClient | ToExecutor]
+Out = list[Command]
+_LIVE = ("ready", "draining", "unconfirmed")
 
 
-@dataclass(frozen=True, slots=True)
-class FromClient:
-    client: bytes
-    msg: object
-    info: ModelInfo | None = None  # the shell resolves the model of a SubmitRequest
+# ---- admission ---------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class FromExecutor:
-    executor_id: str
-    msg: object
+def slo_class(cfg: Config, slo: SLO) -> str:
+    if slo.ttft_ms is None and slo.tpot_ms is None:
+        return "batch"
+    if slo.ttft_ms is not None and slo.ttft_ms <= cfg.interactive_ttft_ms:
+        return "interactive"
+    return "standard"
 
 
-@dataclass(frozen=True, slots=True)
-class SendFailed:
-    executor_id: str
+def _admit(st: State, req: RequestView) -> RequestRejected | None:
+    """None to accept; else why not: its class's queue is full, or no executor can meet its TTFT."""
+    rid, k = req.request_id, req.klass
+    queued = st.queued.get(k, 0)
+    limit = st.cfg.queue_limits.get(k, st.cfg.limits.max_waiting)
+    if queued >= limit or st.waiting() >= st.cfg.limits.max_waiting:
+        return RequestRejected(request_id=rid, code=ErrorCode.QUEUE_FULL,
+                               message=f"the {k} queue is full ({queued} requests wait for an executor)")
+    target = req.submit.slo.ttft_ms
+    if target is None:
+        return None
+    x, t = choose_executor(st, req)
+    if x is None:
+        t = earliest_ttft(st, req, ahead=queued)
+    if t * 1e3 > target:
+        est = "no executor is up" if t == float("inf") else f"the best estimate is {t * 1e3:.0f} ms"
+        return RequestRejected(request_id=rid, code=ErrorCode.NO_EXECUTOR,
+                               message=f"cannot meet slo.ttft_ms={target:g}: {est}")
+    return None
 
 
-@dataclass(frozen=True, slots=True)
-class Tick:
-    pass
+def _enqueue(st: State, rids: list[str], front: bool = False) -> None:
+    for rid in (reversed(rids) if front else rids):
+        req = st.requests[rid]
+        for q in (st.queues.setdefault(req.klass, []), st.by_model.setdefault(req.submit.model, [])):
+            if front:
+                q.insert(0, rid)
+            else:
+                q.append(rid)
+        st.queued[req.klass] = st.queued.get(req.klass, 0) + 1
+
+
+def _unqueue(st: State, req: RequestView) -> None:
+    """The request leaves the waiting set (its ids in the lists go stale)."""
+    st.queued[req.klass] -= 1
 
 
 # ---- client inputs ---------------------------------------------------------------------------
 
 
-def _submit(st: State, client: bytes, msg: SubmitRequest, info: ModelInfo | None, now: float) -> Out:
-    bad = check_submit(msg, info, st.limits)
+def _submitted(st: State, e: ev.Submitted) -> Out:
+    msg, client, now = e.msg, e.client, e.at
+    known = st.requests.get(msg.request_id) or st.recent.get(msg.request_id)
+    if known is not None and known.client == client:
+        return _resend(known)  # a client retrying a submit it heard no answer to: idempotent
+    bad = check_submit(msg, e.info, st.cfg.limits)
     if bad is not None:
         return [ToClient(client, bad)]
-    if msg.request_id in st.requests:
+    if known is not None:
         return [ToClient(client, RequestRejected(request_id=msg.request_id, code=ErrorCode.DUPLICATE_REQUEST,
                                                  message="a request with this id is in flight"))]
-    if len(st.waiting) >= st.limits.max_waiting:
-        return [ToClient(client, RequestRejected(request_id=msg.request_id, code=ErrorCode.QUEUE_FULL,
-                                                 message=f"{len(st.waiting)} requests already wait for an executor"))]
-    st.requests[msg.request_id] = RequestView(submit=msg, client=client, info=info, accepted_at=now)
+    st.models[msg.model] = (e.info.bytes, e.info.parameters)
+    req = RequestView(submit=msg, klass=slo_class(st.cfg, msg.slo), client=client, info=e.info, accepted_at=now)
+    no = _admit(st, req)
+    if no is not None:
+        return [ToClient(client, no)]
+    st.requests[msg.request_id] = req
     st.total += 1
+    _enqueue(st, [msg.request_id])
     out: Out = [ToClient(client, RequestAccepted(request_id=msg.request_id, model=msg.model,
                                                  client_request_id=msg.client_request_id))]
-    st.waiting.append(msg.request_id)
-    return out + _dispatch(st, now)
+    return out + _place_new(st, req, now)
 
 
-def _cancel(st: State, client: bytes, msg: CancelRequest, now: float) -> Out:
-    req = st.requests.get(msg.request_id)
-    if req is None or req.client != client:
-        return [ToClient(client, RequestRejected(request_id=msg.request_id, code=ErrorCode.UNKNOWN_REQUEST,
-                                                 message="no such request in flight"))]
+def _cancel(st: State, e: ev.CancelAsked) -> Out:
+    req = st.requests.get(e.request_id)
+    if req is None or req.client != e.client:
+        return [ToClient(e.client, RequestRejected(request_id=e.request_id, code=ErrorCode.UNKNOWN_REQUEST,
+                                                   message="no such request in flight"))]
     out: Out = []
     if req.executor is not None:
-        out.append(ToExecutor(req.executor, ex_msgs.AbortRequest(request_id=msg.request_id)))
-    return out + _finish(st, req, FinishReason.CANCELLED, now, completion=req.emitted)
+        out.append(ToExecutor(req.executor, ex_msgs.AbortRequest(request_id=exec_request_id(req))))
+    else:
+        _unqueue(st, req)
+    return out + _finish(st, req, FinishReason.CANCELLED, e.at, completion=req.emitted)
 
 
-def _status(st: State, client: bytes, msg: StatusQuery) -> Out:
+def query(st: State, client: bytes, msg: Ping | StatusQuery) -> Out:
+    """Read-only client messages: answered from the state, never logged."""
+    if isinstance(msg, Ping):
+        return [ToClient(client, Pong(nonce=msg.nonce))]
     rows = tuple(
-        ExecutorStatus(executor_id=e.executor_id, state=e.state, backend=e.backend, device=e.device, model=e.model,
-                       alpha=e.alpha, active_requests=len(e.active), queued_requests=0)
-        for e in sorted(st.executors.values(), key=lambda e: e.executor_id)
+        ExecutorStatus(executor_id=x.executor_id, state=x.state, backend=x.backend, device=x.device, model=x.model,
+                       alpha=x.alpha, active_requests=len(x.active), queued_requests=0)
+        for x in sorted(st.executors.values(), key=lambda x: x.executor_id)
     )
     return [ToClient(client, StatusReply(nonce=msg.nonce, executors=rows, requests_in_flight=len(st.requests),
                                          requests_total=st.total))]
@@ -102,172 +150,357 @@ def _status(st: State, client: bytes, msg: StatusQuery) -> Out:
 # ---- executor inputs -------------------------------------------------------------------------
 
 
-def _slice_ready(st: State, eid: str, ev: ex_msgs.SliceReady, now: float) -> Out:
-    out: Out = []
+def _slice_ready(st: State, eid: str, m: ex_msgs.SliceReady, now: float) -> Out:
     old = st.executors.get(eid)
-    if old is not None and old.boot_id == ev.boot_id:
-        old.last_seen = now
-        if old.state == "lost":
-            old.state = "ready"
-        return _dispatch(st, now)
+    if old is not None and old.boot_id == m.boot_id:
+        return _heard(st, old, now)
+    out: Out = []
     if old is not None:  # a new incarnation: what the old one held is gone
         out += _lose(st, old, now, "the executor restarted")
-    st.executors[eid] = ExecutorView(executor_id=eid, boot_id=ev.boot_id, backend=ev.backend, device=ev.device,
-                                     max_batch=ev.max_batch, memory_budget_bytes=ev.memory_budget_bytes,
-                                     link_bandwidth_bps=ev.link_bandwidth_bps, last_seen=now)
+        st.groups[old.link_group].remove(eid)
+    group = link_group(m.device)
+    st.groups.setdefault(group, []).append(eid)
+    est = costmodel.Estimates(link_bps=m.link_bandwidth_bps, hbm_bps=st.cfg.hbm_bps_prior, flops=st.cfg.flops_prior)
+    st.executors[eid] = ExecutorView(executor_id=eid, boot_id=m.boot_id, backend=m.backend, device=m.device,
+                                     max_batch=m.max_batch, memory_budget_bytes=m.memory_budget_bytes,
+                                     link_bandwidth_bps=m.link_bandwidth_bps, last_seen=now, link_group=group,
+                                     est=est, chunk_tokens=st.cfg.base_chunk_tokens)
     return out + _dispatch(st, now)
 
 
-def _tokens(st: State, eid: str, ev: ex_msgs.TokensProduced, now: float) -> Out:
-    req = st.requests.get(ev.request_id)
-    if req is None or req.executor != eid:
-        return []  # late tokens of a cancelled or migrated request
-    if ev.index != req.emitted:
-        if ev.index + len(ev.token_ids) <= req.emitted:
+def _request_of(st: State, eid: str, exec_rid: str) -> RequestView | None:
+    rid = st.exec_ids.get(exec_rid)
+    req = st.requests.get(rid) if rid is not None else None
+    return req if req is not None and req.executor == eid else None  # else a stale or foreign attempt
+
+
+def _tokens(st: State, eid: str, m: ex_msgs.TokensProduced, now: float) -> Out:
+    req = _request_of(st, eid, m.request_id)
+    if req is None:
+        return []
+    if m.index != req.emitted:
+        if m.index + len(m.token_ids) <= req.emitted:
             return []  # a duplicate
         # a gap means tokens were lost between executor and scheduler: fail loudly, never skip
-        return [ToExecutor(eid, ex_msgs.AbortRequest(request_id=req.submit.request_id))] + _finish(
+        return [ToExecutor(eid, ex_msgs.AbortRequest(request_id=m.request_id))] + _finish(
             st, req, FinishReason.ERROR, now, completion=req.emitted, code=ErrorCode.INTERNAL,
-            message=f"token stream gap: expected index {req.emitted}, got {ev.index}")
+            message=f"token stream gap: expected index {req.emitted}, got {m.index}")
     if req.first_token_at is None:
         req.first_token_at = now
-    req.emitted += len(ev.token_ids)
-    return [ToClient(req.client, TokensEmitted(request_id=ev.request_id, seq=ev.index, token_ids=ev.token_ids,
-                                               text=ev.text))]
+        x = st.executors.get(eid)
+        if x is not None and req.assigned_at is not None:
+            x.ttft_s = costmodel.ewma(x.ttft_s, now - req.assigned_at)
+    batch = Batch(req.emitted, m.token_ids, m.text)
+    req.batches.append(batch)
+    req.emitted += len(m.token_ids)
+    return [ToClient(req.client, TokensEmitted(request_id=req.request_id, seq=batch.seq, token_ids=batch.token_ids,
+                                               text=batch.text))]
 
 
-def _completed(st: State, eid: str, ev: ex_msgs.RequestCompleted, now: float) -> Out:
-    req = st.requests.get(ev.request_id)
-    if req is None or req.executor != eid:
+def _completed(st: State, eid: str, m: ex_msgs.RequestCompleted, now: float) -> Out:
+    req = _request_of(st, eid, m.request_id)
+    if req is None:
         return []
-    out = _finish(st, req, ev.finish_reason, now, prompt=ev.prompt_tokens, completion=req.emitted,
-                  code=ev.error_code, message=ev.message)
+    out = _finish(st, req, m.finish_reason, now, prompt=m.prompt_tokens, completion=req.emitted,
+                  code=m.error_code, message=m.message)
     return out + _dispatch(st, now)
 
 
-def _resident(st: State, eid: str, ev: ex_msgs.ModelResident) -> Out:
-    ex = st.executors.get(eid)
-    if ex is not None:
-        ex.model, ex.alpha = ev.model, ev.alpha
+def _resident(st: State, eid: str, m: ex_msgs.ModelResident, now: float) -> Out:
+    x = st.executors.get(eid)
+    if x is not None:
+        x.model, x.alpha = m.model, m.alpha
+        if m.switched_s is not None:
+            x.est.switch_s = costmodel.ewma(x.est.switch_s, m.switched_s)
     return []
 
 
-def _heartbeat(st: State, eid: str, ev: ex_msgs.Heartbeat, now: float) -> Out:
-    ex = st.executors.get(eid)
-    if ex is None or ex.boot_id != ev.boot_id:
+def _heartbeat(st: State, eid: str, m: ex_msgs.Heartbeat, now: float) -> Out:
+    x = st.executors.get(eid)
+    if x is None or x.boot_id != m.boot_id:
         return []  # it will announce itself with SliceReady
-    ex.last_seen = now
-    if ev.draining:
-        ex.state = "draining"
-    elif ex.state == "lost":
-        ex.state = "ready"
-        return _dispatch(st, now)
+    if m.draining:
+        x.state = "draining"
+        return []
+    if m.active == 0 and m.waiting == 0:
+        costmodel.idle(x.est)
+    return _heard(st, x, now)
+
+
+def _stats(st: State, eid: str, m: ex_msgs.StepStats, now: float) -> Out:
+    x = st.executors.get(eid)
+    size = st.models.get(m.model) if m.model is not None else None
+    if x is not None and size is not None:
+        costmodel.observe(x.est, step_s=m.step_s, tokens=m.tokens, decode_tokens=m.decode_tokens,
+                          bytes_hbm=m.bytes_hbm, bytes_host=m.bytes_host, model_bytes=size[0], params=size[1])
     return []
+
+
+def _heard(st: State, x: ExecutorView, now: float) -> Out:
+    """An executor of a known boot spoke: a lost or unconfirmed one is back; stale attempts end."""
+    x.last_seen = now
+    if x.state not in ("lost", "unconfirmed"):
+        return []
+    out: Out = [ToExecutor(x.executor_id, ex_msgs.AbortRequest(request_id=xid)) for xid in x.to_abort]
+    x.to_abort = []
+    x.state = "ready"
+    return out + _dispatch(st, now)
 
 
 # ---- shared steps ----------------------------------------------------------------------------
 
 
+def _waiting(st: State, q: list[str]) -> RequestView | None:
+    """The first live waiting request of a list, dropping the stale ids before it."""
+    while q:
+        req = st.requests.get(q[0])
+        if req is not None and req.executor is None:
+            return req
+        q.pop(0)
+    return None
+
+
+def _place(st: State, req: RequestView, x: ExecutorView, now: float) -> Out:
+    _unqueue(st, req)
+    return _assign(st, req, x, now)
+
+
+def _place_new(st: State, req: RequestView, now: float) -> Out:
+    """A new request starts at once where its estimated TTFT is lowest, if an executor can take it
+    (one idle, or one running its model with a free slot); else it waits its turn."""
+    x, _ = choose_executor(st, req)
+    return [] if x is None else _place(st, req, x, now)
+
+
 def _dispatch(st: State, now: float) -> Out:
+    """Fill free capacity from the waiting requests (late binding). A batch with a free slot takes
+    the oldest waiting requests of its model; idle executors take the waiting requests in class
+    order, each placed where its estimated TTFT is lowest. Work is proportional to what is placed,
+    not to how many wait."""
     out: Out = []
-    keep = []
-    while st.waiting:
-        rid = st.waiting.popleft()
-        req = st.requests.get(rid)
-        if req is None:
+    for x in st.executors.values():
+        if x.state != "ready" or not x.active or x.model is None:
             continue
-        ex = choose_executor(st.executors, req.submit.model)
-        if ex is None:
-            keep.append(rid)
-            keep.extend(st.waiting)
-            st.waiting.clear()
-            break
-        out += _assign(st, req, ex, now)
-    st.waiting.extend(keep)
+        q = st.by_model.get(x.model)
+        while q and len(x.active) < x.max_batch:
+            req = _waiting(st, q)
+            if req is None:
+                break
+            q.pop(0)
+            out += _place(st, req, x, now)
+    idle = sum(1 for x in st.executors.values() if x.state == "ready" and not x.active)
+    for k in CLASSES:
+        q = st.queues.get(k)
+        while idle and q:
+            req = _waiting(st, q)
+            if req is None:
+                break
+            x, _ = choose_executor(st, req)
+            if x is None:  # cannot happen while an executor is idle; guard the loop regardless
+                break
+            q.pop(0)
+            idle -= 0 if x.active else 1
+            out += _place(st, req, x, now)
     return out
 
 
-def _assign(st: State, req: RequestView, ex: ExecutorView, now: float) -> Out:
+def _assign(st: State, req: RequestView, x: ExecutorView, now: float) -> Out:
     s = req.submit
-    req.switched = ex.model != s.model
-    req.executor, req.assigned_at = ex.executor_id, now
-    ex.active.add(s.request_id)
-    if ex.model != s.model and not (ex.active - {s.request_id}):
-        ex.model, ex.alpha = s.model, 0.0
-    msg = ex_msgs.AssignRequest(request_id=s.request_id, model=s.model, prompt=s.prompt,
-                                prompt_token_ids=s.prompt_token_ids, max_tokens=s.max_tokens, sampling=s.sampling)
-    return [ToExecutor(ex.executor_id, msg)]
+    req.switched = req.switched or x.model != s.model
+    req.executor, req.assigned_at = x.executor_id, req.assigned_at or now
+    xid = exec_request_id(req)
+    st.exec_ids[xid] = s.request_id
+    x.active[s.request_id] = None
+    if x.model != s.model and len(x.active) == 1:
+        x.model, x.alpha = s.model, 0.0
+    msg = ex_msgs.AssignRequest(request_id=xid, model=s.model, prompt=s.prompt, prompt_token_ids=s.prompt_token_ids,
+                                max_tokens=s.max_tokens, sampling=s.sampling, resume_token_ids=req.token_ids())
+    return [ToExecutor(x.executor_id, msg)]
+
+
+def _detach(st: State, req: RequestView) -> str:
+    """Take a request off its executor for a re-dispatch; returns the stale attempt's executor-side id."""
+    xid = exec_request_id(req)
+    st.exec_ids.pop(xid, None)
+    x = st.executors.get(req.executor) if req.executor is not None else None
+    if x is not None:
+        x.active.pop(req.request_id, None)
+    req.executor = None
+    req.attempt += 1
+    return xid
 
 
 def _finish(st: State, req: RequestView, reason: FinishReason, now: float, *, prompt: int = 0, completion: int = 0,
             code: ErrorCode | None = None, message: str | None = None) -> Out:
-    rid = req.submit.request_id
+    rid = req.request_id
     st.requests.pop(rid, None)
+    st.exec_ids.pop(exec_request_id(req), None)
     if req.executor is not None and req.executor in st.executors:
-        st.executors[req.executor].active.discard(rid)
+        st.executors[req.executor].active.pop(rid, None)
     ms = lambda t: None if t is None else (t - req.accepted_at) * 1e3  # noqa: E731
     done = RequestFinished(
         request_id=rid, finish_reason=reason, usage=Usage(prompt_tokens=prompt, completion_tokens=completion),
         timings=Timings(queued_ms=ms(req.assigned_at or now), ttft_ms=ms(req.first_token_at), e2e_ms=ms(now)),
         executor=req.executor, switched=req.switched, error_code=code, message=message)
+    req.finished, req.finished_at = done, now
+    st.recent[rid] = req
+    if len(st.recent) > st.cfg.recent_max:
+        del st.recent[next(iter(st.recent))]
     return [ToClient(req.client, done)]
 
 
-def _lose(st: State, ex: ExecutorView, now: float, why: str) -> Out:
-    ex.state = "lost"
-    out: Out = []
-    for rid in sorted(ex.active):
-        req = st.requests.get(rid)
-        if req is not None:
-            out += _finish(st, req, FinishReason.ERROR, now, completion=req.emitted, code=ErrorCode.EXECUTOR_LOST,
-                           message=f"executor {ex.executor_id} was lost: {why}")
-    ex.active.clear()
-    ex.model = None
+def _resend(req: RequestView) -> Out:
+    """Everything the client was sent about a request; it drops what it already has (by seq)."""
+    s = req.submit
+    out: Out = [ToClient(req.client, RequestAccepted(request_id=s.request_id, model=s.model,
+                                                     client_request_id=s.client_request_id))]
+    out += [ToClient(req.client, TokensEmitted(request_id=s.request_id, seq=b.seq, token_ids=b.token_ids, text=b.text))
+            for b in req.batches]
+    if req.finished is not None:
+        out.append(ToClient(req.client, req.finished))
     return out
 
 
-def _tick(st: State, now: float) -> Out:
+def _lose(st: State, x: ExecutorView, now: float, why: str) -> Out:
+    """An executor is gone: its requests migrate token-only (bounded), or fail with executor_lost."""
+    x.state = "lost"
     out: Out = []
-    for ex in list(st.executors.values()):
-        if ex.state != "lost" and now - ex.last_seen > st.heartbeat_timeout_s:
-            out += _lose(st, ex, now, f"no heartbeat for {now - ex.last_seen:.1f} s")
-    while st.waiting:
-        req = st.requests.get(st.waiting[0])
-        if req is not None and now - req.accepted_at <= st.max_wait_s:
+    moved: list[str] = []
+    for rid in list(x.active):
+        req = st.requests.get(rid)
+        if req is None:
+            continue
+        if req.migrations < st.cfg.max_migrations:
+            _detach(st, req)
+            req.migrations += 1
+            moved.append(rid)
+        else:
+            out += _finish(st, req, FinishReason.ERROR, now, completion=req.emitted, code=ErrorCode.EXECUTOR_LOST,
+                           message=f"executor {x.executor_id} was lost ({why}) after {req.migrations} migrations")
+    x.active.clear()
+    x.to_abort = []
+    x.model = None
+    costmodel.idle(x.est)
+    _enqueue(st, moved, front=True)  # ahead of newer work: they were accepted first
+    return out
+
+
+def _unreachable(st: State, e: ev.ExecutorUnreachable) -> Out:
+    x = st.executors.get(e.executor_id)
+    if x is None or x.state == "lost":
+        return []
+    return _lose(st, x, e.at, "unreachable") + _dispatch(st, e.at)
+
+
+def _tick(st: State, e: ev.Ticked) -> Out:
+    now, cfg = e.at, st.cfg
+    out: Out = []
+    for x in list(st.executors.values()):
+        if x.state in _LIVE and now - x.last_seen > cfg.heartbeat_timeout_s:
+            out += _lose(st, x, now, f"no heartbeat for {now - x.last_seen:.1f} s")
+    for queue in st.queues.values():
+        while (req := _waiting(st, queue)) is not None and now - req.accepted_at > cfg.max_wait_s:
+            queue.pop(0)
+            _unqueue(st, req)
+            out += _finish(st, req, FinishReason.ERROR, now, completion=req.emitted, code=ErrorCode.NO_EXECUTOR,
+                           message=f"no executor became available within {cfg.max_wait_s:.0f} s")
+    while st.recent:
+        oldest = next(iter(st.recent.values()))
+        if now - oldest.finished_at <= cfg.recent_s:
             break
-        st.waiting.popleft()
-        if req is not None:
-            out += _finish(st, req, FinishReason.ERROR, now, code=ErrorCode.NO_EXECUTOR,
-                           message=f"no executor became available within {st.max_wait_s:.0f} s")
-    return out + _dispatch(st, now)
+        del st.recent[oldest.request_id]
+    out += _dispatch(st, now)
+    return out + controller.plan(st, now)
 
 
-_CLIENT = {
-    SubmitRequest: lambda st, i, now: _submit(st, i.client, i.msg, i.info, now),
-    CancelRequest: lambda st, i, now: _cancel(st, i.client, i.msg, now),
-    Ping: lambda st, i, now: [ToClient(i.client, Pong(nonce=i.msg.nonce))],
-    StatusQuery: lambda st, i, now: _status(st, i.client, i.msg),
+def _recovered(st: State, e: ev.Recovered) -> Out:
+    """A restarted scheduler: every executor must speak again before it gets work; every request in
+    flight is re-dispatched token-only (its stale attempt aborted once its executor is heard);
+    every client is re-sent what it was sent, and drops what it already has."""
+    for x in st.executors.values():
+        if x.state != "lost":
+            x.state, x.last_seen = "unconfirmed", e.at
+    moved: list[str] = []
+    for req in st.requests.values():
+        if req.executor is None:
+            continue
+        x = st.executors.get(req.executor)
+        stale = _detach(st, req)
+        if x is not None and x.state == "unconfirmed":
+            x.to_abort.append(stale)
+        moved.append(req.request_id)
+    _enqueue(st, moved, front=True)
+    out: Out = []
+    for req in list(st.requests.values()) + list(st.recent.values()):
+        out += _resend(req)
+    return out + _dispatch(st, e.at)
+
+
+def _stopped(st: State, e: ev.Stopped) -> Out:
+    out: Out = []
+    for req in list(st.requests.values()):
+        if req.executor is not None:
+            out.append(ToExecutor(req.executor, ex_msgs.AbortRequest(request_id=exec_request_id(req))))
+        out += _finish(st, req, FinishReason.ERROR, e.at, completion=req.emitted, code=ErrorCode.SHUTTING_DOWN,
+                       message="the scheduler stopped")
+    st.queues.clear()
+    st.by_model.clear()
+    st.queued.clear()
+    st.exec_ids.clear()
+    st.executors.clear()
+    st.groups.clear()
+    return out
+
+
+def _executor_said(st: State, e: ev.ExecutorSaid) -> Out:
+    x = st.executors.get(e.executor_id)
+    if x is not None and x.state in ("ready", "draining"):
+        x.last_seen = e.at
+    return EXECUTOR_HANDLERS[type(e.msg)](st, e.executor_id, e.msg, e.at)
+
+
+EXECUTOR_HANDLERS = {
+    ex_msgs.SliceReady: _slice_ready,
+    ex_msgs.TokensProduced: _tokens,
+    ex_msgs.RequestCompleted: _completed,
+    ex_msgs.ModelResident: _resident,
+    ex_msgs.Heartbeat: _heartbeat,
+    ex_msgs.StepStats: _stats,
 }
-_EXECUTOR = {
-    ex_msgs.SliceReady: lambda st, i, now: _slice_ready(st, i.executor_id, i.msg, now),
-    ex_msgs.TokensProduced: lambda st, i, now: _tokens(st, i.executor_id, i.msg, now),
-    ex_msgs.RequestCompleted: lambda st, i, now: _completed(st, i.executor_id, i.msg, now),
-    ex_msgs.ModelResident: lambda st, i, now: _resident(st, i.executor_id, i.msg),
-    ex_msgs.Heartbeat: lambda st, i, now: _heartbeat(st, i.executor_id, i.msg, now),
-    ex_msgs.StepStats: lambda st, i, now: [],  # recorded by the feedback scheduler (issue 5)
+EVENT_HANDLERS = {
+    ev.Submitted: _submitted,
+    ev.CancelAsked: _cancel,
+    ev.ExecutorSaid: _executor_said,
+    ev.ExecutorUnreachable: _unreachable,
+    ev.Ticked: _tick,
+    ev.Recovered: _recovered,
+    ev.Stopped: _stopped,
+    ev.PlanStepped: lambda st, e: [],  # derived: the tick that caused it computes it again
 }
-HANDLERS = {"client": _CLIENT, "executor": _EXECUTOR}
+QUERIES = (Ping, StatusQuery)
 
 
-def handle(st: State, inp: FromClient | FromExecutor | SendFailed | Tick, now: float) -> Out:
-    if isinstance(inp, FromClient):
-        return _CLIENT[type(inp.msg)](st, inp, now)
-    if isinstance(inp, FromExecutor):
-        ex = st.executors.get(inp.executor_id)
-        if ex is not None and ex.state != "lost":
-            ex.last_seen = now
-        return _EXECUTOR[type(inp.msg)](st, inp, now)
-    if isinstance(inp, SendFailed):
-        ex = st.executors.get(inp.executor_id)
-        return [] if ex is None or ex.state == "lost" else _lose(st, ex, now, "unreachable") + _dispatch(st, now)
-    return _tick(st, now)
+def apply(st: State, e: ev.SchedEvent) -> tuple[State, Out]:
+    """Fold one event into the state (in place) and return it with the commands to send."""
+    st.applied += 1
+    return st, EVENT_HANDLERS[type(e)](st, e)
+
+
+def fold(st: State, events) -> State:
+    """Replay: apply each event, discarding the commands (they were sent the first time)."""
+    for e in events:
+        apply(st, e)
+    return st
+
+
+def event_key(st: State, e: ev.SchedEvent) -> str | None:
+    """The request an event concerns (the log's ``key`` column), or None."""
+    if isinstance(e, ev.Submitted):
+        return e.msg.request_id
+    if isinstance(e, ev.CancelAsked):
+        return e.request_id
+    if isinstance(e, ev.ExecutorSaid):
+        xid = getattr(e.msg, "request_id", None)
+        return None if xid is None else st.exec_ids.get(xid, xid)
+    return None
+

@@ -1,10 +1,17 @@
-"""The scheduler process: the thin shell around core.handle (sockets, clocks, the catalog)."""
+"""The scheduler process: the thin shell around core.apply (sockets, clocks, the catalog, the log).
+
+Each loop iteration turns what arrived into events, appends them to the log in one transaction,
+then applies them and sends the commands: nothing is acted on before it is durable. At start
+the log is replayed (from the latest snapshot) and a Recovered event re-dispatches whatever was
+in flight when the previous process died.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import time
+from collections import deque
 
 import zmq
 import zmq.asyncio
@@ -14,21 +21,26 @@ from c2cq.codec import Codec, encode
 from c2cq.errors import WireError
 from c2cq.rundir import RunDir
 from c2cq.schemas.catalog import CatalogError, FromCatalog, ListModels, ModelInfo, ModelListReply
-from c2cq.schemas.client import ClientToScheduler, RequestRejected, SubmitRequest
+from c2cq.schemas.client import CancelRequest, ClientToScheduler, RequestRejected, SubmitRequest
 from c2cq.schemas.enums import ErrorCode
 from c2cq.schemas.executor import ExecutorToScheduler
 from c2cq.services.scheduler import core
-from c2cq.services.scheduler.state import State, ToClient, ToExecutor
+from c2cq.services.scheduler import events as ev
+from c2cq.services.scheduler.journal import Journal, log_path
+from c2cq.services.scheduler.state import Config, State, ToClient, ToExecutor, ToLog
 from c2cq.services.scheduler.validate import Limits
 from c2cq.transport import make_socket, recv_batch, send_nowait
 
 TICK_S = 0.25
 CATALOG_REFRESH_S = 2.0
+OUTBOX_PER_CLIENT = 10_000  # frames held for a client that is not connected (yet): bounded
+OUTBOX_CLIENTS = 1_000
+OUTBOX_TTL_S = 30.0  # a client gone this long is gone: its frames are dropped
 
 
 class Shell:
-    def __init__(self, rd: RunDir, state: State) -> None:
-        self.rd, self.state = rd, state
+    def __init__(self, rd: RunDir, state: State, journal: Journal) -> None:
+        self.rd, self.state, self.journal = rd, state, journal
         self.log = log.get()
         self.ctx = zmq.asyncio.Context()
         self.clients = make_socket(self.ctx, zmq.ROUTER, bind=rd.client_addr, hwm=200_000)
@@ -38,22 +50,67 @@ class Shell:
         self.exec_codec: Codec = Codec(ExecutorToScheduler)
         self.catalog_codec: Codec = Codec(FromCatalog)
         self.models: dict[str, ModelInfo] = {}
+        # frames for clients that were not reachable (e.g. not yet reconnected after a restart)
+        self.outbox: dict[bytes, deque[list[bytes]]] = {}
+        self.outbox_since: dict[bytes, float] = {}
         self._last_refresh = 0.0
         self._catalog_lock = asyncio.Lock()
 
-    # -- output ---------------------------------------------------------------------------------
+    # -- the one path every input takes: log, apply, send ----------------------------------------
+    def ingest(self, events: list[ev.SchedEvent]) -> None:
+        if not events:
+            return
+        self.journal.append(self.state, events)
+        outs: list = []
+        for e in events:
+            outs += core.apply(self.state, e)[1]
+        self.emit(outs)
+
     def emit(self, outs: list) -> None:
         failed: list[str] = []
+        records: list[ev.SchedEvent] = []
         for o in outs:
             if isinstance(o, ToClient):
-                if not send_nowait(self.clients, [o.client, encode(o.msg)]):
-                    self.log.warning("client_send_failed", msg=type(o.msg).__name__)
+                self.to_client(o.client, [o.client, encode(o.msg)])
             elif isinstance(o, ToExecutor):
                 if not send_nowait(self.executors, [o.executor_id.encode(), encode(o.msg)]):
                     failed.append(o.executor_id)
-        for eid in dict.fromkeys(failed):
-            self.log.warning("executor_unreachable", executor=eid)
-            self.emit(core.handle(self.state, core.SendFailed(eid), time.monotonic()))
+            elif isinstance(o, ToLog):
+                records.append(o.event)
+        if records:  # derived records (controller steps): a no-op on replay, kept for the audit
+            self.journal.append(self.state, records)
+            self.state.applied += len(records)
+        if failed:
+            for eid in dict.fromkeys(failed):
+                self.log.warning("executor_unreachable", executor=eid)
+            self.ingest([ev.ExecutorUnreachable(at=time.monotonic(), executor_id=eid) for eid in dict.fromkeys(failed)])
+
+    def to_client(self, ident: bytes, frames: list[bytes]) -> None:
+        box = self.outbox.get(ident)
+        if box is None and send_nowait(self.clients, frames):
+            return
+        if box is None:
+            if len(self.outbox) >= OUTBOX_CLIENTS:
+                self.drop_outbox(next(iter(self.outbox)))
+            box = self.outbox[ident] = deque(maxlen=OUTBOX_PER_CLIENT)
+            self.outbox_since[ident] = time.monotonic()
+        box.append(frames)
+
+    def flush_outbox(self, ident: bytes) -> None:
+        box = self.outbox.get(ident)
+        while box:
+            if not send_nowait(self.clients, box[0]):
+                if time.monotonic() - self.outbox_since[ident] > OUTBOX_TTL_S:
+                    self.drop_outbox(ident)
+                return
+            box.popleft()
+        self.drop_outbox(ident)
+
+    def drop_outbox(self, ident: bytes) -> None:
+        box = self.outbox.pop(ident, None)
+        self.outbox_since.pop(ident, None)
+        if box:
+            self.log.warning("client_unreachable", dropped=len(box))
 
     # -- the catalog ----------------------------------------------------------------------------
     async def refresh_models(self, force: bool = False) -> None:
@@ -82,22 +139,32 @@ class Shell:
     # -- loops ----------------------------------------------------------------------------------
     async def client_loop(self) -> None:
         while True:
+            batch: list[ev.SchedEvent] = []
             for frames in await recv_batch(self.clients):
                 if len(frames) != 2:
                     continue  # a raw peer sending odd multipart shapes: nothing to answer to
                 ident, frame = frames
+                if ident in self.outbox:
+                    self.flush_outbox(ident)
                 try:
                     msg = self.client_codec.decode(frame)
                 except WireError as e:
                     self.log.warning("malformed_frame", socket="client", error=str(e)[:200])
-                    send_nowait(self.clients, [ident, encode(RequestRejected(
+                    self.to_client(ident, [ident, encode(RequestRejected(
                         request_id=None, code=ErrorCode.MALFORMED, message=f"malformed frame: {str(e)[:200]}"))])
                     continue
-                info = await self.resolve(msg.model) if isinstance(msg, SubmitRequest) else None
-                self.emit(core.handle(self.state, core.FromClient(ident, msg, info), time.monotonic()))
+                if isinstance(msg, SubmitRequest):
+                    info = await self.resolve(msg.model)
+                    batch.append(ev.Submitted(at=time.monotonic(), client=ident, msg=msg, info=info))
+                elif isinstance(msg, CancelRequest):
+                    batch.append(ev.CancelAsked(at=time.monotonic(), client=ident, request_id=msg.request_id))
+                else:
+                    self.emit(core.query(self.state, ident, msg))
+            self.ingest(batch)
 
     async def executor_loop(self) -> None:
         while True:
+            batch: list[ev.SchedEvent] = []
             for frames in await recv_batch(self.executors):
                 if len(frames) != 2:
                     continue
@@ -108,12 +175,16 @@ class Shell:
                 except (WireError, UnicodeDecodeError) as e:
                     self.log.warning("malformed_frame", socket="executor", error=str(e)[:200])
                     continue
-                self.emit(core.handle(self.state, core.FromExecutor(eid, msg), time.monotonic()))
+                batch.append(ev.ExecutorSaid(at=time.monotonic(), executor_id=eid, msg=msg))
+            self.ingest(batch)
 
     async def tick_loop(self) -> None:
         while True:
             await asyncio.sleep(TICK_S)
-            self.emit(core.handle(self.state, core.Tick(), time.monotonic()))
+            self.ingest([ev.Ticked(at=time.monotonic())])
+            for ident in list(self.outbox):
+                self.flush_outbox(ident)
+            self.journal.maybe_snapshot(self.state)
             if time.monotonic() - self._last_refresh > CATALOG_REFRESH_S:
                 await self.refresh_models(force=True)
 
@@ -126,21 +197,32 @@ class Shell:
 async def amain(args: argparse.Namespace) -> None:
     log.configure("scheduler")
     rd = RunDir.from_env(args.home)
-    state = State(limits=Limits(max_tokens=args.max_tokens_limit), heartbeat_timeout_s=args.heartbeat_timeout)
-    shell = Shell(rd, state)
+    cfg = Config(limits=Limits(max_tokens=args.max_tokens_limit), heartbeat_timeout_s=args.heartbeat_timeout,
+                 max_migrations=args.max_migrations)
+    journal = Journal(log_path(rd), snapshot_every=args.snapshot_every)
+    t0 = time.monotonic()
+    state, replayed = journal.load(cfg)
+    shell = Shell(rd, state, journal)
+    shell.log.info("replayed", events=replayed, requests=len(state.requests), seconds=round(time.monotonic() - t0, 3))
+    if state.applied:
+        shell.ingest([ev.Recovered(at=time.monotonic())])
     stop = lifecycle.shutdown_flag()
     await shell.refresh_models(force=True)
     tasks = [asyncio.create_task(c) for c in (shell.client_loop(), shell.executor_loop(), shell.tick_loop())]
     lifecycle.signal_ready()
-    shell.log.info("ready", client=rd.client_addr, executors=rd.executor_addr)
+    shell.log.info("ready", client=rd.client_addr, executors=rd.executor_addr, log=str(journal.log.path))
     stopper = asyncio.create_task(stop.wait())
     done, _ = await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
     for t in tasks:
         t.cancel()
+    if stopper in done:
+        shell.ingest([ev.Stopped(at=time.monotonic())])
+        journal.maybe_snapshot(shell.state, force=True)
     for t in done:
         if t is not stopper and t.exception():
             raise t.exception()
     shell.close()
+    journal.close()
     shell.log.info("stopped")
 
 
@@ -149,6 +231,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--home", default=None)
     p.add_argument("--max-tokens-limit", type=int, default=4096)
     p.add_argument("--heartbeat-timeout", type=float, default=3.0)
+    p.add_argument("--max-migrations", type=int, default=3,
+                   help="times a request may move to another executor when its executor is lost")
+    p.add_argument("--snapshot-every", type=int, default=20_000, help="events between state snapshots")
     return p.parse_args(argv)
 
 

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+
+import msgspec
 
 from c2cq.schemas.catalog import ModelInfo
 from c2cq.schemas.client import RequestRejected, SubmitRequest
 from c2cq.schemas.enums import ErrorCode
 
 
-@dataclass(frozen=True, slots=True)
-class Limits:
+class Limits(msgspec.Struct, frozen=True, kw_only=True):
     max_tokens: int = 4096  # the largest max_tokens a request may ask for
     max_prompt_chars: int = 1_000_000
     max_waiting: int = 10_000  # bounded queue of accepted requests with no executor yet

@@ -67,9 +67,10 @@ def test_kill_executor_during_load(sim_instance):
     done = [o for o in outcomes if o[0] == "done"]
     errors = [o for o in outcomes if o[0] == "error"]
     assert len(done) + len(errors) == 40  # none hung
+    # the killed executor's requests migrate to the others token-only (tests/e2e/test_recovery.py checks
+    # the token streams across the move); after --max-migrations moves a request ends with executor_lost
+    assert not errors, errors
     assert all(o[1] == 300 for o in done)
-    assert errors, "the killed executor held requests; their clients must get an error"
-    assert all(o[1] == "RequestError" and o[2] == "executor_lost" for o in errors)
     # the supervisor restarted it, and it serves again
     wait_for(lambda: next(s for s in status(home)["services"] if s["name"] == "exec-1")["restarts"] == 1, 30,
              "exec-1 restarted")
