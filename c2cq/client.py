@@ -38,7 +38,7 @@ from c2cq.schemas.client import (
     TokensEmitted,
 )
 from c2cq.schemas.enums import FinishReason
-from c2cq.transport import make_socket, recv_batch
+from c2cq.transport import make_socket, recv_batch, send_nowait
 
 _END = object()
 
@@ -64,7 +64,10 @@ class Stream:
             if self._done:
                 raise StopAsyncIteration
             try:
-                item = await asyncio.wait_for(self.queue.get(), self.timeout)
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that
+                # arrives as an item does, and a cancelled reader must stop
+                async with asyncio.timeout(self.timeout):
+                    item = await self.queue.get()
             except TimeoutError:
                 self._done = True
                 self.client._streams.pop(self.request_id, None)
@@ -182,9 +185,12 @@ class AsyncClient:
             silent = time.monotonic() - self._last_heard
             if silent > self.dead_after:
                 self._fail_all(PeerDeadError(f"the scheduler at {self.address} has not answered for {silent:.1f} s"))
-            elif silent > self.ping_interval:
-                self._send(Ping(nonce=next(self._nonce)))
-            self._resubmit()
+            try:
+                if silent > self.ping_interval:
+                    self._send(Ping(nonce=next(self._nonce)))
+                self._resubmit()
+            except PeerDeadError:
+                pass  # queue full: the silence check above ends the streams if it lasts
 
     def _resubmit(self) -> None:
         """Send again a submit nothing was heard about (lost in a scheduler restart); the scheduler
@@ -208,10 +214,9 @@ class AsyncClient:
         self._status.clear()
 
     def _send(self, msg) -> None:
-        try:
-            self._sock.send(encode(msg), flags=zmq.NOBLOCK)
-        except zmq.Again:
-            raise PeerDeadError(f"the scheduler at {self.address} is not taking messages (queue full)") from None
+        # on a zmq.asyncio socket a NOBLOCK send reports EAGAIN through the returned future, not by raising
+        if not send_nowait(self._sock, [encode(msg)]):
+            raise PeerDeadError(f"the scheduler at {self.address} is not taking messages (queue full)")
 
     # -- API ------------------------------------------------------------------------------------
     async def submit(self, model: str, prompt: str | None = None, *, prompt_token_ids: list[int] | None = None,
@@ -234,7 +239,12 @@ class AsyncClient:
         stream = Stream(self, rid, self.timeout)
         self._streams[rid] = stream
         self._unanswered[rid] = (msg, time.monotonic())
-        self._send(msg)
+        try:
+            self._send(msg)
+        except PeerDeadError:
+            self._streams.pop(rid, None)
+            self._unanswered.pop(rid, None)
+            raise
         return stream
 
     async def stream(self, model: str, prompt: str | None = None, **kw) -> AsyncIterator[str]:
