@@ -12,22 +12,11 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="c2cq", description="Serverless LLM serving without cold starts.")
     p.add_argument("--home", default=None, help="instance directory (default $C2CQ_HOME or ~/.c2cq)")
     sub = p.add_subparsers(dest="cmd", required=True)
-    from c2cq import cli_models, cli_run
+    from c2cq import cli_events, cli_models, cli_run, cli_sim
+    from c2cq.loadgen import cli as loadgen_cli
 
-    cli_run.register(sub)
-    cli_models.register(sub)
-    try:
-        from c2cq import cli_events
-
-        cli_events.register(sub)
-    except ImportError:
-        pass
-    try:
-        from c2cq.loadgen import cli as loadgen_cli
-
-        loadgen_cli.register(sub)
-    except ImportError:
-        pass
+    for module in (cli_run, cli_models, cli_events, loadgen_cli, cli_sim):
+        module.register(sub)
     args = p.parse_args(argv)
     try:
         return int(args.func(args) or 0)

@@ -25,12 +25,9 @@ def register(sub) -> None:
     rm = msub.add_parser("rm", help="remove a model (refused while a request uses it)")
     rm.add_argument("name")
     rm.set_defaults(func=cmd_rm)
-    try:
-        from c2cq.services.catalog import cli_add
+    from c2cq.services.catalog import cli_add
 
-        cli_add.register(msub)
-    except ImportError:
-        pass
+    cli_add.register(msub)
 
 
 def slices_by_model(rd: RunDir) -> dict[str, list[tuple[str, int]]]:

@@ -31,6 +31,20 @@ class SliceProfile:
     time_scale: float = 1.0  # >1 slows simulated time down (for visible demos)
 
 
+def roofline_s(*, bytes_hbm: float, bytes_host: float, params: int, tokens: int, flops: float, hbm_bps: float,
+               link_bps: float) -> float:
+    """One step's duration: weight reads from HBM and over the link overlap, compute overlaps both."""
+    t_mem = max(bytes_hbm / hbm_bps, bytes_host / link_bps)
+    return max(t_mem, 2.0 * params * tokens / flops)
+
+
+def resident_after(alpha: float, cap: float, busy_s: float, link_bps: float, model_bytes: int) -> float:
+    """Progressive residency: the resident share after ``busy_s`` of copying at ``link_bps`` (≤ cap)."""
+    if alpha >= cap or model_bytes <= 0:
+        return min(alpha, cap)
+    return min(cap, alpha + busy_s * link_bps / model_bytes)
+
+
 def _token(request_id: str, index: int, vocab: int) -> int:
     h = hashlib.blake2b(f"{request_id}:{index}".encode(), digest_size=8).digest()
     return int.from_bytes(h, "little") % vocab
@@ -59,14 +73,16 @@ class SimBackend:
         self.device = device
         self.memory_budget_bytes = profile.hbm_bytes
         self.link_bandwidth_bps = profile.link_bps
+        self.link_share_bps = profile.link_bps  # what the link gives this slice now (a simulator lowers it)
         self.max_batch = profile.max_batch
         self.model: ModelInfo | None = None
         self._alpha = 0.0
         self._alpha_cap = 1.0
         self.seqs: dict[str, _Seq] = {}
 
-    def switch(self, info: ModelInfo) -> None:
-        self.model, self._alpha = info, 0.0
+    def switch(self, info: ModelInfo, alpha: float = 0.0) -> None:
+        """Serve ``info`` from now on; ``alpha`` > 0 when part of it is already in HBM."""
+        self.model, self._alpha = info, min(max(alpha, 0.0), 1.0)
 
     def add(self, req: AssignRequest) -> None:
         n = _prompt_len(req) + len(req.resume_token_ids)
@@ -111,9 +127,9 @@ class SimBackend:
         tokens = res.prefill_tokens + res.decode_tokens
         res.bytes_hbm = int(self._alpha * m.bytes)
         res.bytes_host = m.bytes - res.bytes_hbm
-        t_mem = max(res.bytes_hbm / self.p.hbm_bps, res.bytes_host / self.p.link_bps)
-        t_compute = 2.0 * m.parameters * tokens / self.p.flops
-        res.busy_s = max(t_mem, t_compute) * self.p.time_scale
+        link = self.link_share_bps
+        res.busy_s = roofline_s(bytes_hbm=res.bytes_hbm, bytes_host=res.bytes_host, params=m.parameters, tokens=tokens,
+                                flops=self.p.flops, hbm_bps=self.p.hbm_bps, link_bps=link) * self.p.time_scale
         for s in decoding:
             tok = _token(s.req.request_id, s.produced, m.vocab_size)
             idx = s.produced
@@ -124,7 +140,6 @@ class SimBackend:
             if done:
                 del self.seqs[s.req.request_id]
         # progressive residency: the link copies the next share of the model while it serves
-        cap = self._resident_cap()
-        if self._alpha < cap and m.bytes:
-            self._alpha = min(cap, self._alpha + res.busy_s / self.p.time_scale * self.p.link_bps / m.bytes)
+        self._alpha = max(self._alpha, resident_after(self._alpha, self._resident_cap(), res.busy_s / self.p.time_scale,
+                                                      link, m.bytes))
         return res

@@ -1,0 +1,178 @@
+"""The simulator: virtual time, exactly-once endings, the roofline by hand, the baselines' load
+before the first token, determinism. Durations here are modelled (virtual) seconds."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from c2cq import cli
+from c2cq.errors import ConfigError
+from c2cq.loadgen import arrivals, workload
+from c2cq.loadgen.workload import PlannedRequest, Workload, WorkloadConfig
+from c2cq.services.catalog.sim_models import generate
+from c2cq.services.sim.engine import Engine
+from c2cq.services.sim.errors import SimError
+from c2cq.services.sim.metrics import Recorder
+from c2cq.services.sim.profiles import build_cluster, load_profile, parse_layout
+from c2cq.services.sim.run import POLICIES, Scenario, run_policy
+
+TRACES = Path(__file__).resolve().parents[2] / ".." / "shared" / "traces"
+
+# round numbers: one whole GPU as one slice, compute far from binding
+ROUND = """
+[gpu.t]
+hbm_bytes = 1e12
+hbm_bps = 1e12
+flops = 1e15
+link_bps = 1e11
+[mig.7g]
+compute = 1.0
+memory = 1.0
+[slice]
+max_batch = 8
+weight_share = 0.8
+[loader]
+efficiency = 0.5
+fixed_s = 0.0
+keep_alive_s = 60.0
+"""
+
+
+def small_scenario(rate: float = 6.0, seconds: float = 20.0, seed: int = 0, slices: int = 6) -> Scenario:
+    prof = load_profile()
+    specs = build_cluster(prof, "gh200-96", parse_layout("3g,2g,2g", prof), slices)
+    models = {m.name: m for m in generate(40)}
+    offsets = arrivals.schedule(rate, duration_s=seconds, seed=seed)
+    cfg = WorkloadConfig(catalog=tuple(models), models="zipf", lengths=((300, 20), (900, 40), (60, 8)), seed=seed)
+    return Scenario(plan=Workload(workload.from_schedule(offsets), cfg).plan(), specs=specs, models=models,
+                    profile=prof)
+
+
+def one_request(tmp_path: Path, prompt: int = 100, tokens: int = 10) -> Scenario:
+    f = tmp_path / "round.toml"
+    f.write_text(ROUND)
+    prof = load_profile(f)
+    specs = build_cluster(prof, "t", parse_layout("7g", prof), 1)
+    info = generate(1)[0]
+    req = PlannedRequest(index=0, offset_s=1.0, model=info.name, prompt_tokens=prompt, prompt_ids=None,
+                         max_tokens=tokens, slo_class="x", ttft_ms=60_000.0, tpot_ms=60_000.0)
+    return Scenario(plan=[req], specs=specs, models={info.name: info}, profile=prof)
+
+
+def test_the_engine_refuses_to_schedule_in_the_past_and_runs_in_time_order():
+    e = Engine()
+    seen: list[float] = []
+    for t in (3.0, 1.0, 2.0, 1.0):
+        e.at(t, lambda t=t: seen.append(e.now))
+    e.run()
+    assert seen == [1.0, 1.0, 2.0, 3.0]
+    with pytest.raises(SimError):
+        e.at(2.5, lambda: None)
+
+
+def test_the_scheduler_core_never_sees_time_go_backwards():
+    times: list[float] = []
+    run_policy("c2cq", small_scenario(), observe=lambda e: times.append(e.at))
+    assert len(times) > 1000
+    assert all(a <= b for a, b in zip(times, times[1:]))
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_every_submitted_request_ends_exactly_once(policy):
+    sc = small_scenario()
+    out, rec, _ = run_policy(policy, sc)
+    assert sorted(rec.out) == [r.index for r in sc.plan]
+    assert all(o.status in ("finished", "rejected", "error") for o in rec.out.values())
+    assert rec.ended == len(sc.plan) == out["requests"]
+    assert out["finished"] > 0
+    for o in rec.out.values():
+        if o.status == "finished":
+            assert o.tokens == o.req.max_tokens and o.first_token_at is not None
+            assert o.req.offset_s <= o.first_token_at <= o.end_at
+
+
+def test_a_request_cannot_end_twice(tmp_path):
+    sc = one_request(tmp_path)
+    rec = Recorder(1)
+    rec.arrive(sc.plan[0])
+    rec.end(0, 1.0, "finished", tokens=1)
+    with pytest.raises(SimError):
+        rec.end(0, 2.0, "error")
+
+
+def test_a_single_request_on_an_idle_slice_follows_the_roofline(tmp_path):
+    sc = one_request(tmp_path, prompt=100, tokens=10)
+    info = next(iter(sc.models.values()))
+    b, link, hbm = info.bytes, 1e11, 1e12
+    # c2cq: the first step streams the whole model (α = 0) and prefill's compute hides under it;
+    # residency copies b·(step)·link/b = all of it during that step, so the rest read HBM at α = 1
+    _, rec, _ = run_policy("c2cq", sc)
+    o = rec.out[0]
+    assert o.status == "finished" and o.tokens == 10
+    assert o.first_token_at - 1.0 == pytest.approx(b / link, rel=1e-9)
+    assert (o.end_at - o.first_token_at) / 9 == pytest.approx(b / hbm, rel=1e-9)
+    assert o.switch_s == pytest.approx(b / link, rel=1e-9)
+    # load-then-serve: the whole checkpoint at the loader's 0.5 of the link, then a step from HBM
+    _, rec, _ = run_policy("load-then-serve", sc)
+    o = rec.out[0]
+    assert o.first_token_at - 1.0 == pytest.approx(b / (0.5 * link) + b / hbm, rel=1e-9)
+    assert (o.end_at - o.first_token_at) / 9 == pytest.approx(b / hbm, rel=1e-9)
+
+
+def test_load_then_serve_waits_for_the_full_load_and_c2cq_does_not(tmp_path):
+    sc = one_request(tmp_path, prompt=400, tokens=4)
+    load_s = next(iter(sc.models.values())).bytes / (0.5 * 1e11)
+    ttft = {p: run_policy(p, sc)[1].out[0].first_token_at - 1.0 for p in ("c2cq", "load-then-serve", "time-share")}
+    assert ttft["load-then-serve"] >= load_s and ttft["time-share"] >= load_s
+    assert ttft["c2cq"] < load_s
+
+
+def sim_json(tmp_path: Path, name: str, seed: int) -> str:
+    out = tmp_path / name
+    rc = cli.main(["sim", "--rate", "5", "--duration", "15", "--models", "30", "--slices", "6", "--seed", str(seed),
+                   "--prompt-tokens", "400", "--output-tokens", "24", "--out", str(out)])
+    assert rc == 0
+    return out.read_text()
+
+
+def test_the_same_seed_gives_identical_json_and_another_seed_does_not(tmp_path, capsys):
+    a, b, c = sim_json(tmp_path, "a.json", 1), sim_json(tmp_path, "b.json", 1), sim_json(tmp_path, "c.json", 2)
+    assert a == b
+    da, dc = json.loads(a), json.loads(c)
+    assert da["results"] != dc["results"]
+    assert set(da["results"]) == set(POLICIES)
+    assert "c2cq" in capsys.readouterr().out  # the table
+
+
+def test_a_bad_profile_or_layout_is_a_config_error(tmp_path):
+    f = tmp_path / "bad.toml"
+    f.write_text(ROUND.replace("link_bps = 1e11", "link_bps = -1"))
+    with pytest.raises(ConfigError, match="link_bps"):
+        load_profile(f)
+    prof = load_profile()
+    with pytest.raises(ConfigError, match="more than one GPU"):
+        parse_layout("7g,1g", prof)
+    with pytest.raises(ConfigError, match="unknown GPU"):
+        build_cluster(prof, "nope", ("1g",), 1)
+
+
+def test_slices_of_one_gpu_share_its_link_group():
+    prof = load_profile()
+    specs = build_cluster(prof, "gh200-96", parse_layout("3g,2g,2g", prof), 5)
+    assert [s.group for s in specs] == ["gpu000"] * 3 + ["gpu001"] * 2
+    assert all(s.device.startswith(s.group + "/") for s in specs)
+    assert specs[0].profile.hbm_bytes == 48e9 and specs[1].profile.hbm_bytes == 24e9
+    assert "gpu.gh200-96.link_bps" in prof.sources
+
+
+@pytest.mark.skipif(not (TRACES / "azure_llm_2023_code.csv").exists(), reason="../shared/traces is not here")
+def test_an_azure_trace_window_runs_through_every_policy(tmp_path):
+    out = tmp_path / "azure.json"
+    rc = cli.main(["sim", "--trace", str(TRACES / "azure_llm_2023_code.csv"), "--trace-format", "azure",
+                   "--start", "180", "--duration", "30", "--models", "50", "--slices", "6", "--out", str(out)])
+    assert rc == 0
+    res = json.loads(out.read_text())["results"]
+    assert all(r["requests"] == res["c2cq"]["requests"] > 20 for r in res.values())
