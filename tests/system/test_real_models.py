@@ -90,31 +90,28 @@ def test_greedy_through_the_system_matches_transformers(catalog, cpu_instance):
 
 
 def test_three_models_two_slices_switch(catalog, cpu_instance):
-    """Six concurrent requests over three models and two slices: at least one slice must switch."""
+    """Six concurrent requests over three models and two slices: at least one slice must switch,
+    which each request's RequestFinished records (the executor that served it, and whether it switched)."""
     _, refs, _ = catalog
     models = ["llama-float32", "qwen3-float32", "mixtral-float32"]
-    seen: dict[str, set[str]] = {}
-    stop = asyncio.Event()
 
-    async def watch(c: AsyncClient):
-        while not stop.is_set():
-            for e in (await c.status()).executors:
-                if e.model:
-                    seen.setdefault(e.executor_id, set()).add(e.model)
-            await asyncio.sleep(0.02)
+    async def one(c: AsyncClient, model: str):
+        s = await c.submit(model, prompt_token_ids=refs[model][0], max_tokens=NEW, ignore_eos=True)
+        tokens = [t for batch in [b async for b in s] for t in batch.token_ids]
+        return tokens, s.finished.executor, s.finished.switched
 
     async def run():
         async with AsyncClient(home=str(cpu_instance.home), timeout=300) as c:
-            w = asyncio.create_task(watch(c))
-            outs = await asyncio.gather(*(greedy(c, m, refs[m][0]) for m in models for _ in range(2)))
-            stop.set()
-            await w
-            return outs
+            return await asyncio.gather(*(one(c, m) for m in models for _ in range(2)))
 
     outs = asyncio.run(run())
-    assert outs == [refs[m][1] for m in models for _ in range(2)]
-    assert set().union(*seen.values()) >= set(models), seen
-    assert any(len(ms) > 1 for ms in seen.values()), f"no slice switched models: {seen}"
+    assert [t for t, _, _ in outs] == [refs[m][1] for m in models for _ in range(2)]
+    served: dict[str, set[str]] = {}
+    for (_, executor, _), model in zip(outs, [m for m in models for _ in range(2)]):
+        served.setdefault(executor, set()).add(model)
+    assert set(served) <= {"exec-0", "exec-1"}
+    assert any(len(ms) > 1 for ms in served.values()), f"no slice served two models: {served}"
+    assert sum(switched for _, _, switched in outs) >= 3, "each model needed at least one switch"
 
 
 @pytest.mark.parametrize("spec,dtype", CASES, ids=[model_name(s, d) for s, d in CASES])
