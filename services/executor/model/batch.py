@@ -28,6 +28,12 @@ class FlatBatch:
     spans: tuple[SeqSpan, ...]
     logits_rows: torch.Tensor  # [S] long, rows whose next-token logits are wanted
 
+    def to(self, device: torch.device) -> "FlatBatch":
+        """The same batch with its tensors on ``device`` (block tables stay host-side lists)."""
+        return FlatBatch(input_ids=self.input_ids.to(device), positions=self.positions.to(device),
+                         slots=self.slots.to(device), rope_lens=self.rope_lens.to(device), spans=self.spans,
+                         logits_rows=self.logits_rows.to(device))
+
     @classmethod
     def build(cls, chunks: list[tuple[list[int], int, BlockTable]], want_logits: list[bool]) -> "FlatBatch":
         """From (new token ids, tokens already cached, block table) per sequence."""

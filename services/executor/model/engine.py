@@ -36,6 +36,7 @@ class StepStats:
     decode_tokens: int
     num_seqs: int
     weight_bytes: int  # bytes of weights the step's forward read (routed experts only)
+    weight_bytes_host: int = 0  # of which read from host memory (the non-resident rows of split weights)
 
     @property
     def tokens(self) -> int:
@@ -168,10 +169,12 @@ class Engine:
         want = [seq.num_cached + n == len(seq.tokens) for seq, n in plan]
         decode = sum(1 for seq, n in plan if n == 1 and seq.pending == 1 and seq.num_output > 0)
         batch = FlatBatch.build(chunks, want)
-        self.model.weights.counter.reset()
+        counter = self.model.weights.counter
+        counter.reset()
         logits = self.model.forward(batch, self.cache)
+        host = counter.host_bytes
         self.last_stats = StepStats(prefill_tokens=sum(n for _, n in plan) - decode, decode_tokens=decode,
-                                    num_seqs=len(plan), weight_bytes=self.model.weights.counter.reset())
+                                    num_seqs=len(plan), weight_bytes=counter.reset(), weight_bytes_host=host)
         outputs = []
         row = 0
         for (seq, n), wanted in zip(plan, want, strict=True):

@@ -58,7 +58,7 @@ class KVCache:
     """Per layer, a K pool and a V pool of [num_blocks, block_size, kv_heads, head_dim]."""
 
     def __init__(self, num_layers: int, num_blocks: int, block_size: int, kv_heads: int, head_dim: int,
-                 dtype: torch.dtype) -> None:
+                 dtype: torch.dtype, device: torch.device | str | None = None) -> None:
         if block_size <= 0:
             raise ValueError(f"block_size must be positive, got {block_size}")
         self.block_size = block_size
@@ -66,8 +66,8 @@ class KVCache:
         shape = (num_blocks, block_size, kv_heads, head_dim)
         # empty, not zeros: a slot is only ever read after it was written (read() keeps [0, length)), and
         # untouched pages cost no memory, so the pool's resident size follows the tokens actually cached
-        self.k = [torch.empty(shape, dtype=dtype) for _ in range(num_layers)]
-        self.v = [torch.empty(shape, dtype=dtype) for _ in range(num_layers)]
+        self.k = [torch.empty(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        self.v = [torch.empty(shape, dtype=dtype, device=device) for _ in range(num_layers)]
 
     def new_table(self) -> BlockTable:
         return BlockTable(self.block_size)
@@ -80,7 +80,7 @@ class KVCache:
     def read(self, layer: int, table: BlockTable, length: int) -> tuple[torch.Tensor, torch.Tensor]:
         """K, V of positions [0, length) of one sequence, each [length, kv_heads, head_dim]."""
         n = -(-length // self.block_size)
-        ids = torch.tensor(table.blocks[:n], dtype=torch.long)
+        ids = torch.tensor(table.blocks[:n], dtype=torch.long, device=self.k[layer].device)
         k = self.k[layer][ids].flatten(0, 1)[:length]
         v = self.v[layer][ids].flatten(0, 1)[:length]
         return k, v

@@ -43,7 +43,7 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_pos: t
     """One sequence: q [n, H, D] at positions ``q_pos`` over k, v [ctx, H, D] at positions [0, ctx)."""
     scale = q.shape[-1] ** -0.5
     scores = torch.matmul(q.transpose(0, 1), k.permute(1, 2, 0)) * scale  # [H, n, ctx]
-    key_pos = torch.arange(k.shape[0])
+    key_pos = torch.arange(k.shape[0], device=k.device)
     allowed = key_pos[None, :] <= q_pos[:, None]
     if window is not None:
         allowed &= key_pos[None, :] > q_pos[:, None] - window

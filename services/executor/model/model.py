@@ -115,13 +115,20 @@ class Model:
                                                  f"embedding's {self.dtype}")
         self.rope = Rope(cfg.rope)
 
+    @property
+    def device(self) -> torch.device:
+        """Where activations and the KV cache live: the embedding table's device."""
+        return self.embed.device
+
     def new_cache(self, num_blocks: int, block_size: int) -> KVCache:
         return KVCache(self.cfg.num_layers, num_blocks, block_size, self.cfg.num_kv_heads, self.cfg.head_dim,
-                       self.dtype)
+                       self.dtype, device=self.device)
 
     @torch.inference_mode()
     def forward(self, batch: FlatBatch, cache: KVCache) -> torch.Tensor:
-        """Logits [len(batch.logits_rows), vocab] in the model's dtype."""
+        """Logits [len(batch.logits_rows), vocab] in the model's dtype, on the model's device."""
+        if batch.input_ids.device != self.device:
+            batch = batch.to(self.device)
         h = F.embedding(batch.input_ids, self.embed)
         self.weights.counter.add(batch.input_ids.numel() * self.embed.shape[1] * self.embed.element_size())
         cos, sin = self.rope.cos_sin(batch.positions, batch.rope_lens, self.dtype)

@@ -72,18 +72,26 @@ class Rope:
     def __init__(self, rope: RopeConfig) -> None:
         self.config = rope
         self.inv_freq = inv_freq(rope)
+        self._on_device: dict[torch.device, torch.Tensor] = {self.inv_freq.device: self.inv_freq}
+
+    def _inv_freq_on(self, device: torch.device) -> torch.Tensor:
+        if device not in self._on_device:
+            self._on_device[device] = self.inv_freq.to(device)
+        return self._on_device[device]
 
     def cos_sin(self, positions: torch.Tensor, seq_lens: torch.Tensor,
                 dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """(cos, sin), each [tokens, head_dim] in ``dtype``; ``seq_lens`` is per token."""
-        freq = self.inv_freq.expand(positions.shape[0], -1)
+        """(cos, sin), each [tokens, head_dim] in ``dtype`` on ``positions``' device; ``seq_lens`` is per token."""
+        base = self._inv_freq_on(positions.device)
+        freq = base.expand(positions.shape[0], -1)
         if self.config.rope_type == "dynamic":
             limit = self.config.max_position_embeddings
             table: dict[int, torch.Tensor] = {}
-            for n in seq_lens.tolist():
+            lens = seq_lens.tolist()
+            for n in lens:
                 if n not in table:
-                    table[n] = inv_freq(self.config, n) if n > limit else self.inv_freq
-            freq = torch.stack([table[n] for n in seq_lens.tolist()]) if table else freq
+                    table[n] = inv_freq(self.config, n).to(positions.device) if n > limit else base
+            freq = torch.stack([table[n] for n in lens]) if table else freq
         freqs = positions[:, None].float() * freq
         emb = torch.cat((freqs, freqs), dim=-1)
         scale = self.config.attention_factor

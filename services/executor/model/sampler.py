@@ -73,6 +73,8 @@ def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Genera
     logits = logits.float()
     if params.greedy:
         return int(torch.argmax(logits))
+    if logits.device != generator.device:  # the request's own random stream lives on the host
+        logits = logits.to(generator.device)
     filtered = filter_logits(logits / params.temperature, params.top_k, params.top_p)
     probs = torch.softmax(filtered, dim=-1)
     return int(torch.multinomial(probs, 1, generator=generator))

@@ -24,22 +24,30 @@ def host_only(name: str, tensor: torch.Tensor) -> SplitWeight:
 
 
 class ReadCounter:
-    """Bytes of weights read since the last reset (a weight read by a step counts once per call)."""
+    """Bytes of weights read since the last reset (a weight read by a step counts once per call), and
+    how many of them came from the host part of split weights."""
 
     def __init__(self) -> None:
         self.bytes = 0
+        self.host_bytes = 0
 
-    def add(self, n: int) -> None:
+    def add(self, n: int, host: int = 0) -> None:
         self.bytes += n
+        self.host_bytes += host
 
     def reset(self) -> int:
-        n, self.bytes = self.bytes, 0
+        """Zero both counts; return the total."""
+        n, self.bytes, self.host_bytes = self.bytes, 0, 0
         return n
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, eq=False)
 class Linear:
-    """Y = X·Wᵀ (+ b) through HybridGEMM, counting the bytes of W and b it reads."""
+    """Y = X·Wᵀ (+ b) through HybridGEMM, counting the bytes of W and b it reads.
+
+    ``weight`` changes only through ``resplit``: the same weight split at another row, as a GPU
+    backend moves rows into (or out of) HBM between steps.
+    """
 
     name: str
     weight: SplitWeight
@@ -52,9 +60,18 @@ class Linear:
         size = (w.hbm.numel() + w.host.numel()) * w.host.element_size()
         return size + (0 if self.bias is None else self.bias.numel() * self.bias.element_size())
 
+    def resplit(self, weight: SplitWeight) -> None:
+        """Swap in ``weight``, the same N × K weight split at another row."""
+        old = self.weight
+        if (weight.n, weight.k) != (old.n, old.k) or weight.host.dtype != old.host.dtype:
+            raise ModelConfigError(self.name, f"resplit to {weight.n}×{weight.k} {weight.host.dtype} changes "
+                                              f"the weight ({old.n}×{old.k} {old.host.dtype})")
+        self.weight = weight
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        self.counter.add(self.nbytes)
-        return hybrid_linear(x, self.weight, self.bias)
+        w = self.weight  # read once: a resplit between calls never mixes two splits in one product
+        self.counter.add(self.nbytes, w.host.numel() * w.host.element_size())
+        return hybrid_linear(x, w, self.bias)
 
 
 class LinearWeights:
