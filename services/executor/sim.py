@@ -2,9 +2,12 @@
 
 Prefill costs FLOPs over the compute rate; a decode step costs the weight bytes over the memory
 bandwidth, split by α between HBM and the host link; α rises after a switch as the model
-becomes resident (progressive residency at the link's rate). Tokens are deterministic
-pseudo-random ids of the model's vocabulary. A backend for scheduler work at scale, not a
-stand-in for the model runtime.
+becomes resident (progressive residency). The residency copy and the step's streaming reads
+share the slice's link: while both run, the copy takes ``copy_share`` of it and the reads the rest;
+whatever the reads leave idle during a step, the copy gets (``link_time_s``, ``resident_after``).
+Tokens are deterministic pseudo-random ids of the model's vocabulary (one hash per request, a
+counter-based mix per token). A backend for scheduler work at scale, not a stand-in for the
+model runtime.
 """
 
 from __future__ import annotations
@@ -16,6 +19,9 @@ from c2cq.schemas.catalog import ModelInfo
 from c2cq.schemas.enums import FinishReason
 from c2cq.schemas.executor import AssignRequest
 from c2cq.services.executor.backend import Output, StepResult
+
+_MASK = (1 << 64) - 1
+_GOLDEN = 0x9E3779B97F4A7C15
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,25 +35,52 @@ class SliceProfile:
     hbm_bytes: int = 10 * 2**30
     max_batch: int = 64
     time_scale: float = 1.0  # >1 slows simulated time down (for visible demos)
+    # Share of the slice's link the residency copy takes while the step also streams over it (an
+    # even split assumed: the copy engine and the kernel's reads contend for the same link).
+    copy_share: float = 0.5
+
+
+def link_time_s(bytes_host: float, bytes_copy: float, link_bps: float, copy_share: float = 0.5) -> float:
+    """How long the step's ``bytes_host`` streaming reads take over a link of ``link_bps`` that a
+    residency copy of (up to) ``bytes_copy`` shares: the copy takes ``copy_share`` of the link until
+    it is done, the reads the rest. If the copy ends first the reads then get the whole link
+    ((host + copy) / link); else the reads run at (1 − share) of it throughout."""
+    if bytes_host <= 0:
+        return 0.0
+    together = (bytes_host + max(0.0, bytes_copy)) / link_bps
+    if copy_share >= 1.0:
+        return together
+    return min(together, bytes_host / ((1.0 - copy_share) * link_bps))
 
 
 def roofline_s(*, bytes_hbm: float, bytes_host: float, params: int, tokens: int, flops: float, hbm_bps: float,
-               link_bps: float) -> float:
-    """One step's duration: weight reads from HBM and over the link overlap, compute overlaps both."""
-    t_mem = max(bytes_hbm / hbm_bps, bytes_host / link_bps)
+               link_bps: float, bytes_copy: float = 0.0, copy_share: float = 0.5) -> float:
+    """One step's duration: weight reads from HBM and over the link overlap, compute overlaps both;
+    a residency copy in flight (``bytes_copy`` still to go) slows the link reads it shares the link with."""
+    t_mem = max(bytes_hbm / hbm_bps, link_time_s(bytes_host, bytes_copy, link_bps, copy_share))
     return max(t_mem, 2.0 * params * tokens / flops)
 
 
-def resident_after(alpha: float, cap: float, busy_s: float, link_bps: float, model_bytes: int) -> float:
-    """Progressive residency: the resident share after ``busy_s`` of copying at ``link_bps`` (≤ cap)."""
+def resident_after(alpha: float, cap: float, busy_s: float, link_bps: float, model_bytes: int,
+                   bytes_host: float = 0.0) -> float:
+    """Progressive residency: the resident share after a step of ``busy_s`` that streamed
+    ``bytes_host`` over a link of ``link_bps`` — the copy gets what the reads left of the link
+    (busy_s · link − bytes_host), up to the cap. The link is never counted twice."""
     if alpha >= cap or model_bytes <= 0:
         return min(alpha, cap)
-    return min(cap, alpha + busy_s * link_bps / model_bytes)
+    return min(cap, alpha + max(0.0, busy_s * link_bps - bytes_host) / model_bytes)
 
 
-def _token(request_id: str, index: int, vocab: int) -> int:
-    h = hashlib.blake2b(f"{request_id}:{index}".encode(), digest_size=8).digest()
-    return int.from_bytes(h, "little") % vocab
+def _seed(request_id: str) -> int:
+    return int.from_bytes(hashlib.blake2b(request_id.encode(), digest_size=8).digest(), "little")
+
+
+def _token(seed: int, index: int, vocab: int) -> int:
+    """Token ``index`` of the stream ``seed`` (splitmix64 of a counter: cheap, deterministic)."""
+    z = (seed + (index + 1) * _GOLDEN) & _MASK
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK
+    return (z ^ (z >> 31)) % vocab
 
 
 def _prompt_len(req: AssignRequest) -> int:
@@ -59,6 +92,8 @@ def _prompt_len(req: AssignRequest) -> int:
 @dataclass(slots=True)
 class _Seq:
     req: AssignRequest
+    rid: str
+    seed: int
     prompt_tokens: int
     prefilled: int = 0
     produced: int = 0
@@ -79,6 +114,7 @@ class SimBackend:
         self._alpha = 0.0
         self._alpha_cap = 1.0
         self.seqs: dict[str, _Seq] = {}
+        self.copied_bytes = 0.0  # residency bytes copied over the link by the last step
 
     def switch(self, info: ModelInfo, alpha: float = 0.0) -> None:
         """Serve ``info`` from now on; ``alpha`` > 0 when part of it is already in HBM."""
@@ -86,7 +122,8 @@ class SimBackend:
 
     def add(self, req: AssignRequest) -> None:
         n = _prompt_len(req) + len(req.resume_token_ids)
-        self.seqs[req.request_id] = _Seq(req, n, produced=len(req.resume_token_ids))
+        self.seqs[req.request_id] = _Seq(req, req.request_id, _seed(req.request_id), n,
+                                         produced=len(req.resume_token_ids))
 
     def abort(self, request_id: str) -> None:
         self.seqs.pop(request_id, None)
@@ -106,40 +143,64 @@ class SimBackend:
 
     def step(self, chunk_tokens: int) -> StepResult:
         m, res = self.model, StepResult()
-        batch = list(self.seqs.values())[: self.max_batch]
+        self.copied_bytes = 0.0
+        seqs = self.seqs
+        if len(seqs) > self.max_batch:
+            batch = []
+            for s in seqs.values():
+                batch.append(s)
+                if len(batch) == self.max_batch:
+                    break
+        else:
+            batch = list(seqs.values())
+        outputs = res.outputs
+        live = []
         for s in batch:  # resumed with every token already delivered: complete without a token past max_tokens
             if s.produced >= s.req.max_tokens:
-                res.outputs.append(Output(s.req.request_id, s.produced, (), "", FinishReason.LENGTH,
-                                          prompt_tokens=s.prompt_tokens))
-                del self.seqs[s.req.request_id]
-        batch = [s for s in batch if s.req.request_id in self.seqs]
-        if not batch:
+                outputs.append(Output(s.rid, s.produced, (), "", FinishReason.LENGTH, prompt_tokens=s.prompt_tokens))
+                del seqs[s.rid]
+            else:
+                live.append(s)
+        if not live:
             return res
         budget = max(1, chunk_tokens)
-        for s in batch:  # chunked prefill first, within the chunk budget
-            if s.prefilled < s.prompt_tokens and budget > 0:
-                take = min(budget, s.prompt_tokens - s.prefilled)
-                s.prefilled += take
-                budget -= take
-                res.prefill_tokens += take
-        decoding = [s for s in batch if s.prefilled >= s.prompt_tokens]
+        prefill = 0
+        decoding = []
+        for s in live:  # chunked prefill first, within the chunk budget
+            if s.prefilled < s.prompt_tokens:
+                if budget > 0:
+                    take = min(budget, s.prompt_tokens - s.prefilled)
+                    s.prefilled += take
+                    budget -= take
+                    prefill += take
+                if s.prefilled < s.prompt_tokens:
+                    continue
+            decoding.append(s)
+        res.prefill_tokens = prefill
         res.decode_tokens = len(decoding)
-        tokens = res.prefill_tokens + res.decode_tokens
-        res.bytes_hbm = int(self._alpha * m.bytes)
+        tokens = prefill + len(decoding)
+        alpha, cap = self._alpha, self._resident_cap()
+        res.bytes_hbm = int(alpha * m.bytes)
         res.bytes_host = m.bytes - res.bytes_hbm
         link = self.link_share_bps
-        res.busy_s = roofline_s(bytes_hbm=res.bytes_hbm, bytes_host=res.bytes_host, params=m.parameters, tokens=tokens,
-                                flops=self.p.flops, hbm_bps=self.p.hbm_bps, link_bps=link) * self.p.time_scale
+        to_copy = max(0.0, (cap - alpha) * m.bytes)
+        busy = roofline_s(bytes_hbm=res.bytes_hbm, bytes_host=res.bytes_host, params=m.parameters, tokens=tokens,
+                          flops=self.p.flops, hbm_bps=self.p.hbm_bps, link_bps=link, bytes_copy=to_copy,
+                          copy_share=self.p.copy_share)
+        res.busy_s = busy * self.p.time_scale
+        vocab = m.vocab_size
         for s in decoding:
-            tok = _token(s.req.request_id, s.produced, m.vocab_size)
             idx = s.produced
-            s.produced += 1
+            tok = _token(s.seed, idx, vocab)
+            s.produced = idx + 1
             done = s.produced >= s.req.max_tokens
-            res.outputs.append(Output(s.req.request_id, idx, (tok,), f" t{tok}",
-                                      FinishReason.LENGTH if done else None, prompt_tokens=s.prompt_tokens))
+            outputs.append(Output(s.rid, idx, (tok,), f" t{tok}", FinishReason.LENGTH if done else None,
+                                  prompt_tokens=s.prompt_tokens))
             if done:
-                del self.seqs[s.req.request_id]
-        # progressive residency: the link copies the next share of the model while it serves
-        self._alpha = max(self._alpha, resident_after(self._alpha, self._resident_cap(), res.busy_s / self.p.time_scale,
-                                                      link, m.bytes))
+                del seqs[s.rid]
+        # progressive residency: the copy gets what the step's reads left of the link
+        if alpha < cap:
+            new = resident_after(alpha, cap, busy, link, m.bytes, res.bytes_host)
+            self.copied_bytes = (new - alpha) * m.bytes
+            self._alpha = new
         return res

@@ -1,8 +1,9 @@
 """The baselines (each a small policy of its own, sharing the slice model of SimBackend):
 
-- load-then-serve (ServerlessLLM-style): a switch loads the whole checkpoint into HBM at the
-  loader's bandwidth (a share of the host link, shared with the GPU's other loading slices)
-  before the first token, then serves from HBM (α = 1). A slice keeps loaded models in its HBM
+- load-then-serve (ServerlessLLM-style): a cold start loads the whole checkpoint into HBM at the
+  loader's bandwidth (a share of the host link, shared with the GPU's other loading slices), then
+  starts the inference engine (profiles.toml [loader]: every figure with its source), before the
+  first token; it then serves from HBM (α = 1). A slice keeps loaded models in its HBM
   (least recently used evicted first when a new one needs room; dropped after keep-alive idle);
   a request goes to a slice serving or loading its model with a free batch slot, else to an idle
   slice holding it warm, else to the idle slice with the most free HBM (a cold start).
@@ -170,11 +171,16 @@ class LoadPolicy:
         link.users += 1
         link.bytes += info.bytes
         s.load_started = now
-        s.loading_until = now + self.prof.loader_fixed_s + info.bytes / bw
-        self.engine.at(s.loading_until, self._loaded, s, link)
+        pin = info.bytes / self.prof.loader_pin_bps if self.prof.loader_pin_bps > 0 else 0.0
+        copied_at = now + pin + info.bytes / bw  # the checkpoint is in HBM; the link is free again
+        self.engine.at(copied_at, self._copied, link)
+        s.loading_until = copied_at + self.prof.loader_engine_start_s  # then the engine starts up
+        self.engine.at(s.loading_until, self._loaded, s)
 
-    def _loaded(self, s: LoadSlice, link: Link) -> None:
+    def _copied(self, link: Link) -> None:
         link.users -= 1
+
+    def _loaded(self, s: LoadSlice) -> None:
         s.loading_until = None
         s.resident[s.model] = self.engine.now
         s.backend.switch(self.models[s.model], alpha=1.0)

@@ -1,11 +1,24 @@
 """A simulated executor: the real executor's slice loop (services/executor/main.py) in virtual
-time — its SliceQueue, the SimBackend roofline, and exactly the messages it sends (SliceReady,
+time — its SliceQueue, the SimBackend roofline, and the messages it sends (SliceReady,
 TokensProduced, RequestCompleted, StepStats, ModelResident, Heartbeat) — with the host link
-shared by the slices of one GPU."""
+shared by the slices of one GPU.
+
+Two departures from the real loop, both to send the core fewer events without changing what it
+learns from them:
+- a request's first token goes out at once; later tokens are streamed in batches, at least every
+  ``STREAM_S`` and always before the request's completion (as a serving engine's stream interval);
+- a heartbeat is skipped when the executor said something else since the last one and is busy
+  (any message refreshes the core's ``last_seen``); an idle executor says so at once, then at
+  least every ``liveness_s`` (half the core's heartbeat timeout).
+
+A switch is not free (profiles.toml [c2cq]): engine build, the embedding table over the link,
+and, if configured, registering the model's mapping — then every step streams what is not
+resident while the residency copy shares the same link share."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from c2cq.schemas import executor as m
 from c2cq.schemas.catalog import ModelInfo
@@ -19,19 +32,40 @@ from c2cq.services.sim.metrics import Recorder
 from c2cq.services.sim.profiles import SliceSpec
 from c2cq.services.sim.requests import index_of
 
+STREAM_S = 0.1  # later tokens of a request go out at least this often (the real executor: every step)
+
+
+@dataclass(frozen=True, slots=True)
+class SwitchCosts:
+    """What a c2cq switch costs before the first step (profiles.toml [c2cq], with sources)."""
+
+    fixed_s: float = 0.0
+    eager_copy: float = 1.0  # share of the embedding table copied into HBM first
+    register_bps: float = 0.0
+    register_on_switch: bool = False
+
 
 class SimExecutor:
     def __init__(self, spec: SliceSpec, engine: Engine, link: Link, models: dict[str, ModelInfo],
-                 send: Callable[[str, object], None], rec: Recorder, phase: float = 0.0) -> None:
+                 send: Callable[[str, object], None], rec: Recorder, phase: float = 0.0,
+                 costs: SwitchCosts = SwitchCosts(), liveness_s: float = 1.5) -> None:
         self.spec, self.id, self.engine, self.link, self.models = spec, spec.executor_id, engine, link, models
         self.send, self.rec, self.phase = send, rec, phase
+        self.costs, self.liveness_s = costs, liveness_s
         self.boot_id = f"sim-{spec.executor_id}"
         self.backend = SimBackend(spec.profile, device=spec.device)
         self.queue = SliceQueue()
         self.seq = 0
         self.chunk_tokens = 512
         self.stepping = False
+        self.ready_at = 0.0  # a switch's set-up ends here: no step before it
+        self.registered: set[str] = set()
         self.switch_at: dict[str, float] = {}  # attempt id → when the switch it waited for began
+        self.started: set[str] = set()  # attempts whose first token went out
+        self.held: dict[str, list] = {}  # attempt id → [first index, [token ids], [texts]] not yet sent
+        self.flush_due: float | None = None
+        self.last_said = 0.0
+        self.hb_idle = False  # the last heartbeat said idle, and nothing changed since
         self._stats = StepResult()
         self._stats_steps = 0
         self._stats_since = 0.0
@@ -39,7 +73,9 @@ class SimExecutor:
     # -- messages out ------------------------------------------------------------------------
     def emit(self, cls, **fields) -> None:
         self.seq += 1
-        self.send(self.id, cls(source=self.id, seq=self.seq, ts_ns=int(self.engine.now * 1e9), **fields))
+        now = self.engine.now
+        self.last_said = now
+        self.send(self.id, cls(source=self.id, seq=self.seq, ts_ns=int(now * 1e9), **fields))
 
     def announce(self) -> None:
         b = self.backend
@@ -52,22 +88,29 @@ class SimExecutor:
         self.engine.after(self.phase, self._heartbeat, self.engine.now + self.phase)
 
     def _heartbeat(self, last_announce: float) -> None:
-        self.emit(m.Heartbeat, executor_id=self.id, boot_id=self.boot_id, active=len(self.queue.running),
-                  waiting=len(self.queue.pending), draining=False)
-        if self.engine.now - last_announce > ANNOUNCE_S:
+        now = self.engine.now
+        idle = not self.queue.running and not self.queue.pending
+        if (idle and not self.hb_idle) or now - self.last_said >= self.liveness_s:
+            self.emit(m.Heartbeat, executor_id=self.id, boot_id=self.boot_id, active=len(self.queue.running),
+                      waiting=len(self.queue.pending), draining=False)
+            self.hb_idle = idle
+        if now - last_announce > ANNOUNCE_S:
             self.announce()
-            last_announce = self.engine.now
+            last_announce = now
         self.engine.after(HEARTBEAT_S, self._heartbeat, last_announce)
 
     # -- commands in (as Executor.on_command) ------------------------------------------------
     def on_command(self, cmd) -> None:
         if isinstance(cmd, m.AssignRequest):
+            self.hb_idle = False
             if self.queue.admit(cmd):
                 self.backend.add(cmd)
         elif isinstance(cmd, m.AbortRequest):
             if self.queue.remove(cmd.request_id) == "running":
                 self.backend.abort(cmd.request_id)
             self.switch_at.pop(cmd.request_id, None)
+            self.started.discard(cmd.request_id)
+            self.held.pop(cmd.request_id, None)
         elif isinstance(cmd, m.ApplyPlan):
             self.chunk_tokens = max(1, cmd.chunk_tokens)
             self.backend.set_alpha(cmd.alpha)
@@ -90,13 +133,29 @@ class SimExecutor:
                           message=f"unknown model {model!r}")
             self.queue.model = None
             return
-        self.backend.switch(info)  # maps the weights: servable at once, α rises as it serves
+        self.backend.switch(info)  # maps the weights: servable after the set-up, α rises as it serves
+        setup = self._switch_setup(info)
+        self.ready_at = self.engine.now + setup
         self.emit(m.ModelResident, model=model, alpha=self.backend.alpha(),
-                  bytes_resident=int(self.backend.alpha() * info.bytes), switched_s=0.0)
+                  bytes_resident=int(self.backend.alpha() * info.bytes), switched_s=setup)
         for r in reqs:
             if r.request_id in self.queue.running:
                 self.backend.add(r)
                 self.switch_at[r.request_id] = self.engine.now
+
+    def _switch_setup(self, info: ModelInfo) -> float:
+        """Seconds from a switch to its first step: engine build, the embedding table over this
+        slice's link share (counted on the link), and registering the mapping if configured."""
+        c = self.costs
+        dtype = info.bytes / info.parameters if info.parameters else 2.0
+        eager = c.eager_copy * info.vocab_size * info.hidden_size * dtype
+        share = min(self.spec.profile.link_bps, self.link.share(joining=True))
+        self.link.bytes += eager
+        t = c.fixed_s + eager / share
+        if c.register_on_switch and c.register_bps > 0 and info.name not in self.registered:
+            t += info.bytes / c.register_bps
+        self.registered.add(info.name)
+        return t
 
     def _work(self) -> None:
         b = self.backend
@@ -106,35 +165,60 @@ class SimExecutor:
         if not b.has_work():
             self.stepping = False
             return
-        alpha0 = b.alpha()
-        streams = alpha0 < 1.0
+        if self.engine.now < self.ready_at:  # the switch is still setting up
+            self.engine.at(self.ready_at, self._work)
+            return
+        uses_link = b.alpha() < 1.0  # it streams, or copies, or both
         b.link_share_bps = min(self.spec.profile.link_bps, self.link.share(joining=True))
         res = b.step(self.chunk_tokens)
-        copied = max(0.0, b.alpha() - alpha0) * b.model.bytes
-        if streams:
+        if uses_link:
             self.link.users += 1
-        self.link.bytes += res.bytes_host + copied
-        self.engine.after(res.busy_s, self._publish, res, streams)
+        self.link.bytes += res.bytes_host + b.copied_bytes
+        self.engine.after(res.busy_s, self._publish, res, uses_link)
+
+    def _flush(self) -> None:
+        for rid, (idx, toks, texts) in self.held.items():
+            self.emit(m.TokensProduced, request_id=rid, index=idx, token_ids=tuple(toks), text="".join(texts))
+        self.held.clear()
+        self.flush_due = None
 
     def _publish(self, res: StepResult, streamed: bool) -> None:
         if streamed:
             self.link.users -= 1
         now = self.engine.now
+        running, held = self.queue.running, self.held
         for o in res.outputs:
-            if o.request_id not in self.queue.running:
+            rid = o.request_id
+            if rid not in running:
                 continue  # aborted while the step ran
             if o.token_ids:
-                t0 = self.switch_at.pop(o.request_id, None)
-                if t0 is not None:
-                    self.rec.switch(index_of(o.request_id), now - t0)
-                self.emit(m.TokensProduced, request_id=o.request_id, index=o.index, token_ids=o.token_ids,
-                          text=o.text)
+                if rid not in self.started:  # the first token: at once
+                    self.started.add(rid)
+                    t0 = self.switch_at.pop(rid, None)
+                    if t0 is not None:
+                        self.rec.switch(index_of(rid), now - t0)
+                    self.emit(m.TokensProduced, request_id=rid, index=o.index, token_ids=o.token_ids, text=o.text)
+                else:
+                    h = held.get(rid)
+                    if h is None:
+                        held[rid] = [o.index, list(o.token_ids), [o.text]]
+                        if self.flush_due is None:
+                            self.flush_due = now + STREAM_S
+                    else:
+                        h[1].extend(o.token_ids)
+                        h[2].append(o.text)
             if o.finish is not None:
-                self.queue.remove(o.request_id)
-                self.switch_at.pop(o.request_id, None)
-                self.emit(m.RequestCompleted, request_id=o.request_id, finish_reason=o.finish,
+                h = held.pop(rid, None)
+                if h is not None:  # what it holds of this request goes out before its completion
+                    self.emit(m.TokensProduced, request_id=rid, index=h[0], token_ids=tuple(h[1]), text="".join(h[2]))
+                self.queue.remove(rid)
+                self.switch_at.pop(rid, None)
+                self.started.discard(rid)
+                self.emit(m.RequestCompleted, request_id=rid, finish_reason=o.finish,
                           prompt_tokens=o.prompt_tokens, completion_tokens=o.index + len(o.token_ids),
                           error_code=(o.code or ErrorCode.INTERNAL) if o.error else None, message=o.error)
+        if self.flush_due is not None and (now >= self.flush_due or not held):
+            self._flush()
         s = self._stats
         s.busy_s += res.busy_s
         s.prefill_tokens += res.prefill_tokens

@@ -16,9 +16,9 @@ from c2cq.services.scheduler.main import TICK_S
 from c2cq.services.scheduler.state import Config, State, ToClient, ToExecutor
 from c2cq.services.sim.engine import Engine, Link
 from c2cq.services.sim.errors import SimError
-from c2cq.services.sim.executor import SimExecutor
+from c2cq.services.sim.executor import SimExecutor, SwitchCosts
 from c2cq.services.sim.metrics import Recorder
-from c2cq.services.sim.profiles import SliceSpec
+from c2cq.services.sim.profiles import Profile, SliceSpec
 from c2cq.services.sim.requests import index_of, submit_of
 
 CLIENT = b"sim-client"
@@ -29,15 +29,19 @@ class C2cqPolicy:
 
     def __init__(self, specs: list[SliceSpec], links: dict[str, Link], models: dict[str, ModelInfo], engine: Engine,
                  rec: Recorder, cfg: Config | None = None,
-                 observe: Callable[[ev.SchedEvent], None] | None = None) -> None:
+                 observe: Callable[[ev.SchedEvent], None] | None = None, prof: Profile | None = None) -> None:
         self.engine, self.rec, self.models, self.observe = engine, rec, models, observe
         self.state = State(cfg=cfg or Config())
         self.last_at = 0.0
         self.feeding = False
         self.plan_steps = 0
         n = len(specs)
+        costs = SwitchCosts() if prof is None else SwitchCosts(
+            fixed_s=prof.c2cq_switch_fixed_s, eager_copy=prof.c2cq_eager_copy, register_bps=prof.c2cq_register_bps,
+            register_on_switch=prof.c2cq_register_on_switch)
+        liveness = self.state.cfg.heartbeat_timeout_s / 2  # the core declares an executor lost after the timeout
         self.executors = {s.executor_id: SimExecutor(s, engine, links[s.group], models, self._said, rec,
-                                                     phase=0.5 * i / max(1, n))
+                                                     phase=0.5 * i / max(1, n), costs=costs, liveness_s=liveness)
                           for i, s in enumerate(specs)}
 
     def start(self) -> None:

@@ -30,9 +30,15 @@ class Profile:
     max_batch: int
     weight_share: float
     loader_efficiency: float
-    loader_fixed_s: float
+    loader_engine_start_s: float  # a baseline's cold start: engine start-up before the load
     keep_alive_s: float
     sources: dict[str, str]  # "gpu.gh200-96.link_bps" → where the number comes from
+    copy_share: float = 0.5  # the residency copy's share of a slice's link while the step streams
+    loader_pin_bps: float = 0.0  # page-locking a load's host buffers (0: a pre-pinned pool)
+    c2cq_switch_fixed_s: float = 0.0  # c2cq's switch: engine build before the first step
+    c2cq_eager_copy: float = 1.0  # share of the embedding table copied into HBM before the first step
+    c2cq_register_bps: float = 0.0  # page-locking a mapping not registered before (0: never charged)
+    c2cq_register_on_switch: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +54,14 @@ def _num(table: dict, key: str, where: str, lo: float = 0.0, hi: float = math.in
     v = table.get(key)
     if not isinstance(v, (int, float)) or isinstance(v, bool) or not (lo < v <= hi):
         raise ConfigError(f"{where}.{key} must be a number in ({lo}, {hi}], got {v!r}")
+    return float(v)
+
+
+def _opt(table: dict, key: str, where: str, default: float, hi: float = math.inf) -> float:
+    """An optional number in [0, hi] (the default when absent)."""
+    v = table.get(key, default)
+    if not isinstance(v, (int, float)) or isinstance(v, bool) or not (0.0 <= v <= hi):
+        raise ConfigError(f"{where}.{key} must be a number in [0, {hi}], got {v!r}")
     return float(v)
 
 
@@ -77,16 +91,24 @@ def load_profile(path: Path | None = None) -> Profile:
            for name, t in doc.get("mig", {}).items()}
     if not mig:
         raise ConfigError(f"{p}: no [mig.PROFILE] table")
-    s, ld = doc.get("slice", {}), doc.get("loader", {})
+    s, ld, cq = doc.get("slice", {}), doc.get("loader", {}), doc.get("c2cq", {})
     collect("slice", s)
     collect("loader", ld)
-    fixed = ld.get("fixed_s", 0.0)
-    if not isinstance(fixed, (int, float)) or fixed < 0:
-        raise ConfigError(f"loader.fixed_s must be >= 0, got {fixed!r}")
+    collect("c2cq", cq)
+    reg = cq.get("register_on_switch", False)
+    if not isinstance(reg, bool):
+        raise ConfigError(f"c2cq.register_on_switch must be true or false, got {reg!r}")
     return Profile(gpus=gpus, mig=mig, max_batch=int(_num(s, "max_batch", "slice")),
                    weight_share=_num(s, "weight_share", "slice", hi=1.0),
-                   loader_efficiency=_num(ld, "efficiency", "loader", hi=1.0), loader_fixed_s=float(fixed),
-                   keep_alive_s=_num(ld, "keep_alive_s", "loader"), sources=sources)
+                   loader_efficiency=_num(ld, "efficiency", "loader", hi=1.0),
+                   loader_engine_start_s=_opt(ld, "engine_start_s", "loader", 0.0),
+                   keep_alive_s=_num(ld, "keep_alive_s", "loader"), sources=sources,
+                   copy_share=_opt(s, "copy_share", "slice", 0.5, hi=1.0),
+                   loader_pin_bps=_opt(ld, "pin_bps", "loader", 0.0),
+                   c2cq_switch_fixed_s=_opt(cq, "switch_fixed_s", "c2cq", 0.0),
+                   c2cq_eager_copy=_opt(cq, "eager_copy", "c2cq", 1.0, hi=1.0),
+                   c2cq_register_bps=_opt(cq, "register_bps", "c2cq", 0.0),
+                   c2cq_register_on_switch=reg)
 
 
 def parse_layout(spec: str, prof: Profile) -> tuple[str, ...]:
@@ -113,7 +135,7 @@ def build_cluster(prof: Profile, gpu: str, layout: tuple[str, ...], slices: int)
         mig = layout[j]
         c, m = prof.mig[mig]
         sp = SliceProfile(name=f"{gpu}-{mig}", flops=g.flops * c, hbm_bps=g.hbm_bps * m, link_bps=g.link_bps,
-                          hbm_bytes=int(g.hbm_bytes * m), max_batch=prof.max_batch)
+                          hbm_bytes=int(g.hbm_bytes * m), max_batch=prof.max_batch, copy_share=prof.copy_share)
         group = f"gpu{k:03d}"
         out.append(SliceSpec(executor_id=f"x{i:03d}", device=f"{group}/mig{j}.{mig}", group=group, profile=sp,
                              link_bps=g.link_bps))

@@ -34,7 +34,7 @@ def make_policy(name: str, sc: Scenario, engine: Engine, rec: Recorder, links: d
                 observe: Callable | None = None):
     specs = list(sc.specs)
     if name == "c2cq":
-        return C2cqPolicy(specs, links, sc.models, engine, rec, cfg=sc.scheduler, observe=observe)
+        return C2cqPolicy(specs, links, sc.models, engine, rec, cfg=sc.scheduler, observe=observe, prof=sc.profile)
     if name == "load-then-serve":
         return LoadPolicy(LOAD_THEN_SERVE, specs, links, sc.models, engine, rec, sc.profile, sc.scheduler.max_wait_s)
     if name == "time-share":

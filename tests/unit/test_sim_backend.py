@@ -57,13 +57,50 @@ def tokens(outputs) -> list[int]:
 
 
 def test_decode_is_memory_bound_and_reads_all_weights_over_the_link_at_alpha_zero():
-    b = backend()
+    b = backend(alpha_cap=0.0)  # no residency copy: the link carries the step's reads alone
     b.add(req("r", prompt_tokens=1))
     res = b.step(512)  # the 1-token prompt is prefilled and its first token decoded in one step
     # weights 2 GB over a 10 GB/s link = 0.2 s; compute 2·1e9·2 tokens / 1e12 = 0.004 s
     assert (res.prefill_tokens, res.decode_tokens) == (1, 1)
     assert (res.bytes_hbm, res.bytes_host) == (0, 2 * GB)
     assert res.busy_s == pytest.approx(0.2)
+
+
+def test_the_residency_copy_shares_the_link_with_the_reads():
+    """Changed with the link accounting: this expectation used to be 0.2 s with the copy running at the
+    full link rate beside the reads (the link counted twice). Now, at α = 0 with the cap at 1, the copy
+    (2 GB to go) takes half of the 10 GB/s link while the reads (2 GB) take the other half: both end at
+    2 GB / 5 GB/s = 0.4 s, and the copy moved exactly what the reads left: 0.4·10 − 2 = 2 GB."""
+    b = backend()
+    b.add(req("r", prompt_tokens=1, max_tokens=1000))
+    res = b.step(512)
+    assert (res.bytes_hbm, res.bytes_host) == (0, 2 * GB)
+    assert res.busy_s == pytest.approx(0.4)
+    assert b.alpha() == pytest.approx(1.0)
+    assert b.copied_bytes == pytest.approx(2 * GB)
+    assert res.bytes_host + b.copied_bytes == pytest.approx(res.busy_s * PROFILE.link_bps)
+
+
+def test_a_copy_that_ends_first_gives_the_reads_the_whole_link():
+    # 4 GB model, cap 0.25: 1 GB to copy. The copy's half-link share ends at 1 GB / 5 GB/s = 0.2 s,
+    # when the reads have moved 1 GB of their 4 GB; the last 3 GB go at 10 GB/s: 0.2 + 0.3 = 0.5 s
+    # = (4 + 1) GB / 10 GB/s. The link moved 5 GB in 0.5 s: never more than its 10 GB/s.
+    b = backend(info=model(nbytes=4 * GB), alpha_cap=0.25)
+    b.add(req("r", prompt_tokens=1, max_tokens=1000))
+    res = b.step(512)
+    assert res.busy_s == pytest.approx(0.5)
+    assert b.alpha() == pytest.approx(0.25)
+    assert res.bytes_host + b.copied_bytes == pytest.approx(res.busy_s * PROFILE.link_bps)
+
+
+def test_a_compute_bound_step_leaves_the_copy_the_idle_link():
+    # 500-token prefill: 1.002 s of compute; the reads (2 GB at α = 0) and the whole 2 GB copy fit
+    # in the link's 10 GB/s · 1.002 s, so the step is not slowed and the model is resident after it
+    b = backend()
+    b.add(req("r", prompt_tokens=500, max_tokens=5))
+    res = b.step(512)
+    assert res.busy_s == pytest.approx(2 * GB * 501 / 1e12)
+    assert b.alpha() == pytest.approx(1.0)
 
 
 def test_prefill_is_compute_bound():
@@ -148,8 +185,10 @@ def test_residency_starts_at_zero_after_a_switch_and_rises_by_what_the_link_copi
     b = backend()
     b.add(req("r", prompt_tokens=1, max_tokens=1000))
     res = b.step(512)
-    # in 0.2 s the 10 GB/s link copies 2 GB: the whole model
-    assert b.alpha() == pytest.approx(min(1.0, res.busy_s * PROFILE.link_bps / (2 * GB)))
+    # the copy gets what the reads left of the link: 0.4 s · 10 GB/s − 2 GB read = 2 GB, the whole model
+    # (changed with the link accounting: it was busy_s · link / |W|, the link counted twice)
+    assert b.alpha() == pytest.approx(min(1.0, (res.busy_s * PROFILE.link_bps - res.bytes_host) / (2 * GB)))
+    assert b.alpha() == pytest.approx(1.0)
     b.switch(model("other"))
     assert b.alpha() == 0.0
 
