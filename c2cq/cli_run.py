@@ -70,7 +70,7 @@ def _specs(args: argparse.Namespace, rd: RunDir) -> tuple[list[ChildSpec], list]
         specs.append(ChildSpec(s.executor_id, service_argv(
             "c2cq.services.executor.main", *home, "--id", s.executor_id, "--backend", s.backend,
             "--device", s.device, "--threads", str(args.threads), "--sim-time-scale", str(args.sim_time_scale)),
-            env=s.env))
+            env=s.child_env()))
     return specs, slices
 
 
@@ -92,7 +92,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     rd.ensure()
     log.configure("supervisor")
     rd.pid_file.write_text(str(os.getpid()))
-    meta = {"slices": [{"executor_id": s.executor_id, "backend": s.backend, "device": s.device} for s in slices]}
+    meta = {"slices": [{"executor_id": s.executor_id, "backend": s.backend, "device": s.device,
+                        "link_group": s.link_group} for s in slices]}
     import uvloop
 
     return uvloop.run(supervise(rd, specs, policy, meta, args.notify_fd))

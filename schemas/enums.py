@@ -22,6 +22,7 @@ class ErrorCode(enum.StrEnum):
     BAD_MODEL = "bad_model"
     SHUTTING_DOWN = "shutting_down"
     INTERNAL = "internal"
+    SLO_UNATTAINABLE = "slo_unattainable"  # admission: no executor can meet the request's TTFT target
 
 
 class FinishReason(enum.StrEnum):

@@ -62,6 +62,9 @@ class SliceReady(Event, frozen=True, kw_only=True, tag="slice_ready"):
     memory_budget_bytes: int
     link_bandwidth_bps: float  # bytes/s host → device (measured where possible)
     max_batch: int
+    # slices with the same link group share one host link (the MIG slices of one GPU: its UUID;
+    # CPU slices: "host"); None: a link of its own. Set by the supervisor, which knows the parents.
+    link_group: str | None = None
 
 
 class TokensProduced(Event, frozen=True, kw_only=True, tag="tokens_produced"):

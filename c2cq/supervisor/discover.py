@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+LINK_GROUP_ENV = "C2CQ_LINK_GROUP"  # the executor announces it in SliceReady.link_group
+# sim executor processes each simulate a link of their own (SimBackend shares no bandwidth with
+# another process), so each is its own group: grouping them would make the controller fit a
+# shared capacity that does not exist. (The discrete-event simulator models shared links itself.)
+SIM_SLICES_PER_LINK = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -11,6 +17,13 @@ class Slice:
     backend: str  # cpu | cuda | sim
     device: str
     env: tuple[tuple[str, str], ...] = ()  # e.g. (("CUDA_VISIBLE_DEVICES", "MIG-…"),)
+    # the slices that share one host link: the parent GPU's UUID (MIG slices, or executors standing
+    # in for them), "host" for CPU slices. Where the slice sits, not what it is: not compared.
+    link_group: str | None = field(default=None, compare=False)
+
+    def child_env(self) -> tuple[tuple[str, str], ...]:
+        """The environment its executor process gets: ``env`` plus its link group."""
+        return self.env if self.link_group is None else (*self.env, (LINK_GROUP_ENV, self.link_group))
 
 
 def nvml_devices() -> list[tuple[str, list[str]]]:
@@ -59,10 +72,12 @@ def discover(backend: str | None, slices: int, per_gpu: int = 1) -> list[Slice]:
         for g, (uuid, migs) in enumerate(gpus):
             for target in migs or [uuid] * per_gpu:  # several executors stand in for MIG slices
                 i = len(found)
-                found.append(Slice(f"exec-{i}", "cuda", target, (("CUDA_VISIBLE_DEVICES", target),)))
+                found.append(Slice(f"exec-{i}", "cuda", target, (("CUDA_VISIBLE_DEVICES", target),), link_group=uuid))
         if found:
             return found
         if backend == "cuda":
             return []
     kind = backend or "cpu"
-    return [Slice(f"exec-{i}", kind, f"{kind}:{i}") for i in range(slices)]
+    return [Slice(f"exec-{i}", kind, f"{kind}:{i}",
+                  link_group="host" if kind == "cpu" else f"sim-gpu{i // SIM_SLICES_PER_LINK}")
+            for i in range(slices)]

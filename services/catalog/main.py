@@ -16,7 +16,7 @@ from c2cq.schemas.catalog import CatalogError, ToCatalog
 from c2cq.schemas.enums import ErrorCode
 from c2cq.services.catalog.publish import Publisher
 from c2cq.services.catalog.store import CatalogStore
-from c2cq.transport import make_socket, recv_batch, send_nowait
+from c2cq.transport import Throttled, make_socket, recv_batch, send_nowait
 
 
 async def amain(args: argparse.Namespace) -> None:
@@ -32,6 +32,8 @@ async def amain(args: argparse.Namespace) -> None:
     lifecycle.signal_ready()
     logger.info("ready", models=len(store.reg.models), addr=rd.catalog_addr)
 
+    malformed = Throttled(logger, "malformed_frames")  # a flood of bad frames: one line a second
+
     async def serve() -> None:
         while True:
             for frames in await recv_batch(sock):
@@ -41,7 +43,7 @@ async def amain(args: argparse.Namespace) -> None:
                 try:
                     msg = codec.decode(frame)
                 except WireError as e:
-                    logger.warning("malformed_frame", error=str(e)[:200])
+                    malformed(str(e)[:200])
                     send_nowait(sock, [ident, encode(CatalogError(code=ErrorCode.MALFORMED, message=str(e)[:200]))])
                     continue
                 try:

@@ -20,7 +20,7 @@ from c2cq.schemas.catalog import CatalogError, DescribeModel, FromCatalog, Model
 from c2cq.schemas.enums import ErrorCode, FinishReason
 from c2cq.services.executor.backend import Backend, StepResult
 from c2cq.services.executor.slice import SliceQueue
-from c2cq.transport import make_socket, recv_batch
+from c2cq.transport import Throttled, make_socket, recv_batch
 
 HEARTBEAT_S = 0.5
 ANNOUNCE_S = 5.0
@@ -28,14 +28,16 @@ STATS_S = 0.1
 
 
 class Executor:
-    def __init__(self, rd: RunDir, executor_id: str, backend: Backend) -> None:
+    def __init__(self, rd: RunDir, executor_id: str, backend: Backend, link_group: str | None = None) -> None:
         self.id, self.backend = executor_id, backend
+        self.link_group = link_group  # slices of one group share a host link (announced in SliceReady)
         self.boot_id = uuid.uuid4().hex[:12]
         self.log = log.get(executor=executor_id)
         self.ctx = zmq.asyncio.Context()
         self.sched = make_socket(self.ctx, zmq.DEALER, connect=rd.executor_addr, identity=executor_id.encode())
         self.catalog = make_socket(self.ctx, zmq.DEALER, connect=rd.catalog_addr)
         self.codec: Codec = Codec(m.SchedulerToExecutor)
+        self.malformed = Throttled(self.log, "malformed_frames")  # a flood of bad frames: one line a second
         self.catalog_codec: Codec = Codec(FromCatalog)
         self.queue = SliceQueue()
         self.models: dict[str, ModelInfo] = {}
@@ -58,7 +60,7 @@ class Executor:
         b = self.backend
         self.emit(m.SliceReady, executor_id=self.id, boot_id=self.boot_id, backend=b.name, device=b.device,
                   memory_budget_bytes=b.memory_budget_bytes, link_bandwidth_bps=b.link_bandwidth_bps,
-                  max_batch=b.max_batch)
+                  max_batch=b.max_batch, link_group=self.link_group)
 
     def fail(self, req_id: str, code: ErrorCode, message: str) -> None:
         self.emit(m.RequestCompleted, request_id=req_id, finish_reason=FinishReason.ERROR, prompt_tokens=0,
@@ -106,7 +108,7 @@ class Executor:
                 try:
                     cmd = self.codec.decode(frames[-1])
                 except WireError as e:
-                    self.log.warning("malformed_frame", error=str(e)[:200])
+                    self.malformed(str(e)[:200])
                     continue
                 self.on_command(cmd)
 
@@ -218,7 +220,7 @@ def make_backend(args: argparse.Namespace) -> Backend:
 async def amain(args: argparse.Namespace) -> None:
     log.configure(f"executor-{args.id}")
     rd = RunDir.from_env(args.home)
-    ex = Executor(rd, args.id, make_backend(args))
+    ex = Executor(rd, args.id, make_backend(args), link_group=args.link_group or None)
     stop = lifecycle.shutdown_flag()
     ex.announce()
     tasks = [asyncio.create_task(c) for c in (ex.recv_loop(), ex.work_loop(), ex.heartbeat_loop())]
@@ -242,6 +244,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--device", default=None)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--sim-time-scale", type=float, default=1.0)
+    p.add_argument("--link-group", default=os.environ.get("C2CQ_LINK_GROUP"),
+                   help="slices of one group share a host link (the supervisor passes C2CQ_LINK_GROUP)")
     args = p.parse_args(argv)
     lifecycle.run(lambda: amain(args))
 

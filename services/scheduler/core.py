@@ -9,6 +9,8 @@ StatusQuery) go through ``query`` and are not logged.
 
 from __future__ import annotations
 
+import msgspec
+
 from c2cq.schemas import executor as ex_msgs
 from c2cq.schemas.client import (
     ExecutorStatus,
@@ -34,6 +36,7 @@ from c2cq.services.scheduler.state import (
     Command,
     Config,
     ExecutorView,
+    LinkLoad,
     RequestView,
     State,
     ToClient,
@@ -44,6 +47,86 @@ from c2cq.services.scheduler.validate import check_submit
 
 Out = list[Command]
 _LIVE = ("ready", "draining", "unconfirmed")
+
+
+# ---- placement indexes -------------------------------------------------------------------------
+# Placement reads its candidates from st.idle and st.serving and a link's load from st.links;
+# every step that changes an executor's state, batch, model or reservation calls _reindex, and
+# every step that changes a member's link figures calls _relink. Both are pure functions of the
+# state, so a replay (or a snapshot plus its tail) rebuilds the same indexes.
+
+
+def _reindex(st: State, x: ExecutorView) -> None:
+    """List x where placement should find it: idle, running its model, or nowhere."""
+    listed = x.state == "ready" and x.executor_id not in st.reserved
+    idle = listed and not x.active
+    model = x.model if listed and x.active else None
+    eid = x.executor_id
+    if x.in_idle != idle:
+        if idle:
+            st.idle[eid] = None
+        else:
+            st.idle.pop(eid, None)
+        x.in_idle = idle
+    if x.serving_model != model:
+        if x.serving_model is not None:
+            members = st.serving.get(x.serving_model)
+            if members is not None:
+                members.pop(eid, None)
+                if not members:
+                    del st.serving[x.serving_model]
+        if model is not None:
+            st.serving.setdefault(model, {})[eid] = None
+        x.serving_model = model
+
+
+def _relink(st: State, group: str) -> None:
+    """Recompute one link's capacity and load from its live members (sums, never differences)."""
+    cap, used, n = 0.0, 0.0, 0
+    for eid in st.groups.get(group, ()):
+        y = st.executors.get(eid)
+        if y is None or y.state == "lost":
+            continue
+        cap = max(cap, y.est.link_bps)
+        used += y.est.link_used_bps
+        n += 1
+    if not n:
+        st.links.pop(group, None)
+        return
+    link = st.links.get(group)
+    if link is None:
+        st.links[group] = LinkLoad(cap_bps=cap, used_bps=used)
+    else:
+        link.cap_bps, link.used_bps = cap, used
+
+
+def check_indexes(st: State) -> State:
+    """After loading a snapshot: rebuild the indexes if they do not match the executors (a snapshot
+    written by a version without them); a consistent snapshot is left exactly as it was."""
+    probe = State(cfg=st.cfg, executors={}, groups=st.groups, reserved=st.reserved)
+    for eid, x in st.executors.items():
+        y = msgspec.structs.replace(x, in_idle=False, serving_model=None)
+        probe.executors[eid] = y
+        _reindex(probe, y)
+        if (y.in_idle, y.serving_model) != (x.in_idle, x.serving_model):
+            return rebuild_indexes(st)
+    for group in st.groups:
+        _relink(probe, group)
+    if set(probe.idle) != set(st.idle) or {m: set(v) for m, v in probe.serving.items()} != {
+            m: set(v) for m, v in st.serving.items()} or probe.links.keys() != st.links.keys():
+        return rebuild_indexes(st)
+    return st
+
+
+def rebuild_indexes(st: State) -> State:
+    """Recompute every placement index from the executors (a snapshot written before they existed)."""
+    st.idle, st.serving, st.links = {}, {}, {}
+    for x in st.executors.values():
+        x.in_idle, x.serving_model = False, None
+        _reindex(st, x)
+    for group in st.groups:
+        _relink(st, group)
+    return st
 
 
 # ---- admission ---------------------------------------------------------------------------------
@@ -71,10 +154,12 @@ def _admit(st: State, req: RequestView) -> RequestRejected | None:
     x, t = choose_executor(st, req)
     if x is None:
         t = earliest_ttft(st, req, ahead=queued)
-    if t * 1e3 > target:
-        est = "no executor is up" if t == float("inf") else f"the best estimate is {t * 1e3:.0f} ms"
+    if t == float("inf"):
         return RequestRejected(request_id=rid, code=ErrorCode.NO_EXECUTOR,
-                               message=f"cannot meet slo.ttft_ms={target:g}: {est}")
+                               message=f"cannot meet slo.ttft_ms={target:g}: no executor is up")
+    if t * 1e3 > target:
+        return RequestRejected(request_id=rid, code=ErrorCode.SLO_UNATTAINABLE,
+                               message=f"cannot meet slo.ttft_ms={target:g}: the best estimate is {t * 1e3:.0f} ms")
     return None
 
 
@@ -158,14 +243,17 @@ def _slice_ready(st: State, eid: str, m: ex_msgs.SliceReady, now: float) -> Out:
     if old is not None:  # a new incarnation: what the old one held is gone
         out += _lose(st, old, now, "the executor restarted")
         st.groups[old.link_group].remove(eid)
-    group = link_group(m.device)
+        _relink(st, old.link_group)
+    group = m.link_group or link_group(m.device)
     st.groups.setdefault(group, []).append(eid)
     est = costmodel.Estimates(link_bps=m.link_bandwidth_bps, hbm_bps=st.cfg.hbm_bps_prior, flops=st.cfg.flops_prior)
-    st.executors[eid] = ExecutorView(executor_id=eid, boot_id=m.boot_id, backend=m.backend, device=m.device,
-                                     max_batch=m.max_batch, memory_budget_bytes=m.memory_budget_bytes,
-                                     link_bandwidth_bps=m.link_bandwidth_bps, last_seen=now, link_group=group,
-                                     est=est, chunk_tokens=st.cfg.base_chunk_tokens)
-    return out + _dispatch(st, now)
+    x = st.executors[eid] = ExecutorView(
+        executor_id=eid, boot_id=m.boot_id, backend=m.backend, device=m.device, max_batch=m.max_batch,
+        memory_budget_bytes=m.memory_budget_bytes, link_bandwidth_bps=m.link_bandwidth_bps, last_seen=now,
+        link_group=group, est=est, chunk_tokens=st.cfg.base_chunk_tokens)
+    _reindex(st, x)
+    _relink(st, group)
+    return out + _dispatch(st, now, (x,))
 
 
 def _request_of(st: State, eid: str, exec_rid: str) -> RequestView | None:
@@ -203,7 +291,8 @@ def _completed(st: State, eid: str, m: ex_msgs.RequestCompleted, now: float) -> 
         return []
     out = _finish(st, req, m.finish_reason, now, prompt=m.prompt_tokens, completion=req.emitted,
                   code=m.error_code, message=m.message)
-    return out + _dispatch(st, now)
+    x = st.executors.get(eid)
+    return out + _dispatch(st, now, () if x is None else (x,))
 
 
 def _resident(st: State, eid: str, m: ex_msgs.ModelResident, now: float) -> Out:
@@ -212,6 +301,7 @@ def _resident(st: State, eid: str, m: ex_msgs.ModelResident, now: float) -> Out:
         x.model, x.alpha = m.model, m.alpha
         if m.switched_s is not None:
             x.est.switch_s = costmodel.ewma(x.est.switch_s, m.switched_s)
+        _reindex(st, x)
     return []
 
 
@@ -221,9 +311,11 @@ def _heartbeat(st: State, eid: str, m: ex_msgs.Heartbeat, now: float) -> Out:
         return []  # it will announce itself with SliceReady
     if m.draining:
         x.state = "draining"
+        _reindex(st, x)
         return []
-    if m.active == 0 and m.waiting == 0:
+    if m.active == 0 and m.waiting == 0 and x.est.link_used_bps:
         costmodel.idle(x.est)
+        _relink(st, x.link_group)
     return _heard(st, x, now)
 
 
@@ -233,6 +325,7 @@ def _stats(st: State, eid: str, m: ex_msgs.StepStats, now: float) -> Out:
     if x is not None and size is not None:
         costmodel.observe(x.est, step_s=m.step_s, tokens=m.tokens, decode_tokens=m.decode_tokens,
                           bytes_hbm=m.bytes_hbm, bytes_host=m.bytes_host, model_bytes=size[0], params=size[1])
+        _relink(st, x.link_group)
     return []
 
 
@@ -243,8 +336,12 @@ def _heard(st: State, x: ExecutorView, now: float) -> Out:
         return []
     out: Out = [ToExecutor(x.executor_id, ex_msgs.AbortRequest(request_id=xid)) for xid in x.to_abort]
     x.to_abort = []
+    relink = x.state == "lost"
     x.state = "ready"
-    return out + _dispatch(st, now)
+    _reindex(st, x)
+    if relink:
+        _relink(st, x.link_group)
+    return out + _dispatch(st, now, (x,))
 
 
 # ---- shared steps ----------------------------------------------------------------------------
@@ -272,26 +369,21 @@ def _place_new(st: State, req: RequestView, now: float) -> Out:
     return [] if x is None else _place(st, req, x, now)
 
 
-def _dispatch(st: State, now: float) -> Out:
+def _dispatch(st: State, now: float, touched=None) -> Out:
     """Fill free capacity from the waiting requests (late binding). A batch with a free slot takes
     the oldest waiting requests of its model; idle executors take the waiting requests in class
-    order, each placed where its estimated TTFT is lowest. Work is proportional to what is placed,
-    not to how many wait."""
+    order, each placed where its estimated TTFT is lowest. ``touched``: the only executors whose
+    capacity changed (None: any may have), so a completion looks at its own executor, not at all.
+    Work is proportional to what is placed, not to how many wait or how many executors there are."""
     out: Out = []
-    for x in st.executors.values():
-        if x.state != "ready" or not x.active or x.model is None:
-            continue
-        q = st.by_model.get(x.model)
-        while q and len(x.active) < x.max_batch:
-            req = _waiting(st, q)
-            if req is None:
-                break
-            q.pop(0)
-            out += _place(st, req, x, now)
-    idle = sum(1 for x in st.executors.values() if x.state == "ready" and not x.active)
+    if st.reserved:
+        touched = _serve_reserved(st, now, out, touched)
+    for x in (st.executors.values() if touched is None else touched):
+        _fill(st, x, now, out)
+    started: list[ExecutorView] = []  # idle executors that took a request: their batches may take more
     for k in CLASSES:
         q = st.queues.get(k)
-        while idle and q:
+        while st.idle and q:
             req = _waiting(st, q)
             if req is None:
                 break
@@ -299,9 +391,105 @@ def _dispatch(st: State, now: float) -> Out:
             if x is None:  # cannot happen while an executor is idle; guard the loop regardless
                 break
             q.pop(0)
-            idle -= 0 if x.active else 1
+            if x.in_idle:
+                started.append(x)
             out += _place(st, req, x, now)
+    for x in started:
+        _fill(st, x, now, out)
     return out
+
+
+def _serve_reserved(st: State, now: float, out: Out, touched):
+    """Executors held for starved requests. One that has drained serves the longest-starved
+    request (its own, or an older one: a request displaced by a lost executor, say); a hold whose
+    request was placed elsewhere or ended, or whose executor is no longer ready, is released (that
+    executor may fill its batch again). Returns ``touched`` plus the released executors."""
+    released: list[ExecutorView] = []
+    for eid, rid in list(st.reserved.items()):
+        x, req = st.executors.get(eid), st.requests.get(rid)
+        waiting = req is not None and req.executor is None
+        if x is not None and x.state == "ready" and waiting and x.active:
+            continue  # still draining
+        del st.reserved[eid]
+        if x is None:
+            continue
+        if x.state == "ready" and not x.active:
+            first = next(_starving(st, now), None) or (req if waiting else None)
+            if first is not None:
+                out += _place(st, first, x, now)
+                released.append(x)
+                continue
+        _reindex(st, x)
+        released.append(x)
+    if touched is None or not released:
+        return touched
+    return tuple(touched) + tuple(released)
+
+
+def _starving(st: State, now: float):
+    """The waiting requests that starve, longest first (class order, then queue order): waited past
+    their limit (``starve_after_s``, or ``starve_share`` of the TTFT target if sooner) for a model
+    no executor runs — a request whose model runs somewhere gets that batch's next free slot."""
+    cfg = st.cfg
+    for k in CLASSES:
+        for rid in st.queues.get(k, ()):
+            req = st.requests.get(rid)
+            if req is None or req.executor is not None:
+                continue  # a stale id
+            ttft = req.submit.slo.ttft_ms
+            limit = cfg.starve_after_s if ttft is None else min(cfg.starve_after_s, cfg.starve_share * ttft / 1e3)
+            if now - req.accepted_at <= limit:
+                break  # the queue is in arrival order: the rest waited less
+            if req.submit.model not in st.serving:
+                yield req
+
+
+def _guard_starved(st: State, now: float) -> None:
+    """Bound how long a waiting request starves while busy executors keep taking work of the
+    models they run: hold the executor expected to drain first for each starving request — it
+    takes no new work and, once idle, serves the longest-starved request. At most
+    ``starve_reserve_share`` of the ready executors are held at once, so the rest keep serving."""
+    ready = sum(1 for x in st.executors.values() if x.state == "ready")
+    room = max(1, int(ready * st.cfg.starve_reserve_share)) - len(st.reserved)
+    if room <= 0 or not any(st.queued.values()):
+        return
+    held = set(st.reserved.values())
+    starving: list[RequestView] = []
+    for req in _starving(st, now):
+        if req.request_id not in held:
+            starving.append(req)
+            if len(starving) >= room:
+                break
+    if not starving:
+        return
+    # drain time of each busy, unheld executor: its longest remaining decode at its step time
+    drain: list[tuple[float, str]] = []
+    for x in st.executors.values():
+        if x.state != "ready" or not x.active or x.executor_id in st.reserved:
+            continue
+        left = 0
+        for a in x.active:
+            r = st.requests.get(a)
+            if r is not None:
+                left = max(left, r.submit.max_tokens - r.emitted)
+        drain.append((left * (x.est.step_s or 1.0), x.executor_id))
+    drain.sort()
+    for req, (_, eid) in zip(starving, drain):
+        st.reserved[eid] = req.request_id
+        _reindex(st, st.executors[eid])
+
+
+def _fill(st: State, x: ExecutorView, now: float, out: Out) -> None:
+    """A running batch with free slots takes the oldest waiting requests of its model."""
+    if x.serving_model is None:  # not ready, reserved, idle, or nothing to run
+        return
+    q = st.by_model.get(x.model)
+    while q and len(x.active) < x.max_batch:
+        req = _waiting(st, q)
+        if req is None:
+            break
+        q.pop(0)
+        out += _place(st, req, x, now)
 
 
 def _assign(st: State, req: RequestView, x: ExecutorView, now: float) -> Out:
@@ -313,6 +501,7 @@ def _assign(st: State, req: RequestView, x: ExecutorView, now: float) -> Out:
     x.active[s.request_id] = None
     if x.model != s.model and len(x.active) == 1:
         x.model, x.alpha = s.model, 0.0
+    _reindex(st, x)
     msg = ex_msgs.AssignRequest(request_id=xid, model=s.model, prompt=s.prompt, prompt_token_ids=s.prompt_token_ids,
                                 max_tokens=s.max_tokens, sampling=s.sampling, resume_token_ids=req.token_ids())
     return [ToExecutor(x.executor_id, msg)]
@@ -325,6 +514,7 @@ def _detach(st: State, req: RequestView) -> str:
     x = st.executors.get(req.executor) if req.executor is not None else None
     if x is not None:
         x.active.pop(req.request_id, None)
+        _reindex(st, x)
     req.executor = None
     req.attempt += 1
     return xid
@@ -335,12 +525,15 @@ def _finish(st: State, req: RequestView, reason: FinishReason, now: float, *, pr
     rid = req.request_id
     st.requests.pop(rid, None)
     st.exec_ids.pop(exec_request_id(req), None)
-    if req.executor is not None and req.executor in st.executors:
-        st.executors[req.executor].active.pop(rid, None)
-    ms = lambda t: None if t is None else (t - req.accepted_at) * 1e3  # noqa: E731
+    x = st.executors.get(req.executor) if req.executor is not None else None
+    if x is not None:
+        x.active.pop(rid, None)
+        _reindex(st, x)
+    t0, first = req.accepted_at, req.first_token_at
     done = RequestFinished(
         request_id=rid, finish_reason=reason, usage=Usage(prompt_tokens=prompt, completion_tokens=completion),
-        timings=Timings(queued_ms=ms(req.assigned_at or now), ttft_ms=ms(req.first_token_at), e2e_ms=ms(now)),
+        timings=Timings(queued_ms=((req.assigned_at or now) - t0) * 1e3,
+                        ttft_ms=None if first is None else (first - t0) * 1e3, e2e_ms=(now - t0) * 1e3),
         executor=req.executor, switched=req.switched, error_code=code, message=message)
     req.finished, req.finished_at = done, now
     st.recent[rid] = req
@@ -381,6 +574,9 @@ def _lose(st: State, x: ExecutorView, now: float, why: str) -> Out:
     x.to_abort = []
     x.model = None
     costmodel.idle(x.est)
+    st.reserved.pop(x.executor_id, None)
+    _reindex(st, x)
+    _relink(st, x.link_group)
     _enqueue(st, moved, front=True)  # ahead of newer work: they were accepted first
     return out
 
@@ -409,6 +605,7 @@ def _tick(st: State, e: ev.Ticked) -> Out:
         if now - oldest.finished_at <= cfg.recent_s:
             break
         del st.recent[oldest.request_id]
+    _guard_starved(st, now)
     out += _dispatch(st, now)
     return out + controller.plan(st, now)
 
@@ -420,6 +617,7 @@ def _recovered(st: State, e: ev.Recovered) -> Out:
     for x in st.executors.values():
         if x.state != "lost":
             x.state, x.last_seen = "unconfirmed", e.at
+        _reindex(st, x)
     moved: list[str] = []
     for req in st.requests.values():
         if req.executor is None:
@@ -449,6 +647,10 @@ def _stopped(st: State, e: ev.Stopped) -> Out:
     st.exec_ids.clear()
     st.executors.clear()
     st.groups.clear()
+    st.idle.clear()
+    st.serving.clear()
+    st.links.clear()
+    st.reserved.clear()
     return out
 
 

@@ -30,7 +30,7 @@ class Journal:
     def load(self, cfg: Config) -> tuple[State, int]:
         """The state folded from the latest snapshot and the events after it; and how many were replayed."""
         snap = self.log.latest_snapshot()
-        st, after = (decode_state(snap[1], cfg), snap[0]) if snap else (State(cfg=cfg), 0)
+        st, after = (core.check_indexes(decode_state(snap[1], cfg)), snap[0]) if snap else (State(cfg=cfg), 0)
         self._snap_id = after
         n = 0
         for _, e in self.log.replay(after):

@@ -29,13 +29,16 @@ from c2cq.services.scheduler import events as ev
 from c2cq.services.scheduler.journal import Journal, log_path
 from c2cq.services.scheduler.state import Config, State, ToClient, ToExecutor, ToLog
 from c2cq.services.scheduler.validate import Limits
-from c2cq.transport import make_socket, recv_batch, send_nowait
+from c2cq.transport import GONE, SENT, Throttled, make_socket, recv_batch, send_nowait, try_send
 
 TICK_S = 0.25
 CATALOG_REFRESH_S = 2.0
 OUTBOX_PER_CLIENT = 10_000  # frames held for a client that is not connected (yet): bounded
 OUTBOX_CLIENTS = 1_000
 OUTBOX_TTL_S = 30.0  # a client gone this long is gone: its frames are dropped
+# commands for an executor whose queue is at its high-water mark (congested, not gone) wait here,
+# in order, and are retried; one that stays congested past this many is treated as lost
+EXEC_OUTBOX_MAX = 50_000
 
 
 class Shell:
@@ -53,6 +56,9 @@ class Shell:
         # frames for clients that were not reachable (e.g. not yet reconnected after a restart)
         self.outbox: dict[bytes, deque[list[bytes]]] = {}
         self.outbox_since: dict[bytes, float] = {}
+        # commands for congested executors, in order: executor id → (its boot when queued, frames)
+        self.exec_outbox: dict[str, tuple[str, deque[list[bytes]]]] = {}
+        self.malformed = {name: Throttled(self.log, "malformed_frames", socket=name) for name in ("client", "executor")}
         self._last_refresh = 0.0
         self._catalog_lock = asyncio.Lock()
 
@@ -67,23 +73,68 @@ class Shell:
         self.emit(outs)
 
     def emit(self, outs: list) -> None:
-        failed: list[str] = []
+        failed: dict[str, str] = {}  # executor → why it is unreachable
         records: list[ev.SchedEvent] = []
         for o in outs:
             if isinstance(o, ToClient):
                 self.to_client(o.client, [o.client, encode(o.msg)])
             elif isinstance(o, ToExecutor):
-                if not send_nowait(self.executors, [o.executor_id.encode(), encode(o.msg)]):
-                    failed.append(o.executor_id)
+                why = self.to_executor(o.executor_id, [o.executor_id.encode(), encode(o.msg)])
+                if why is not None:
+                    failed.setdefault(o.executor_id, why)
             elif isinstance(o, ToLog):
                 records.append(o.event)
         if records:  # derived records (controller steps): a no-op on replay, kept for the audit
             self.journal.append(self.state, records)
             self.state.applied += len(records)
-        if failed:
-            for eid in dict.fromkeys(failed):
-                self.log.warning("executor_unreachable", executor=eid)
-            self.ingest([ev.ExecutorUnreachable(at=time.monotonic(), executor_id=eid) for eid in dict.fromkeys(failed)])
+        self.lost(failed)
+
+    def lost(self, failed: dict[str, str]) -> None:
+        if not failed:
+            return
+        for eid, why in failed.items():
+            self.exec_outbox.pop(eid, None)
+            self.log.warning("executor_unreachable", executor=eid, reason=why)
+        self.ingest([ev.ExecutorUnreachable(at=time.monotonic(), executor_id=eid) for eid in failed])
+
+    # -- executors: congested (queue at its HWM: keep and retry) is not gone (EHOSTUNREACH) --------
+    def to_executor(self, eid: str, frames: list[bytes]) -> str | None:
+        """Send or queue a command; None, or why the executor counts as unreachable."""
+        box = self.exec_outbox.get(eid)
+        if box is None:
+            res = try_send(self.executors, frames)
+            if res == SENT:
+                return None
+            if res == GONE:
+                return "gone"
+            x = self.state.executors.get(eid)
+            box = self.exec_outbox[eid] = (x.boot_id if x is not None else "", deque())
+            self.log.warning("executor_congested", executor=eid)
+        if len(box[1]) >= EXEC_OUTBOX_MAX:
+            return f"congested: {len(box[1])} commands waiting"
+        box[1].append(frames)
+        return None
+
+    def flush_executors(self) -> None:
+        """Retry queued commands in order; drop those of an executor since lost or restarted."""
+        failed: dict[str, str] = {}
+        for eid, (boot, box) in list(self.exec_outbox.items()):
+            x = self.state.executors.get(eid)
+            if x is None or x.state == "lost" or x.boot_id != boot:
+                del self.exec_outbox[eid]
+                self.log.warning("executor_outbox_dropped", executor=eid, dropped=len(box))
+                continue
+            while box:
+                res = try_send(self.executors, box[0])
+                if res != SENT:
+                    if res == GONE:
+                        failed[eid] = "gone"
+                    break
+                box.popleft()
+            if not box:
+                del self.exec_outbox[eid]
+                self.log.info("executor_decongested", executor=eid)
+        self.lost(failed)
 
     def to_client(self, ident: bytes, frames: list[bytes]) -> None:
         box = self.outbox.get(ident)
@@ -149,7 +200,7 @@ class Shell:
                 try:
                     msg = self.client_codec.decode(frame)
                 except WireError as e:
-                    self.log.warning("malformed_frame", socket="client", error=str(e)[:200])
+                    self.malformed["client"](str(e)[:200])
                     self.to_client(ident, [ident, encode(RequestRejected(
                         request_id=None, code=ErrorCode.MALFORMED, message=f"malformed frame: {str(e)[:200]}"))])
                     continue
@@ -173,14 +224,18 @@ class Shell:
                     msg = self.exec_codec.decode(frame)
                     eid = ident.decode()
                 except (WireError, UnicodeDecodeError) as e:
-                    self.log.warning("malformed_frame", socket="executor", error=str(e)[:200])
+                    self.malformed["executor"](str(e)[:200])
                     continue
                 batch.append(ev.ExecutorSaid(at=time.monotonic(), executor_id=eid, msg=msg))
-            self.ingest(batch)
+            self.ingest(batch)  # first: a restarted executor's SliceReady voids what was queued for the old one
+            if self.exec_outbox:  # an executor that speaks may have made room
+                self.flush_executors()
 
     async def tick_loop(self) -> None:
         while True:
             await asyncio.sleep(TICK_S)
+            if self.exec_outbox:
+                self.flush_executors()
             self.ingest([ev.Ticked(at=time.monotonic())])
             for ident in list(self.outbox):
                 self.flush_outbox(ident)

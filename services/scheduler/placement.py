@@ -16,30 +16,29 @@ MIN_LINK_SHARE = 0.05  # a saturated link still gives a new stream this share in
 
 
 def link_group(device: str) -> str:
-    """Slices named ``GROUP/DEVICE`` share the link of GROUP; any other device has a link of its own."""
+    """The link group of a slice that announced none (SliceReady.link_group is None): the legacy
+    naming convention — ``GROUP/DEVICE`` shares the link of GROUP; any other device has a link of
+    its own. Executors started by the supervisor announce their group (the parent GPU, "host")."""
     return device.split("/", 1)[0] if "/" in device else device
 
 
 def link_left(st: State, x: ExecutorView) -> float:
-    members = st.groups.get(x.link_group, ())
-    cap = x.est.link_bps
-    others = 0.0
-    for eid in members:
-        y = st.executors.get(eid)
-        if y is None or y.state == "lost":
-            continue
-        cap = max(cap, y.est.link_bps)
-        if eid != x.executor_id:
-            others += y.est.link_used_bps
+    """Link bandwidth x's host has left for it: the link's capacity less what the other members draw."""
+    link = st.links.get(x.link_group)
+    if link is None:
+        return x.est.link_bps
+    cap = max(link.cap_bps, x.est.link_bps)
+    others = max(0.0, link.used_bps - x.est.link_used_bps)
     return max(cap - others, cap * MIN_LINK_SHARE)
 
 
-def can_take(x: ExecutorView, model: str) -> bool:
-    if x.state != "ready":
-        return False
-    if not x.active:
-        return True
-    return x.model == model and len(x.active) < x.max_batch
+def candidates(st: State, model: str) -> list[ExecutorView]:
+    """Executors that can start a request for ``model`` now: those running it with a free batch
+    slot, then the idle ones. Read from the indexes: no scan over all executors."""
+    xs = st.executors
+    out = [x for x in (xs[e] for e in st.serving.get(model, ())) if len(x.active) < x.max_batch]
+    out += [xs[e] for e in st.idle]
+    return out
 
 
 def estimate(st: State, x: ExecutorView, req: RequestView) -> float:
@@ -53,13 +52,42 @@ def estimate(st: State, x: ExecutorView, req: RequestView) -> float:
 
 
 def choose_executor(st: State, req: RequestView) -> tuple[ExecutorView | None, float]:
-    """The candidate with the lowest estimated TTFT (ties: the lower executor id), and that estimate."""
+    """The candidate with the lowest estimated TTFT (ties: the lower executor id), and that estimate.
+    O(candidates), and the order they are met in does not matter. The request's own terms are
+    worked out once; each candidate costs the roofline of ``estimate`` (the same floats)."""
+    cands = candidates(st, req.submit.model)
+    if not cands:
+        return None, float("inf")
+    s, info = req.submit, req.info
+    model, w, flop = s.model, info.bytes, 2.0 * info.parameters
+    n = max(1, costmodel.prompt_tokens(s.prompt, s.prompt_token_ids, req.emitted))
     best, best_t = None, float("inf")
-    model = req.submit.model
-    for x in st.executors.values():
-        if not can_take(x, model):
-            continue
-        t = estimate(st, x, req)
+    for x in cands:  # max() spelled as conditionals: this loop is the hot path of placement
+        e = x.est
+        same = x.model == model
+        alpha = x.alpha if same else 0.0
+        link = st.links.get(x.link_group)
+        if link is None:
+            left = e.link_bps
+        else:
+            cap = link.cap_bps if link.cap_bps >= e.link_bps else e.link_bps
+            others = link.used_bps - e.link_used_bps
+            left = cap - others if others > 0.0 else cap
+            floor = cap * MIN_LINK_SHARE
+            if left < floor:
+                left = floor
+        t_hbm, t_link = alpha * w / e.hbm_bps, (1.0 - alpha) * w / (left if left >= 1.0 else 1.0)
+        t_mem = t_hbm if t_hbm >= t_link else t_link
+        chunk = x.chunk_tokens if x.chunk_tokens >= 1 else 1
+        full, rest = divmod(n, chunk)
+        t = 0.0
+        if full:
+            t_c = flop * chunk / e.flops
+            t = full * (t_mem if t_mem >= t_c else t_c)
+        if rest:
+            t_r = flop * rest / e.flops
+            t += t_mem if t_mem >= t_r else t_r
+        t += (e.step_s if x.active else 0.0) if same else e.switch_s
         if t < best_t or (t == best_t and best is not None and x.executor_id < best.executor_id):
             best, best_t = x, t
     return best, best_t

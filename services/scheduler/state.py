@@ -7,8 +7,6 @@ process's hash seed.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import math
 
 import msgspec
@@ -20,20 +18,22 @@ from c2cq.services.scheduler.pid import PidState
 from c2cq.services.scheduler.validate import Limits
 
 
-@dataclass(frozen=True, slots=True)
-class ToClient:
+# Commands are frozen msgspec Structs rather than frozen dataclasses: built for every output of
+# every event, they cost ~0.3 µs each instead of ~1.6 µs (a frozen dataclass's __init__ goes
+# through object.__setattr__); positional construction, attributes and equality are the same.
+
+
+class ToClient(msgspec.Struct, frozen=True):
     client: bytes  # the client's ZeroMQ routing id
     msg: object
 
 
-@dataclass(frozen=True, slots=True)
-class ToExecutor:
+class ToExecutor(msgspec.Struct, frozen=True):
     executor_id: str
     msg: object
 
 
-@dataclass(frozen=True, slots=True)
-class ToLog:
+class ToLog(msgspec.Struct, frozen=True):
     """A derived record for the log (a controller step), written after the inputs that caused it."""
 
     event: object
@@ -47,6 +47,11 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     heartbeat_timeout_s: float = 3.0
     max_wait_s: float = 60.0  # an accepted request with no executor for this long fails
     max_migrations: int = 3  # a request whose executor is lost moves at most this often, then fails
+    # starvation guard: a request waiting this long (or starve_share of its TTFT target, if sooner)
+    # gets the next executor that frees up; that executor takes no new work until then
+    starve_after_s: float = 5.0
+    starve_share: float = 0.5
+    starve_reserve_share: float = 0.5  # at most this share of the ready executors is held at once
     recent_s: float = 10.0  # finished requests are remembered this long (idempotent resubmit, resend)
     recent_max: int = 20_000
     # admission: per-SLO-class bounded queues (class by TTFT target: interactive ≤ the bound < standard; none: batch)
@@ -97,10 +102,21 @@ class ExecutorView(msgspec.Struct, kw_only=True):
     last_seen: float = 0.0
     to_abort: list[str] = []  # executor-side ids of attempts to abort once it is heard from again
     link_group: str = ""  # executors of one group share one host link
+    # where the placement indexes of the State list it (kept in step by core._reindex)
+    in_idle: bool = False
+    serving_model: str | None = None
     est: Estimates
     plan: Plan = msgspec.field(default_factory=Plan)
     chunk_tokens: int = 512
     ttft_s: float = 0.0  # measured TTFT of its requests (EWMA, from assignment)
+
+
+class LinkLoad(msgspec.Struct, kw_only=True):
+    """One shared host link, summed over its live members (recomputed whenever a member changes,
+    never updated by differences, so no rounding drifts in)."""
+
+    cap_bps: float = 0.0  # the best link bandwidth measured by any member
+    used_bps: float = 0.0  # what the members draw now
 
 
 class RequestView(msgspec.Struct, kw_only=True):
@@ -125,6 +141,8 @@ class RequestView(msgspec.Struct, kw_only=True):
         return self.submit.request_id
 
     def token_ids(self) -> tuple[int, ...]:
+        if not self.batches:
+            return ()
         return tuple(t for b in self.batches for t in b.token_ids)
 
 
@@ -144,6 +162,12 @@ class State(msgspec.Struct, kw_only=True):
     recent: dict[str, RequestView] = {}  # finished within cfg.recent_s, in finishing order
     models: dict[str, tuple[int, int]] = {}  # model → (bytes, parameters), as submissions described them
     groups: dict[str, list[str]] = {}  # link group → executor ids
+    # placement indexes, maintained incrementally by core._reindex / core._relink so a placement
+    # looks at its candidates only; part of the snapshot like everything else (a deterministic fold)
+    idle: dict[str, None] = {}  # ready, not reserved, nothing assigned
+    serving: dict[str, dict[str, None]] = {}  # model → ready, not reserved executors running it
+    links: dict[str, LinkLoad] = {}  # link group → its load
+    reserved: dict[str, str] = {}  # executor → the starved request it is held for (starvation guard)
     total: int = 0
     applied: int = 0  # events folded so far
 

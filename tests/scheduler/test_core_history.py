@@ -13,7 +13,7 @@ from c2cq.services.scheduler import core
 from c2cq.services.scheduler import events as ev
 from c2cq.services.scheduler.state import Config, State, encode_state
 
-from .history import C1, C2, completed, heartbeat, kinds, of, ready, submit, tokens
+from .history import C1, C2, completed, heartbeat, kinds, of, ready, submit, to_exec, tokens
 
 
 def run(events, st: State | None = None):
@@ -123,3 +123,89 @@ def test_replay_is_deterministic():
     assert encode_state(a) == encode_state(b)
     assert [kinds(o) for o in outs_a] == [kinds(o) for o in outs_b]
     assert set(a.requests) == {"r1", "r3"} and a.requests["r1"].attempt == 2
+
+
+
+def hot_stream(st: State, until: float, start: int, log: list | None = None):
+    """A continuous stream for m-a on e0: every 0.5 s a new request arrives and the oldest one
+    running on e0 completes, so e0 never idles; a tick every 0.25 s. Returns, per event, its
+    time, its commands and whether e0 was held for a starved request after it."""
+    outs = []
+    log = [] if log is None else log
+    k, t = start, 1.0
+    while t <= until:
+        x = st.executors["e0"]
+        evs = [submit(f"h{k}", t)]
+        done = next((rid for rid in x.active if rid.startswith("h")), None)
+        if done is not None:
+            evs.append(completed("e0", done, 0, t + 0.01))
+        evs += [heartbeat("e0", t + 0.02), ev.Ticked(at=t + 0.25)]
+        for e in evs:
+            outs.append((e.at, core.apply(st, e)[1], "e0" in st.reserved))
+            log.append(e)
+        k += 1
+        t += 0.5
+    return outs
+
+
+def assigned_at(outs, rid: str) -> float | None:
+    return next((t for t, cs, _ in outs for c in cs if isinstance(c.msg, m.AssignRequest) and c.msg.request_id == rid),
+                None)
+
+
+def test_starvation_guard_bounds_the_wait_behind_a_hot_model():
+    st = State(cfg=Config(starve_after_s=2.0))
+    run([ready("e0", 0.0), submit("h0", 0.5), submit("cold", 0.6, model="m-b")], st)
+    assert st.requests["cold"].executor is None  # e0 runs m-a: m-b waits for an idle executor
+    outs = hot_stream(st, until=12.0, start=1)
+    held = next(t for t, _, h in outs if h)
+    at = assigned_at(outs, "cold")
+    assert 0.6 + 2.0 < held <= 0.6 + 2.0 + 0.25  # held at the first tick past the limit
+    assert at is not None and at - held <= 0.5 + 0.01  # served once e0 drained its m-a request
+    # while e0 was held, it took no new m-a work
+    assert not [c for t, cs, _ in outs if held <= t < at for c in cs if isinstance(c.msg, m.AssignRequest)]
+    assert st.requests["cold"].executor == "e0"
+
+
+def test_without_the_guard_the_cold_request_starves():
+    st = State(cfg=Config(starve_after_s=float("inf")))
+    run([ready("e0", 0.0), submit("h0", 0.5), submit("cold", 0.6, model="m-b")], st)
+    outs = hot_stream(st, until=12.0, start=1)
+    assert assigned_at(outs, "cold") is None and not any(h for _, _, h in outs)  # the premise of the guard
+
+
+def test_starvation_guard_replays_to_the_same_state():
+    def one():
+        st = State(cfg=Config(starve_after_s=2.0))
+        run([ready("e0", 0.0), submit("h0", 0.5), submit("cold", 0.6, model="m-b")], st)
+        outs = hot_stream(st, until=6.0, start=1)
+        return st, [kinds(cs) for _, cs, _ in outs]
+    (a, ka), (b, kb) = one(), one()
+    assert encode_state(a) == encode_state(b) and ka == kb
+
+
+def starvation_history() -> list:
+    """The events of a starvation scenario (e0 held, the starved request served, holds released
+    and taken again), for replay tests."""
+    first = [ready("e0", 0.0), submit("h0", 0.5), submit("cold", 0.6, model="m-b")]
+    st = State(cfg=Config(starve_after_s=2.0))
+    run(first, st)
+    log: list = []
+    hot_stream(st, until=8.0, start=1, log=log)
+    return first + log
+
+
+def test_a_held_executor_serves_the_longest_starved_request_first():
+    """e1 is held for the cold request; then e0 is lost, and its request (accepted first) is
+    displaced and starves too: the held executor serves the displaced one first, the cold one next."""
+    st = State(cfg=Config(starve_after_s=2.0, heartbeat_timeout_s=100.0))
+    run([ready("e0", 0.0), ready("e1", 0.0), submit("old", 0.1, model="m-c", max_tokens=100), submit("h0", 0.5),
+         submit("cold", 0.6, model="m-b")], st)
+    assert st.requests["old"].executor == "e0" and st.requests["h0"].executor == "e1"
+    run([ev.Ticked(at=2.7)], st)
+    assert st.reserved == {"e1": "cold"}  # the one that drains first; room for one hold (2 × 0.5)
+    _, outs = run([ev.ExecutorUnreachable(at=2.8, executor_id="e0"), completed("e1", "h0", 0, 3.0)], st)
+    assert outs[0] == [] and [(c.executor_id, c.msg.request_id) for c in to_exec(outs[1])] == [("e1", "old~1")]
+    _, outs = run([completed("e1", "old~1", 0, 3.5)], st)
+    assert [(c.executor_id, c.msg.request_id) for c in to_exec(outs[0])] == [("e1", "cold")]
+    assert not st.reserved

@@ -20,12 +20,13 @@ def run(st, events):
     return [core.apply(st, e)[1] for e in events]
 
 
-def dev_ready(eid: str, device: str, at: float = 0.0, link: float = 55e9) -> ev.ExecutorSaid:
+def dev_ready(eid: str, device: str, at: float = 0.0, link: float = 55e9,
+              group: str | None = None) -> ev.ExecutorSaid:
     e = ready(eid, at)
     return ev.ExecutorSaid(at=at, executor_id=eid, msg=S(eid, m.SliceReady, executor_id=eid, boot_id="b0",
                                                        backend="sim", device=device,
                                                        memory_budget_bytes=10 * 2**30, link_bandwidth_bps=link,
-                                                       max_batch=e.msg.max_batch))
+                                                       max_batch=e.msg.max_batch, link_group=group))
 
 
 def stats(eid: str, at: float, *, step_s: float, alpha: float, steps: int = 10, model: str = "m-a",
@@ -63,15 +64,40 @@ def test_placement_avoids_a_busy_shared_link():
     assert outs[0][-1].executor_id == "e2"  # e1 shares gpu0's link with the streaming e0
 
 
+def test_announced_link_groups_say_which_slices_share_a_link():
+    """MIG slices are named by UUID: only SliceReady.link_group (the parent GPU) tells that two
+    of them share a link. The slice on the other GPU is chosen over the idle sibling of a
+    streaming slice."""
+    st = State()
+    run(st, [dev_ready("e0", "MIG-0a", group="GPU-0"), dev_ready("e1", "MIG-0b", group="GPU-0"),
+             dev_ready("e2", "MIG-1a", group="GPU-1"),
+             submit("r1", 1.0, model="m-b"), stats("e0", 1.2, step_s=W / 50e9, alpha=0.0, model="m-b")])
+    assert st.groups == {"GPU-0": ["e0", "e1"], "GPU-1": ["e2"]}
+    assert st.links["GPU-0"].used_bps == st.executors["e0"].est.link_used_bps > 40e9
+    outs = run(st, [submit("r2", 2.0)])
+    assert outs[0][-1].executor_id == "e2"
+    # without groups each UUID-named slice has a link of its own: e1 looks as good as e2 (lower id wins)
+    st2 = State()
+    run(st2, [dev_ready("e0", "MIG-0a"), dev_ready("e1", "MIG-0b"), dev_ready("e2", "MIG-1a"),
+              submit("r1", 1.0, model="m-b"), stats("e0", 1.2, step_s=W / 50e9, alpha=0.0, model="m-b")])
+    assert run(st2, [submit("r2", 2.0)])[0][-1].executor_id == "e1"
+
+
 def test_admission_rejects_what_cannot_meet_its_slo_and_full_queues():
     cfg = Config(queue_limits={"interactive": 1, "standard": 1, "batch": 1})
     st = State(cfg=cfg)
     outs = run(st, [dev_ready("e0", "g/a"), submit("r1", 1.0, slo=SLO(ttft_ms=0.001))])
     no = of(outs[1], RequestRejected)[0]
-    assert no.code == "no_executor" and "slo.ttft_ms" in no.message and "r1" not in st.requests
+    assert no.code == "slo_unattainable" and "slo.ttft_ms" in no.message and "r1" not in st.requests
     outs = run(st, [submit("r2", 1.0, model="m-a"), submit("r3", 1.0, model="m-b"), submit("r4", 1.0, model="m-c")])
     assert of(outs[0], RequestRejected) == [] and of(outs[1], RequestRejected) == []  # r2 runs, r3 waits
     assert of(outs[2], RequestRejected)[0].code == "queue_full"
+
+
+def test_admission_with_no_executor_up_says_so():
+    st = State()
+    no = of(run(st, [submit("r1", 1.0, slo=SLO(ttft_ms=500.0))])[0], RequestRejected)[0]
+    assert no.code == "no_executor" and "no executor is up" in no.message
 
 
 def test_controller_raises_alpha_when_tpot_misses_and_logs_its_terms():
@@ -107,3 +133,24 @@ def test_controller_keeps_a_shared_link_under_capacity():
 
 def test_kernel_selection():
     assert [controller.kernel_for(a) for a in (0.0, 0.3, 1.0)] == ["stream", "hybrid_gemm", "hbm_gemm"]
+
+
+def test_choose_executor_agrees_with_the_estimate_of_every_candidate():
+    """The placement loop inlines the estimate: it must pick what ``estimate`` ranks first, with the same figure."""
+    from c2cq.services.scheduler import placement
+
+    st = State()
+    run(st, [dev_ready("e0", "MIG-0a", group="GPU-0"), dev_ready("e1", "MIG-0b", group="GPU-0"),
+             dev_ready("e2", "MIG-1a", group="GPU-1", link=30e9), dev_ready("e3", "MIG-1b", group="GPU-1"),
+             submit("r1", 1.0, model="m-b"), stats("e0", 1.2, step_s=W / 50e9, alpha=0.0, model="m-b"),
+             submit("r2", 1.3, model="m-a"), stats("e1", 1.4, step_s=W / 20e9, alpha=0.3),
+             ev.ExecutorSaid(at=1.5, executor_id="e1", msg=S("e1", m.ModelResident, model="m-a", alpha=0.3,
+                                                            bytes_resident=int(0.3 * W), switched_s=0.05))])
+    for model in ("m-a", "m-b", "m-c"):
+        req = core.RequestView(submit=submit("q", 2.0, model=model).msg, klass="batch", client=b"c",
+                               info=MODELS[model], accepted_at=2.0)
+        cands = placement.candidates(st, model)
+        assert len(cands) >= 2
+        want = min((placement.estimate(st, x, req), x.executor_id) for x in cands)
+        x, t = placement.choose_executor(st, req)
+        assert (t, x.executor_id) == want
