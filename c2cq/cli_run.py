@@ -10,7 +10,6 @@ import select
 import signal
 import subprocess
 import sys
-import time
 
 from c2cq import log
 from c2cq.errors import C2CQError, ConfigError

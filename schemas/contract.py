@@ -2,7 +2,7 @@
 
 ``python -m c2cq.schemas.contract --write`` regenerates the golden files after an intended
 wire change (append fields with defaults; never rename, retype or reorder). The test
-tests/wire/test_contract.py fails whenever the encoding drifts from them.
+tests/schemas/test_contract.py fails whenever the encoding drifts from them.
 """
 
 from __future__ import annotations

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Union
 
-import msgspec
 
 from c2cq.schemas.base import Event, Message
 from c2cq.schemas.client import SamplingParams
