@@ -112,16 +112,17 @@ def test_kill_scheduler_then_executor_under_load(sim_instance):
     spanning = {m.request_id for t, m in frames if isinstance(m, TokensEmitted) and t < marks["kill_scheduler"]} & {
         m.request_id for t, m in frames if isinstance(m, TokensEmitted) and t > marks["kill_scheduler"] + 0.1}
     assert spanning
-    # ... and the executor's death: requests it was streaming finished elsewhere (migrated)
+    # ... and the executor's death: requests it was streaming when it died still finished, whole (checked
+    # above) — re-dispatched token-only to another executor, or to exec-1's restarted process if that freed first
     log = EventLog(log_path(RunDir(home)), SchedulerEvent)
     on_victim = {e.msg.request_id.split("~")[0] for _, e in log.replay() if isinstance(e, ExecutorSaid)
                  and e.executor_id == "exec-1" and isinstance(e.msg, TokensProduced) and e.at < marks["kill_executor"]}
     log.close()
-    migrated = {rid for rid in on_victim if results[rid]["finished"].executor != "exec-1"
-                and results[rid]["finished"].timings.e2e_ms / 1e3 + sent[rid] > marks["kill_executor"]}
+    migrated = {rid for rid in on_victim
+                if results[rid]["finished"].timings.e2e_ms / 1e3 + sent[rid] > marks["kill_executor"]}
     assert migrated
     assert services(home)["scheduler"]["restarts"] == 1
     # recovery time (reported, not asserted: timing belongs in benchmarks/scheduler_recovery.py)
     first = min(t for t, m in frames if isinstance(m, RequestAccepted) and sent[m.request_id] > marks["kill_scheduler"])
     print(f"first new request accepted {first - marks['kill_scheduler']:.2f} s after kill -9 of the scheduler; "
-          f"{len(migrated)} requests migrated off the killed executor")
+          f"{len(migrated)} requests re-dispatched after the kill -9 of exec-1")
