@@ -157,7 +157,7 @@ def _admit(st: State, req: RequestView) -> RequestRejected | None:
     if t == float("inf"):
         return RequestRejected(request_id=rid, code=ErrorCode.NO_EXECUTOR,
                                message=f"cannot meet slo.ttft_ms={target:g}: no executor is up")
-    if t * 1e3 > target:
+    if t * 1e3 > target * st.cfg.admit_margin:
         return RequestRejected(request_id=rid, code=ErrorCode.SLO_UNATTAINABLE,
                                message=f"cannot meet slo.ttft_ms={target:g}: the best estimate is {t * 1e3:.0f} ms")
     return None
@@ -323,6 +323,9 @@ def _stats(st: State, eid: str, m: ex_msgs.StepStats, now: float) -> Out:
     x = st.executors.get(eid)
     size = st.models.get(m.model) if m.model is not None else None
     if x is not None and size is not None:
+        if m.model == x.model and m.bytes_hbm + m.bytes_host > 0:
+            # the executor raises residency as it serves: what it read from HBM says how far it got
+            x.alpha = m.bytes_hbm / (m.bytes_hbm + m.bytes_host)
         costmodel.observe(x.est, step_s=m.step_s, tokens=m.tokens, decode_tokens=m.decode_tokens,
                           bytes_hbm=m.bytes_hbm, bytes_host=m.bytes_host, model_bytes=size[0], params=size[1])
         _relink(st, x.link_group)
@@ -499,12 +502,17 @@ def _assign(st: State, req: RequestView, x: ExecutorView, now: float) -> Out:
     xid = exec_request_id(req)
     st.exec_ids[xid] = s.request_id
     x.active[s.request_id] = None
-    if x.model != s.model and len(x.active) == 1:
+    fresh = len(x.active) == 1  # from idle: the batch is new, and so must its plan be
+    switching = fresh and x.model != s.model
+    if switching:
         x.model, x.alpha = s.model, 0.0
     _reindex(st, x)
     msg = ex_msgs.AssignRequest(request_id=xid, model=s.model, prompt=s.prompt, prompt_token_ids=s.prompt_token_ids,
                                 max_tokens=s.max_tokens, sampling=s.sampling, resume_token_ids=req.token_ids())
-    return [ToExecutor(x.executor_id, msg)]
+    out: Out = [ToExecutor(x.executor_id, msg)]
+    if fresh:
+        out += controller.start(st, x, req, now, switching)
+    return out
 
 
 def _detach(st: State, req: RequestView) -> str:

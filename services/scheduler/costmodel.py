@@ -12,6 +12,7 @@ import math
 import msgspec
 
 EWMA = 0.3  # weight of a new sample
+MIN_CHUNK = 16  # the smallest prefill chunk a plan asks for
 
 
 class Estimates(msgspec.Struct, kw_only=True):
@@ -59,6 +60,23 @@ def step_time(e: Estimates, *, alpha: float, model_bytes: int, params: int, toke
     """One step's roofline at resident share ``alpha`` with ``link_bps`` of link available."""
     t_mem = max(alpha * model_bytes / e.hbm_bps, (1.0 - alpha) * model_bytes / max(link_bps, 1.0))
     return max(t_mem, 2.0 * params * tokens / e.flops)
+
+
+def roofline_chunk(e: Estimates, *, alpha: float, model_bytes: int, params: int, link_bps: float, tpot_s: float,
+                   lo: int, hi: int) -> int:
+    """The prefill chunk a step should carry: the largest whose step stays within
+    max(one pass over the weights, the TPOT budget of the decodes that share the step).
+
+    While α < 1 every chunked-prefill step reads the model's streamed share over the link again,
+    so a chunk whose compute is shorter than that pass wastes the pass: a smaller chunk makes a
+    link-bound prefill longer (more passes), never shorter. Below one pass the chunk is free (the
+    step takes the pass anyway); above it each token adds compute to every co-running decode's
+    step, so the chunk stops where the step would exceed the TPOT budget — unless the pass alone
+    already exceeds it, when the chunk is exactly the pass (the roofline's ridge point)."""
+    t_mem = max(alpha * model_bytes / e.hbm_bps, (1.0 - alpha) * model_bytes / max(link_bps, 1.0))
+    per_token = 2.0 * max(1, params) / e.flops
+    budget = t_mem if t_mem >= tpot_s else tpot_s
+    return int(min(max(budget / per_token, lo), hi))
 
 
 def ttft(e: Estimates, *, alpha: float, model_bytes: int, params: int, prompt_tokens: int, chunk_tokens: int,

@@ -41,13 +41,26 @@ def candidates(st: State, model: str) -> list[ExecutorView]:
     return out
 
 
+def chunk_for(st: State, x: ExecutorView, req: RequestView, alpha: float, link_bps: float) -> int:
+    """The prefill chunk x would run ``req`` with: the plan of the batch it joins, or — taken from
+    idle or on a switch — the roofline chunk the controller's fresh plan will set (controller.start),
+    never the chunk a previous batch left behind."""
+    if x.active and x.model == req.submit.model:
+        return x.chunk_tokens
+    cfg = st.cfg
+    tpot = (req.submit.slo.tpot_ms or cfg.default_tpot_ms) * cfg.slo_margin / 1e3
+    return costmodel.roofline_chunk(x.est, alpha=alpha, model_bytes=req.info.bytes, params=req.info.parameters,
+                                    link_bps=link_bps, tpot_s=tpot, lo=costmodel.MIN_CHUNK, hi=cfg.max_chunk_tokens)
+
+
 def estimate(st: State, x: ExecutorView, req: RequestView) -> float:
     s, info = req.submit, req.info
     same = x.model == s.model
+    alpha, left = x.alpha if same else 0.0, link_left(st, x)
     return costmodel.ttft(
-        x.est, alpha=x.alpha if same else 0.0, model_bytes=info.bytes, params=info.parameters,
+        x.est, alpha=alpha, model_bytes=info.bytes, params=info.parameters,
         prompt_tokens=costmodel.prompt_tokens(s.prompt, s.prompt_token_ids, req.emitted),
-        chunk_tokens=x.chunk_tokens, link_bps=link_left(st, x),
+        chunk_tokens=chunk_for(st, x, req, alpha, left), link_bps=left,
         wait_s=x.est.step_s if (same and x.active) else 0.0, switching=not same)
 
 
@@ -61,6 +74,9 @@ def choose_executor(st: State, req: RequestView) -> tuple[ExecutorView | None, f
     s, info = req.submit, req.info
     model, w, flop = s.model, info.bytes, 2.0 * info.parameters
     n = max(1, costmodel.prompt_tokens(s.prompt, s.prompt_token_ids, req.emitted))
+    cfg = st.cfg
+    tpot = (s.slo.tpot_ms or cfg.default_tpot_ms) * cfg.slo_margin / 1e3
+    lo, hi = costmodel.MIN_CHUNK, cfg.max_chunk_tokens
     best, best_t = None, float("inf")
     for x in cands:  # max() spelled as conditionals: this loop is the hot path of placement
         e = x.est
@@ -78,7 +94,11 @@ def choose_executor(st: State, req: RequestView) -> tuple[ExecutorView | None, f
                 left = floor
         t_hbm, t_link = alpha * w / e.hbm_bps, (1.0 - alpha) * w / (left if left >= 1.0 else 1.0)
         t_mem = t_hbm if t_hbm >= t_link else t_link
-        chunk = x.chunk_tokens if x.chunk_tokens >= 1 else 1
+        if same and x.active:
+            chunk = x.chunk_tokens if x.chunk_tokens >= 1 else 1
+        else:  # costmodel.roofline_chunk, inlined (see chunk_for)
+            c = (t_mem if t_mem >= tpot else tpot) / ((flop if flop > 0 else 2.0) / e.flops)
+            chunk = int(lo if c < lo else (hi if c > hi else c))
         full, rest = divmod(n, chunk)
         t = 0.0
         if full:

@@ -66,7 +66,14 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     default_tpot_ms: float = 200.0
     slo_margin: float = 0.8  # aim at this share of the SLO
     plan_interval_s: float = 0.5
-    base_chunk_tokens: int = 512
+    base_chunk_tokens: int = 512  # the chunk before anything is known of a slice (the roofline sets it after)
+    max_chunk_tokens: int = 8192  # the largest prefill chunk a plan asks for
+    # keep the residency memory allows (α at the memory ceiling) even when TPOT has slack: HBM that
+    # no KV needs buys nothing idle; False: α settles at the roofline's floor for TPOT
+    keep_resident: bool = True
+    # admission rejects only an estimate over admit_margin × the TTFT target (the estimate is a
+    # roofline: a request a little over it may still make it, and a rejection is a certain miss)
+    admit_margin: float = 1.25
     weight_share: float = 0.8  # at most this share of a slice's memory holds weights (the rest: KV)
     link_headroom: float = 0.9
     alpha_step_min: float = 0.02  # smaller α changes are not sent

@@ -32,7 +32,8 @@ def test_every_event_and_executor_message_has_a_handler():
 def test_submit_stream_complete():
     st, outs = run([ready("e0", 0.0), submit("r1", 1.0), tokens("e0", "r1", 0, (5, 6), 1.2),
                     tokens("e0", "r1", 2, (7,), 1.3), completed("e0", "r1", 3, 1.4)])
-    assert kinds(outs[1]) == [("client-1", "accepted", "r1"), ("e0", "assign", "r1")]
+    # the batch r1 starts on the idle e0 gets a fresh plan, sent after the assignment
+    assert kinds(outs[1]) == [("client-1", "accepted", "r1"), ("e0", "assign", "r1"), ("e0", "plan", None)]
     assert of(outs[2], TokensEmitted)[0].seq == 0 and of(outs[3], TokensEmitted)[0].seq == 2
     fin = of(outs[4], RequestFinished)[0]
     assert fin.finish_reason == "length" and fin.usage.completion_tokens == 3 and fin.timings.ttft_ms == pytest.approx(200.0)

@@ -105,12 +105,14 @@ async def test_a_congested_executor_keeps_its_commands_in_order_and_is_not_lost(
     try:
         shell.ingest([ready("e0", 0.0), submit("r1", 0.1), submit("r2", 0.2)])
         assert shell.state.executors["e0"].state == "ready"  # not lost
-        assert [len(b) for _, b in shell.exec_outbox.values()] == [2] and sent == []
+        # r1's assignment, the fresh plan for the batch it starts, r2's assignment
+        assert [len(b) for _, b in shell.exec_outbox.values()] == [3] and sent == []
         results[:] = [SENT]
         shell.flush_executors()
         assert not shell.exec_outbox
-        assert [f[0] for f in sent] == [b"e0", b"e0"]
-        assert [b"r1" in f[1] for f in sent] == [True, False]  # in order
+        assert [f[0] for f in sent] == [b"e0", b"e0", b"e0"]
+        assert [b"r1" in f[1] for f in sent] == [True, False, False]  # in order
+        assert [b"r2" in f[1] for f in sent] == [False, False, True]
     finally:
         shell.close()
         shell.journal.close()

@@ -79,7 +79,7 @@ def test_the_engine_refuses_to_schedule_in_the_past_and_runs_in_time_order():
 def test_the_scheduler_core_never_sees_time_go_backwards():
     times: list[float] = []
     run_policy("c2cq", small_scenario(), observe=lambda e: times.append(e.at))
-    assert len(times) > 1000
+    assert len(times) > 500
     assert all(a <= b for a, b in zip(times, times[1:]))
 
 
