@@ -59,7 +59,9 @@ def run_once(args, infos, picks) -> dict:
                 inflight.append((c.executor_id, c.msg.request_id))
             elif isinstance(c.msg, RequestRejected):
                 rejected += 1
-        while len(inflight) > args.slices * args.active:
+        # an executor finishes its oldest request whenever work waits (or the slices hold `active` each):
+        # the slices stay saturated and every submission is eventually placed, none rejected for a full queue
+        while inflight and (st.waiting() > 0 or len(inflight) >= args.slices * args.active):
             eid, xid = inflight.popleft()
             for c in core.apply(st, said(eid, m.RequestCompleted, e.at, request_id=xid, finish_reason="length",
                                          prompt_tokens=200, completion_tokens=0))[1]:
