@@ -63,6 +63,8 @@ class Publisher:
     def _register(self, msg: RegisterModel):
         if msg.info.name in self.store.reg.models:
             return self.store.handle(msg)  # the registry's duplicate answer
+        if not Path(msg.path).is_file():  # a FIFO or device would block the catalog on open
+            return CatalogError(code=ErrorCode.BAD_MODEL, message=f"{msg.path} is not a regular file")
         try:
             found = describe_file(msg.info.name, msg.path)
         except (ModelError, OSError) as e:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import struct
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from safetensors.torch import load_file, save_file
 from c2cq.client import AsyncClient
 from c2cq.codec import Codec, encode
 from c2cq.rundir import RunDir
-from c2cq.schemas.catalog import CatalogError, FromCatalog, RegisterModel
+from c2cq.schemas.catalog import CatalogError, FromCatalog, ModelInfo, RegisterModel
 from c2cq.services.catalog.describe import info_of
 from c2cq.services.catalog.layout import read_layout
 from c2cq.services.catalog.synth import preset_config, write_random
@@ -188,3 +189,22 @@ def test_rm_is_refused_while_a_request_uses_the_model(running):
 
     wait_for(lambda: running.cli("models", "rm", "sim-000", check=False).returncode == 0, 30, "rm after cancel")
     assert [m["name"] for m in json.loads(running.cli("models", "list", "--json").stdout)] == ["sim-001"]
+
+
+def test_catalog_refuses_a_path_that_is_not_a_regular_file(running, tmp_path):
+    """A FIFO named in a RegisterModel would block the catalog on open: refused before opening."""
+    rd = RunDir.from_env(str(running.home))
+    fifo = tmp_path / "pipe.c2cqm"
+    os.mkfifo(fifo)
+    info = ModelInfo(name="pipe", kind="real", architecture="LlamaForCausalLM", parameters=1, bytes=2, dtype="fp32",
+                     vocab_size=2, num_layers=1, hidden_size=1, max_context=8)
+    ctx = zmq.Context()
+    s = ctx.socket(zmq.DEALER)
+    s.setsockopt(zmq.LINGER, 0)
+    s.connect(rd.catalog_addr)
+    s.send(encode(RegisterModel(info=info, path=str(fifo))))
+    assert s.poll(10_000), "the catalog did not answer (blocked on the FIFO?)"
+    reply = Codec(FromCatalog).decode(s.recv())
+    s.close()
+    ctx.term()
+    assert isinstance(reply, CatalogError) and "not a regular file" in reply.message, reply
