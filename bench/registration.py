@@ -1,33 +1,50 @@
 """Registration throughput: convert_hf of a generated ~1 GiB bf16 checkpoint against two baselines.
 
-Baselines on the same safetensors file: ``safetensors.torch.load_file`` with every page then read
-(it may map lazily: without touching, it measures nothing)
-and a raw O_DIRECT read (2 threads, 64 MiB requests, into a pre-touched aligned buffer: the disk's
-ceiling). Each is measured with the source in the page cache ("cached") and with its pages dropped
-for this file only (posix_fadvise DONTNEED: no root needed) ("cold"). convert_hf is timed end to end:
-validation, copy, CRC32, index, fsync and rename. The last columns time the serving path: mapping the
-converted file with read_layout and reading every page. Throughput is checkpoint bytes / seconds.
+Everything is measured on the same safetensors file, in rounds: each round times every contender once,
+so load from other processes on a shared machine falls on all of them alike; the table gives the
+median of the rounds and ratios are medians of the per-round ratios.
 
-    .venv/bin/python bench/registration.py [--dir /tmp/c2cq-bench] [--dst-dir /dev/shm] [--repeat 3]
+- ``convert``: ``convert_hf`` end to end, what ``c2cq models add`` spends on a folder: validation,
+  copy, CRC32 of every tensor, index, fsync and rename, into a fresh file in ``--dst-dir``.
+- ``load_file``: ``safetensors.torch.load_file`` with one byte of every page then read. safetensors
+  0.8 maps the file (copy-on-write) and reads nothing itself: the touch makes it read the file.
+- ``O_DIRECT``: a raw read of the file, 2 threads, 64 MiB requests, into a pre-touched buffer on huge
+  pages: what the disk gives. The targets compare ``convert`` with these two.
+- ``DIO copy``: O_DIRECT read of the file and O_DIRECT write of the same bytes into ``--dst-dir`` (a
+  plain write into tmpfs; 4 MiB pieces, 4 in flight, no hashing): about the most a copy to that
+  destination can do, since a conversion must read and write every byte (on one disk, the write shares
+  it with the read).
+- ``map+touch``: the serving side, ``read_layout`` of the converted file and one byte of every page.
+
+Rows: the source checkpoint ``cold`` (its pages dropped from the page cache before each run with
+posix_fadvise DONTNEED on this file only: no root needed, nothing else on the machine is disturbed)
+or ``cached`` (read once before each run). A cached ``load_file`` maps pages that are already there:
+it copies nothing, so no conversion, which must write every byte, can approach it; the targets
+(>= 2x load_file, >= 90% of O_DIRECT) are about the cold row. Throughput = checkpoint bytes / seconds.
+
+    .venv/bin/python bench/registration.py [--dir /tmp/c2cq-bench-registration] [--dst-dir DIR ...] [--rounds 5]
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import mmap
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from c2cq.services.catalog.convert import convert_hf
+from c2cq.services.catalog.convert import _in_memory, convert_hf
 from c2cq.services.catalog.layout import read_layout
 
 CONFIG = {  # a Llama of ~0.5 B parameters: ~1 GiB in bf16
@@ -36,6 +53,7 @@ CONFIG = {  # a Llama of ~0.5 B parameters: ~1 GiB in bf16
     "rms_norm_eps": 1e-5, "tie_word_embeddings": False, "torch_dtype": "bfloat16",
 }
 CHUNK = 64 << 20
+PIECE = 4 << 20
 
 
 def make_checkpoint(folder: Path) -> Path:
@@ -76,7 +94,24 @@ def warm_cache(path: Path) -> None:
             pass
 
 
-def odirect_read(path: Path, buf: mmap.mmap, threads: int = 2) -> None:
+def io_buffer(size: int) -> tuple[mmap.mmap, memoryview]:
+    """A pre-touched buffer on transparent huge pages, as convert_hf's: a 4 MiB O_DIRECT request into
+    scattered 4 KiB pages is split into several virtio requests (254 segments each), which halves what
+    this VM's disk gives. Returns the mapping and a 2 MiB-aligned view of ``size`` bytes."""
+    huge = 2 << 20
+    mm = mmap.mmap(-1, size + huge, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    try:
+        mm.madvise(mmap.MADV_HUGEPAGE)
+    except (AttributeError, OSError):
+        pass
+    base = ctypes.addressof(ctypes.c_char.from_buffer(mm))
+    start = (-base) % huge
+    view = memoryview(mm)[start:start + size]
+    view[:] = b"\1" * size  # pre-touch: first touch of new memory is slow on this VM
+    return mm, view
+
+
+def odirect_read(path: Path, buf: memoryview, threads: int = 2) -> None:
     size = path.stat().st_size
     starts = list(range(0, size, CHUNK))
 
@@ -98,66 +133,112 @@ def odirect_read(path: Path, buf: mmap.mmap, threads: int = 2) -> None:
         t.join()
 
 
+def odirect_copy(src: Path, dst: Path, buf: memoryview, workers: int = 4) -> None:
+    """Read ``src`` and write it to ``dst``, both O_DIRECT (a plain write into tmpfs), 4 MiB pieces,
+    ``workers`` in flight; fsync."""
+    size = src.stat().st_size
+    fin = os.open(src, os.O_RDONLY | os.O_DIRECT)
+    fout = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    if not _in_memory(fout):  # into tmpfs any write is a memcpy; plain writes are the faster (convert_hf's choice)
+        os.close(fout)
+        fout = os.open(dst, os.O_WRONLY | os.O_DIRECT)
+    view = memoryview(buf)
+
+    def piece(start: int) -> None:
+        n = (min(PIECE, size - start) + 4095) // 4096 * 4096
+        part = view[start:start + n]  # each piece its own slice of the pre-touched buffer
+        os.preadv(fin, [part], start)
+        os.pwrite(fout, part, start)
+        part.release()
+
+    try:
+        with ThreadPoolExecutor(workers) as pool:
+            list(pool.map(piece, range(0, size, PIECE)))
+        os.fsync(fout)
+    finally:
+        view.release()
+        os.close(fin)
+        os.close(fout)
+
+
 def touch(tensors: dict[str, torch.Tensor]) -> None:
     """Read one byte of every page: load_file may hand back lazily mapped tensors."""
     for t in tensors.values():
         t.reshape(-1).view(torch.uint8)[::4096].sum()
 
 
-def timed(fn, prepare, repeat: int) -> float:
-    best = float("inf")
-    for _ in range(repeat):
-        prepare()
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
+def timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()) / "c2cq-bench-registration")
     ap.add_argument("--dst-dir", type=Path, action="append", help="where to write .c2cqm (repeatable)")
-    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=5)
     args = ap.parse_args()
     src = make_checkpoint(args.dir / "hf")
     size = src.stat().st_size
     dst_dirs = args.dst_dir or [args.dir, Path("/dev/shm")]
     gb = size / 1e9
-    buf = mmap.mmap(-1, (size + 4095) // 4096 * 4096)
-    buf.write(b"\1" * len(buf))  # pre-touch: first touch of new memory is slow on this VM
-    print(f"checkpoint: {src} ({size / 2**30:.2f} GiB), best of {args.repeat}", file=sys.stderr)
+    _mm, buf = io_buffer((size + 4095) // 4096 * 4096)
+    print(f"checkpoint: {src} ({size / 2**30:.2f} GiB), median of {args.rounds} rounds", file=sys.stderr)
+    scratch = {d: d / f"c2cq-bench-{os.getpid()}" for d in dst_dirs}
+    for d in scratch.values():
+        d.mkdir(parents=True, exist_ok=True)
 
-    rows = []
-    for state, prepare in (("cached", lambda: warm_cache(src)), ("cold", lambda: drop_cache(src))):
-        t_load = timed(lambda: touch(load_file(src)), prepare, args.repeat)
-        t_direct = timed(lambda: odirect_read(src, buf), prepare, args.repeat)
-        for dst_dir in dst_dirs:
-            scratch = dst_dir / f"c2cq-bench-{os.getpid()}"
-            scratch.mkdir(parents=True, exist_ok=True)
-            dst = scratch / "m.c2cqm"
-            try:
-                convert_hf(src.parent, dst, progress=False)  # warm-up: allocate the destination's pages once
+    # gbs[state][column] -> GB/s per round
+    gbs: dict[str, dict[str, list[float]]] = {}
+    try:
+        for d in scratch.values():  # warm-up: imports, and the destination's pages allocated once
+            convert_hf(src.parent, d / "m.c2cqm", progress=False)
+        for rnd in range(args.rounds):
+            for state, prepare in (("cold", lambda: drop_cache(src)), ("cached", lambda: warm_cache(src))):
+                row = gbs.setdefault(state, {})
 
-                def prep() -> None:
-                    dst.unlink(missing_ok=True)
-                    prepare()
+                def run(column: str, fn, before=prepare) -> None:
+                    before()
+                    row.setdefault(column, []).append(gb / timed(fn))
 
-                t_conv = timed(lambda: convert_hf(src.parent, dst, progress=False), prep, args.repeat)
-                convert_hf(src.parent, dst, progress=False)
-                prep_dst = (lambda: warm_cache(dst)) if state == "cached" else (lambda: drop_cache(dst))
-                t_map = timed(lambda: touch(read_layout(dst).tensors()), prep_dst, args.repeat)
-            finally:
-                shutil.rmtree(scratch, ignore_errors=True)
-            rows.append((state, str(dst_dir), gb / t_conv, gb / t_load, gb / t_direct, gb / t_map))
+                run("load_file", lambda: touch(load_file(src)))
+                run("O_DIRECT", lambda: odirect_read(src, buf))
+                for d, s in scratch.items():
+                    out = s / "m.c2cqm"
+                    copy = s / "copy.bin"
 
-    print(f"{'cache':7} {'destination':28} {'convert GB/s':>12} {'load_file':>10} {'O_DIRECT':>9} "
-          f"{'vs load_file':>12} {'vs O_DIRECT':>11} {'map+touch .c2cqm':>17} {'vs load_file':>12}")
-    for state, dst, conv, load, direct, mapped in rows:
-        print(f"{state:7} {dst:28} {conv:12.2f} {load:10.2f} {direct:9.2f} {conv / load:11.2f}x {conv / direct:10.0%}"
-              f" {mapped:17.2f} {mapped / load:11.2f}x")
-    print("targets (convert): >= 2x load_file and >= 90% of O_DIRECT; GB/s = checkpoint bytes / seconds")
-    print("(a .c2cqm in /dev/shm is memory: its 'cold' row maps resident pages)")
+                    def fresh(out=out, copy=copy) -> None:
+                        out.unlink(missing_ok=True)
+                        copy.unlink(missing_ok=True)
+                        prepare()
+
+                    run(f"DIO copy {d}", lambda: odirect_copy(src, copy, buf), fresh)
+                    run(f"convert {d}", lambda: convert_hf(src.parent, out, progress=False), fresh)
+                    drop = (lambda: drop_cache(out)) if state == "cold" else (lambda: warm_cache(out))
+                    run(f"map+touch {d}", lambda: touch(read_layout(out).tensors()), drop)
+            print(f"round {rnd + 1}/{args.rounds} done, load average {os.getloadavg()[0]:.1f}", file=sys.stderr)
+    finally:
+        for s in scratch.values():
+            shutil.rmtree(s, ignore_errors=True)
+
+    def med(xs: list[float]) -> float:
+        return statistics.median(xs)
+
+    print(f"registration throughput, GB/s (checkpoint bytes / s), median of {args.rounds} rounds; "
+          f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the end")
+    print(f"{'source':7} {'destination':30} {'convert':>8} {'load_file':>9} {'O_DIRECT':>8} {'DIO copy':>8} | "
+          f"{'vs load_file':>12} {'vs O_DIRECT':>11} {'vs DIO copy':>11} | {'map+touch':>9}")
+    for state, row in gbs.items():
+        for d in dst_dirs:
+            conv, copy = row[f"convert {d}"], row[f"DIO copy {d}"]
+            ratio = lambda base: med([c / b for c, b in zip(conv, base)])  # noqa: E731
+            print(f"{state:7} {str(d):30} {med(conv):8.2f} {med(row['load_file']):9.2f} {med(row['O_DIRECT']):8.2f} "
+                  f"{med(copy):8.2f} | {ratio(row['load_file']):11.2f}x {ratio(row['O_DIRECT']):10.0%} "
+                  f"{ratio(copy):10.0%} | {med(row[f'map+touch {d}']):9.2f}")
+    print("targets (cold source): convert >= 2x load_file and >= 90% of O_DIRECT. A cached load_file maps pages "
+          "already in memory and copies nothing.\nDIO copy: read + write of the same bytes with no hashing, the "
+          "ceiling of a conversion to that destination. A .c2cqm in /dev/shm is memory: its map+touch is warm.")
 
 
 if __name__ == "__main__":

