@@ -8,6 +8,8 @@ open in executors stay valid until they close them).
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 import msgspec
@@ -20,6 +22,13 @@ from c2cq.schemas.refs import ShmRef
 from c2cq.services.catalog import shm
 from c2cq.services.catalog.describe import describe_file
 from c2cq.services.catalog.store import CatalogStore
+
+
+def _regular_file(path: str) -> bool:
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except (OSError, ValueError):  # missing, too long a name, a NUL byte, ...
+        return False
 
 
 class Publisher:
@@ -63,8 +72,8 @@ class Publisher:
     def _register(self, msg: RegisterModel):
         if msg.info.name in self.store.reg.models:
             return self.store.handle(msg)  # the registry's duplicate answer
-        if not Path(msg.path).is_file():  # a FIFO or device would block the catalog on open
-            return CatalogError(code=ErrorCode.BAD_MODEL, message=f"{msg.path} is not a regular file")
+        if not _regular_file(msg.path):  # a FIFO or device would block the catalog on open
+            return CatalogError(code=ErrorCode.BAD_MODEL, message=f"{msg.path[:200]!r} is not a regular file")
         try:
             found = describe_file(msg.info.name, msg.path)
         except (ModelError, OSError) as e:
