@@ -22,12 +22,11 @@ pinned-host-to-device copy timed with CUDA events when the backend starts.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
@@ -37,19 +36,18 @@ from c2cq.errors import ConfigError, RequestError
 from c2cq.kernels.linear import SplitWeight
 from c2cq.kernels.split import DEFAULT_ALIGN, SplitError, WeightShape
 from c2cq.schemas.catalog import ModelInfo
-from c2cq.schemas.enums import ErrorCode, FinishReason
+from c2cq.schemas.enums import ErrorCode
 from c2cq.schemas.executor import AssignRequest
 from c2cq.services.executor.backend import Output, StepResult
 from c2cq.services.executor.cpu import BLOCK_SIZE, kv_bytes_per_token
-from c2cq.services.executor.model import Engine, SamplingParams
-from c2cq.services.executor.model.detokenizer import load_tokenizer
+from c2cq.services.executor.engine_requests import EngineRequests, TokenizerCache
+from c2cq.services.executor.model import Engine
 from c2cq.services.executor.model.weights import Linear
 from c2cq.services.executor.pinned import CudaDriver, Driver, PinnedFile
 from c2cq.services.executor.residency import (
     EMBED, MemoryPlan, copied_whole, next_copies, plan_memory, resident_share, target_rows,
 )
 
-TOKENIZER_CACHE = 8  # parsed tokenizers kept across switches (a large tokenizer.json parses in ~0.3 s)
 DEFAULT_CHUNK_BYTES = 64 << 20  # per residency copy: ~1 ms of an H100's PCIe link, ~0.15 ms of NVLink-C2C
 PROBE_BYTES = 128 << 20
 
@@ -272,11 +270,8 @@ class CudaBackend:
         self.engine: Engine | None = None
         self._res: _Residency | None = None
         self._pinned: OrderedDict[str, PinnedFile] = OrderedDict()  # by path, least recently used first
-        self._produced: dict[str, int] = {}
-        self._prompt_lens: dict[str, int] = {}
-        self._failed: list[Output] = []
-        self._inbox: deque[tuple[str, object]] = deque()
-        self._tokenizers: OrderedDict[bytes, object] = OrderedDict()  # by hash of tokenizer.json
+        self.requests = EngineRequests()
+        self.tokenizers = TokenizerCache()
         self.last_switch: SwitchTimings | None = None
         self.residency_error: str | None = None
         # A step, a switch and a residency commit each hold the lock: splits change only between steps.
@@ -359,7 +354,7 @@ class CudaBackend:
             res = _Residency(self.torch_device, mem, self._align)
             engine = Engine(pf.config, tensors, None, kv_blocks=mem.kv_blocks, block_size=BLOCK_SIZE,
                             make_linear=res.make_linear)
-            engine.tokenizer = self._tokenizer(pf.tokenizer_json)
+            engine.tokenizer = self.tokenizers.get(pf.tokenizer_json)
             res.bind(engine)
             res.plan(min(self._switch_alpha, self._alpha_plan))
             res.fill_now()
@@ -370,21 +365,10 @@ class CudaBackend:
                                              registered_now)
         self._kick()
 
-    def _tokenizer(self, tokenizer_json: bytes | None):
-        if tokenizer_json is None:
-            return None
-        key = hashlib.blake2b(tokenizer_json, digest_size=16).digest()
-        tok = self._tokenizers.pop(key, None)
-        self._tokenizers[key] = tok = load_tokenizer(tokenizer_json) if tok is None else tok
-        while len(self._tokenizers) > TOKENIZER_CACHE:
-            self._tokenizers.popitem(last=False)
-        return tok
-
     def _release(self) -> None:
         with self._lock:
             self.engine, self.model, self._res = None, None, None
-            self._produced.clear()
-            self._prompt_lens.clear()
+            self.requests.clear()
 
     def alpha(self) -> float:
         res = self._res
@@ -468,50 +452,13 @@ class CudaBackend:
 
     # -- requests ----------------------------------------------------------------------------------
     def add(self, req: AssignRequest) -> None:
-        self._inbox.append(("add", req))
+        self.requests.add(req)
 
     def abort(self, request_id: str) -> None:
-        self._inbox.append(("abort", request_id))
-
-    def _apply_inbox(self) -> None:
-        while self._inbox:
-            op, arg = self._inbox.popleft()
-            if op == "add":
-                self._add(arg)
-            else:
-                self._abort(arg)
-
-    def _add(self, req: AssignRequest) -> None:
-        try:
-            if self.engine is None or self.model is None or self.model.name != req.model:
-                raise RequestError(ErrorCode.INTERNAL, f"the slice does not serve {req.model!r} now")
-            resumed = len(req.resume_token_ids)
-            if resumed >= req.max_tokens:
-                self._failed.append(Output(req.request_id, resumed, (), "", FinishReason.LENGTH,
-                                           prompt_tokens=len(req.prompt_token_ids)))
-                return
-            params = SamplingParams.from_wire(req.sampling, req.max_tokens - resumed)
-            if req.prompt_token_ids:
-                prompt = list(req.prompt_token_ids)
-            elif self.engine.tokenizer is None:
-                raise RequestError(ErrorCode.BAD_MODEL, f"{req.model!r} has no tokenizer: send prompt token ids")
-            else:
-                prompt = self.engine.tokenizer.encode(req.prompt or "").ids
-            self.engine.add(req.request_id, prompt + list(req.resume_token_ids), params)
-            self._produced[req.request_id] = resumed
-            self._prompt_lens[req.request_id] = len(prompt)
-        except RequestError as e:
-            self._failed.append(Output(req.request_id, len(req.resume_token_ids), (), "", FinishReason.ERROR,
-                                       error=e.message, code=e.code))
-
-    def _abort(self, request_id: str) -> None:
-        if self.engine is not None:
-            self.engine.abort(request_id)
-        self._produced.pop(request_id, None)
-        self._prompt_lens.pop(request_id, None)
+        self.requests.abort(request_id)
 
     def has_work(self) -> bool:
-        return bool(self._inbox or self._failed) or (self.engine is not None and self.engine.num_requests > 0)
+        return self.requests.has_work(self.engine)
 
     # -- the step ----------------------------------------------------------------------------------
     def step(self, chunk_tokens: int) -> StepResult:
@@ -519,9 +466,7 @@ class CudaBackend:
         if self._thread is None:
             self.advance_residency()  # foreground mode: one chunk between steps
         with self._lock:
-            self._apply_inbox()
-            res = StepResult(outputs=self._failed)
-            self._failed = []
+            res = StepResult(outputs=self.requests.apply(self.engine, self.model))
             if self.engine is None or self.engine.num_requests == 0:
                 return res
             t0 = time.perf_counter()
@@ -535,20 +480,11 @@ class CudaBackend:
             res.prefill_tokens, res.decode_tokens = stats.prefill_tokens, stats.decode_tokens
             res.bytes_host = stats.weight_bytes_host
             res.bytes_hbm = stats.weight_bytes - stats.weight_bytes_host
-            for o in outs:
-                idx = self._produced.get(o.request_id, 0)
-                self._produced[o.request_id] = idx + len(o.new_token_ids)
-                finish = FinishReason(o.finish_reason) if o.finished else None
-                res.outputs.append(Output(o.request_id, idx, o.new_token_ids, o.text_delta, finish,
-                                          prompt_tokens=self._prompt_lens.get(o.request_id, 0)))
-                if o.finished:
-                    self._produced.pop(o.request_id, None)
-                    self._prompt_lens.pop(o.request_id, None)
+            res.outputs.extend(self.requests.outputs(outs))
             return res
 
     def _fail_all(self, message: str) -> list[Output]:
-        outs = [Output(rid, idx, (), "", FinishReason.ERROR, error=message, code=ErrorCode.INTERNAL)
-                for rid, idx in self._produced.items()]
+        outs = self.requests.fail_all(message)
         model = self.model
         self._release()
         if model is not None:

@@ -1,0 +1,126 @@
+"""What the cpu and cuda backends share around an Engine: request bookkeeping and parsed tokenizers.
+
+add/abort arrive on the event loop while a step runs in a worker thread: they are queued here and
+applied by the next step, in the step's thread, in arrival order. Each request's next output index
+(which starts after any resumed tokens) and prompt length are kept so the step's outputs carry them.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+
+from c2cq.errors import RequestError
+from c2cq.schemas.catalog import ModelInfo
+from c2cq.schemas.enums import ErrorCode, FinishReason
+from c2cq.schemas.executor import AssignRequest
+from c2cq.services.executor.backend import Output
+from c2cq.services.executor.model import Engine, SamplingParams, StepOutput
+from c2cq.services.executor.model.detokenizer import load_tokenizer
+
+# Tokenizers kept across switches, keyed by their tokenizer.json bytes (exact; comparing 3.4 MB costs
+# ~1 ms, a blake2b of it 6 ms): parsing one is most of a small model's switch (SmolLM2's: ~0.25 s,
+# holding the GIL); each entry holds ~6 MB of tokenizer and its 3.4 MB of JSON.
+TOKENIZER_CACHE = 8
+
+
+class TokenizerCache:
+    def __init__(self, size: int = TOKENIZER_CACHE) -> None:
+        self.size = size
+        self._cache: OrderedDict[bytes, object] = OrderedDict()  # least recently used first
+
+    def get(self, tokenizer_json: bytes | None):
+        if tokenizer_json is None:
+            return None
+        tok = self._cache.pop(tokenizer_json, None)
+        self._cache[tokenizer_json] = tok = load_tokenizer(tokenizer_json) if tok is None else tok
+        while len(self._cache) > self.size:
+            self._cache.popitem(last=False)
+        return tok
+
+
+class EngineRequests:
+    def __init__(self) -> None:
+        self._inbox: deque[tuple[str, object]] = deque()
+        self._produced: dict[str, int] = {}  # request id → index of its next output token
+        self._prompt_lens: dict[str, int] = {}
+        self._ended: list[Output] = []  # requests ended at add() (refused, or nothing left), for the next step
+
+    # -- on the event loop -------------------------------------------------------------------------
+    def add(self, req: AssignRequest) -> None:
+        self._inbox.append(("add", req))
+
+    def abort(self, request_id: str) -> None:
+        self._inbox.append(("abort", request_id))
+
+    def has_work(self, engine: Engine | None) -> bool:
+        return bool(self._inbox or self._ended) or (engine is not None and engine.num_requests > 0)
+
+    # -- in the step's thread ----------------------------------------------------------------------
+    def apply(self, engine: Engine | None, model: ModelInfo | None) -> list[Output]:
+        """Apply the queued adds and aborts; return the outputs of requests that ended already."""
+        while self._inbox:
+            op, arg = self._inbox.popleft()
+            if op == "add":
+                self._add(engine, model, arg)
+            else:
+                self._abort(engine, arg)
+        ended, self._ended = self._ended, []
+        return ended
+
+    def _add(self, engine: Engine | None, model: ModelInfo | None, req: AssignRequest) -> None:
+        try:
+            if engine is None or model is None or model.name != req.model:
+                raise RequestError(ErrorCode.INTERNAL, f"the slice does not serve {req.model!r} now")
+            resumed = len(req.resume_token_ids)
+            if resumed >= req.max_tokens:  # resumed after its last token was delivered: only the end is due
+                self._ended.append(Output(req.request_id, resumed, (), "", FinishReason.LENGTH,
+                                          prompt_tokens=len(req.prompt_token_ids)))
+                return
+            params = SamplingParams.from_wire(req.sampling, req.max_tokens - resumed)
+            prompt = self._prompt_ids(engine, req)
+            engine.add(req.request_id, prompt + list(req.resume_token_ids), params)
+            self._produced[req.request_id] = resumed
+            self._prompt_lens[req.request_id] = len(prompt)
+        except RequestError as e:
+            self._ended.append(Output(req.request_id, len(req.resume_token_ids), (), "", FinishReason.ERROR,
+                                      error=e.message, code=e.code))
+
+    @staticmethod
+    def _prompt_ids(engine: Engine, req: AssignRequest) -> list[int]:
+        if req.prompt_token_ids:
+            return list(req.prompt_token_ids)
+        if engine.tokenizer is None:
+            raise RequestError(ErrorCode.BAD_MODEL, f"{req.model!r} has no tokenizer: send prompt token ids")
+        return engine.tokenizer.encode(req.prompt or "").ids
+
+    def _abort(self, engine: Engine | None, request_id: str) -> None:
+        if engine is not None:
+            engine.abort(request_id)
+        self._produced.pop(request_id, None)
+        self._prompt_lens.pop(request_id, None)
+
+    def outputs(self, outs: list[StepOutput]) -> list[Output]:
+        """The engine's step outputs as the executor's, each with its request's output index."""
+        res = []
+        for o in outs:
+            idx = self._produced.get(o.request_id, 0)
+            self._produced[o.request_id] = idx + len(o.new_token_ids)
+            finish = FinishReason(o.finish_reason) if o.finished else None
+            res.append(Output(o.request_id, idx, o.new_token_ids, o.text_delta, finish,
+                              prompt_tokens=self._prompt_lens.get(o.request_id, 0)))
+            if o.finished:
+                self._produced.pop(o.request_id, None)
+                self._prompt_lens.pop(o.request_id, None)
+        return res
+
+    def fail_all(self, message: str) -> list[Output]:
+        """An error output for every running request; they are forgotten."""
+        outs = [Output(rid, idx, (), "", FinishReason.ERROR, error=message, code=ErrorCode.INTERNAL)
+                for rid, idx in self._produced.items()]
+        self.clear()
+        return outs
+
+    def clear(self) -> None:
+        """Forget the running requests (the engine holding them is gone); queued adds/aborts stay."""
+        self._produced.clear()
+        self._prompt_lens.clear()
