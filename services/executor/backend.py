@@ -31,6 +31,14 @@ class StepResult:
     bytes_hbm: int = 0
     bytes_host: int = 0
 
+    def accumulate(self, other: "StepResult") -> None:
+        """Add another step's time, tokens and bytes to this window's totals (outputs are not kept)."""
+        self.busy_s += other.busy_s
+        self.prefill_tokens += other.prefill_tokens
+        self.decode_tokens += other.decode_tokens
+        self.bytes_hbm += other.bytes_hbm
+        self.bytes_host += other.bytes_host
+
 
 class Backend(Protocol):
     name: str

@@ -173,11 +173,7 @@ class Executor:
                           prompt_tokens=o.prompt_tokens, completion_tokens=o.index + len(o.token_ids),
                           error_code=(o.code or ErrorCode.INTERNAL) if o.error else None, message=o.error)
         s = self._stats
-        s.busy_s += res.busy_s
-        s.prefill_tokens += res.prefill_tokens
-        s.decode_tokens += res.decode_tokens
-        s.bytes_hbm += res.bytes_hbm
-        s.bytes_host += res.bytes_host
+        s.accumulate(res)
         self._stats_steps += 1
         if time.monotonic() - self._stats_since >= STATS_S:
             self.emit(m.StepStats, step_s=s.busy_s / self._stats_steps, tokens=s.prefill_tokens + s.decode_tokens,

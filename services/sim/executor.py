@@ -220,11 +220,7 @@ class SimExecutor:
         if self.flush_due is not None and (now >= self.flush_due or not held):
             self._flush()
         s = self._stats
-        s.busy_s += res.busy_s
-        s.prefill_tokens += res.prefill_tokens
-        s.decode_tokens += res.decode_tokens
-        s.bytes_hbm += res.bytes_hbm
-        s.bytes_host += res.bytes_host
+        s.accumulate(res)
         self._stats_steps += 1
         if now - self._stats_since >= STATS_S:
             self.emit(m.StepStats, step_s=s.busy_s / self._stats_steps, tokens=s.prefill_tokens + s.decode_tokens,
