@@ -53,7 +53,7 @@ from c2cq.schemas.client import SamplingParams
 from c2cq.schemas.executor import AssignRequest
 from c2cq.schemas.refs import ShmRef
 from c2cq.services.catalog import layout
-from c2cq.services.catalog.convert import write_model_file
+from c2cq.services.catalog.modelwrite import write_model_file
 from c2cq.services.catalog.describe import describe_file
 from c2cq.services.catalog.validate import check_checkpoint, expected_tensors
 from c2cq.services.executor.cpu import BLOCK_SIZE, kv_bytes_per_token

@@ -10,15 +10,19 @@ after, the same request again (the model now resident) times everything but the 
 
 Baseline: the same checkpoint as a Hugging Face folder (``save_pretrained``: config.json,
 model.safetensors) loaded in this process with ``AutoModelForCausalLM.from_pretrained`` (its
-dtype) and one forward of the same prompt, argmax of the last position (no ``generate`` overhead).
+dtype) and one forward of the same prompt with ``logits_to_keep=1`` (the last position's logits
+only, as ``generate`` asks for them and as c2cq computes them), argmax (no ``generate`` overhead).
 Imports and one warm-up load per model are excluded, as process start is excluded on the c2cq side
 (executors are already up). Note that transformers 5 does not copy weights whose dtype it keeps: the
 parameters are views of the safetensors file's mapping (from_pretrained of the 0.5B model: ~0.15 s),
 so on a CPU both sides are zero-copy and both pay the same first forward.
 
-Memory on both sides: no disk I/O. The HF folders are read from the page cache (every file is read
-once before each baseline repetition); the executors map the catalog's published copy in /dev/shm
-(tmpfs). Both use ``--threads`` torch threads; by default one slice of one thread, the other core
+Two baselines, by where the checkpoint is when the request comes. ``cached``: in the page cache
+(every file read once before each repetition), so no disk I/O on either side. ``cold``: the folder's
+pages dropped from the page cache first (posix_fadvise DONTNEED on its files: no root needed, nothing
+else disturbed), as for a model that has been idle: from_pretrained then reads the disk. On the c2cq
+side nothing changes: the executors map the catalog's published copy in /dev/shm (tmpfs), which is
+in memory by design, idle or not. Both use ``--threads`` torch threads; by default one slice of one thread, the other core
 left to the scheduler, the client and the machine's other load. Runs alternate c2cq and baseline
 per model so load from other processes hits both alike.
 
@@ -144,17 +148,26 @@ def prompt_ids(folder: Path, n: int) -> list[int]:
 # ---- the two sides -------------------------------------------------------------------------------
 
 
-def baseline_once(folder: Path, ids: list[int]) -> tuple[float, float, int]:
+def drop(folder: Path) -> None:
+    for f in folder.iterdir():
+        fd = os.open(f, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def baseline_once(folder: Path, ids: list[int], cold: bool) -> tuple[float, float, int]:
     """(seconds from from_pretrained to the first token's id, seconds of from_pretrained alone, the id)."""
     import transformers
 
-    warm(folder)
+    (drop if cold else warm)(folder)
     gc.collect()
     t0 = time.perf_counter()
     model = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype="auto")
     t_load = time.perf_counter() - t0
     with torch.inference_mode():
-        logits = model(torch.tensor([ids])).logits
+        logits = model(torch.tensor([ids]), logits_to_keep=1).logits
     token = int(logits[0, -1].argmax())
     dt = time.perf_counter() - t0
     del model, logits
@@ -216,8 +229,8 @@ def main() -> None:
 
     inst = Instance(home, slices=args.slices, backend="cpu")
     inst.up("--threads", str(args.threads))
-    # per model: c2cq switch, c2cq resident, baseline total, baseline from_pretrained alone (seconds)
-    runs: dict[str, list[tuple[float, float, float, float]]] = {n: [] for n in names}
+    # per model: c2cq switch, c2cq resident, baseline total, its from_pretrained alone, the same two cold (s)
+    runs: dict[str, list[tuple[float, float, float, float, float, float]]] = {n: [] for n in names}
     same_token: dict[str, int] = {n: 0 for n in names}
     first_load: list[float] = []
     try:
@@ -238,18 +251,20 @@ def main() -> None:
                     stuck = 0
                     name = min(todo, key=lambda n: done[n])  # the least measured model no slice holds
                     sw, res, prev, tok = await c2cq_once(client, name, ids)
-                    b, load, btok = baseline_once(folders[name], ids)
+                    b, load, btok = baseline_once(folders[name], ids, cold=False)
                     first_load[:] = first_load or [load]
+                    bc, loadc, ctok = baseline_once(folders[name], ids, cold=True)
                     line = (f"{name}: c2cq switch {fmt_ms(sw)} ms (from {prev}), resident {fmt_ms(res)} ms; "
-                            f"transformers {fmt_ms(b)} ms (from_pretrained {fmt_ms(load)} ms)")
+                            f"transformers {fmt_ms(b)} ms (from_pretrained {fmt_ms(load)} ms), "
+                            f"from a cold page cache {fmt_ms(bc)} ms ({fmt_ms(loadc)} ms)")
                     if done[name] < 0 or prev is None:  # warm-up, or a slice that held nothing yet
                         log(f"warm-up {line}")
                         done[name] = max(done[name], 0)
                         continue
                     assert prev != name
                     done[name] += 1
-                    runs[name].append((sw, res, b, load))
-                    same_token[name] += tok == btok
+                    runs[name].append((sw, res, b, load, bc, loadc))
+                    same_token[name] += tok == btok == ctok
                     log(f"rep {done[name]} {line}")
 
         asyncio.run(run())
@@ -264,24 +279,25 @@ def main() -> None:
           f"max_tokens=1; {args.slices} cpu slices x {args.threads} torch thread(s), baseline {args.threads} "
           f"thread(s); {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the end")
     print(f"{'model':14} {'params':>6} {'MiB':>5} {'dtype':>5} | {'c2cq switch':>11} {'resident':>8} {'overhead':>8} | "
-          f"{'HF load+1st':>11} {'load':>6} | {'ratio':>6} {'load/overhead':>13} | {'same 1st':>8}")
+          f"{'HF cached':>9} {'load':>6} {'ratio':>6} | {'HF cold':>8} {'load':>6} {'ratio':>6} | {'same 1st':>8}")
     for name in names:
         params, nbytes, dtype = sizes[name]
         r = runs[name]
-        sw, res, b, load = (med(x[i] for x in r) for i in range(4))
+        sw, res, b, load, bc, loadc = (med(x[i] for x in r) for i in range(6))
         over = med(x[0] - x[1] for x in r)
-        ratio = med(x[2] / x[0] for x in r)
+        ratio, ratio_cold = med(x[2] / x[0] for x in r), med(x[4] / x[0] for x in r)
         print(f"{name:14} {params / 1e6:5.0f}M {nbytes / 2**20:5.0f} {dtype:>5} | {fmt_ms(sw):>8} ms "
-              f"{fmt_ms(res):>5} ms {fmt_ms(over):>5} ms | {fmt_ms(b):>8} ms {fmt_ms(load):>6} | {ratio:5.1f}x "
-              f"{load / over if over > 0 else float('inf'):12.1f}x | {same_token[name]:>5}/{len(r)}")
+              f"{fmt_ms(res):>5} ms {fmt_ms(over):>5} ms | {fmt_ms(b):>6} ms {fmt_ms(load):>6} {ratio:5.1f}x | "
+              f"{fmt_ms(bc):>5} ms {fmt_ms(loadc):>6} {ratio_cold:5.1f}x | {same_token[name]:>5}/{len(r)}")
     print(f"""c2cq switch: client submit -> first token for a model on no slice (the serving slice held another model);
   resident: the same request right after, the model held; overhead: median of per-switch (switch - resident).
-HF load+1st: AutoModelForCausalLM.from_pretrained + one forward + argmax, in this process; load: from_pretrained
-  alone. ratio: median of per-switch (HF load+1st / c2cq switch); target >= 10.
-Weights are in RAM on both sides: the HF folder in the page cache (read before each run), the c2cq file in tmpfs.
+HF: AutoModelForCausalLM.from_pretrained + one forward (logits_to_keep=1) + argmax, in this process; load:
+  from_pretrained alone. cached: the HF folder in the page cache (read before each run); cold: dropped from it
+  first. ratio: median of per-switch (HF / c2cq switch); target >= 10. The c2cq file is in tmpfs either way.
 Excluded on both sides, as process start: the first load in this process ({fmt_ms(first_load[0])} ms of
   from_pretrained) and each model's first switch. A slice keeps the tokenizers it parsed (cpu.py, 8 of them):
-  these models share SmolLM2's, parsed once per slice.""")
+  these models share SmolLM2's, parsed once per slice. same 1st: c2cq and both baselines agree on the token.""")
+
 
 if __name__ == "__main__":
     main()

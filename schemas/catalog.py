@@ -35,10 +35,15 @@ class ListModels(Message, frozen=True, kw_only=True, tag="list"):
 
 
 class RegisterModel(Message, frozen=True, kw_only=True, tag="register"):
-    """Register a converted model file (real) or a description (sim, ``path`` None)."""
+    """Register a converted model file (real) or a description (sim, ``path`` None).
+
+    ``staged``: a byte-identical copy of ``path`` that the sender already wrote into the catalog's
+    shared-memory folder (named ``.staged-*``); the catalog publishes it by rename instead of copying
+    ``path``, and falls back to the copy when it is missing or differs."""
 
     info: ModelInfo
     path: str | None = None
+    staged: str | None = None
 
 
 class RemoveModel(Message, frozen=True, kw_only=True, tag="remove"):

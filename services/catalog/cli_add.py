@@ -3,6 +3,9 @@
 Converts once into the catalog's model folder (atomically), then registers the file with the
 catalog — the running catalog process when an instance is up (it checks and publishes the file in
 shared memory), else the catalog store directly. A refused registration removes the converted file.
+With a catalog running, the conversion also writes a byte-identical copy into its shared-memory
+folder (``.staged-<pid>-<name>.c2cqm``), which the catalog publishes by rename: without it the
+catalog reads the new file back from disk and copies it (3 of the 7 s of adding a 0.98 GB model).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from c2cq import catalog_client
 from c2cq.errors import ConfigError, ModelError
 from c2cq.rundir import RunDir
 from c2cq.schemas.catalog import DescribeModel, RegisterModel
+from c2cq.supervisor.manager import read_pid
 
 # model-file modules import torch: they are imported when a command runs, not when the CLI starts
 EXTENSION = ".c2cqm"
@@ -46,8 +50,9 @@ def default_name(src: Path) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", stem).strip("-.") or "model"
 
 
-def _target(rd: RunDir, name: str) -> Path:
-    from c2cq.services.catalog.shm import published_path
+def _target(rd: RunDir, name: str) -> tuple[Path, Path | None]:
+    """Where to write the model file, and its copy for the running catalog (None: no catalog runs)."""
+    from c2cq.services.catalog.shm import published_path, staged_path
 
     published_path(Path("/"), name)  # the name must also name a shared-memory file
     try:
@@ -58,18 +63,30 @@ def _target(rd: RunDir, name: str) -> Path:
         raise ConfigError(f"a model named {name!r} is already registered (c2cq models rm {name} first)")
     folder = rd.catalog_dir / "models"
     folder.mkdir(parents=True, exist_ok=True)
-    return folder / f"{name}{EXTENSION}"
+    running = read_pid(rd) is not None and rd.shm_dir.is_dir()
+    return folder / f"{name}{EXTENSION}", staged_path(rd.shm_dir, name) if running else None
 
 
-def _register(rd: RunDir, name: str, dst: Path) -> None:
+def register_timeout(nbytes: int) -> float:
+    """How long to wait for the catalog's answer: it may have to copy the file into shared memory
+    (about 0.3 GB/s on the 2-core development VM; 50 MB/s leaves a wide margin)."""
+    return 30.0 + nbytes / 50e6
+
+
+def _register(rd: RunDir, name: str, dst: Path, staged: Path | None) -> None:
     from c2cq.services.catalog.describe import describe_file
 
     try:
         info = describe_file(name, dst)
-        catalog_client.call(rd, RegisterModel(info=info, path=str(dst)))
+        copy = str(staged) if staged is not None and staged.is_file() else None
+        catalog_client.call(rd, RegisterModel(info=info, path=str(dst), staged=copy),
+                            timeout_s=register_timeout(info.bytes))
     except BaseException:
         dst.unlink(missing_ok=True)
         raise
+    finally:
+        if staged is not None:
+            staged.unlink(missing_ok=True)  # the catalog renamed it, or it is of no use now
     print(f"registered {name}: {info.architecture}, {info.parameters / 1e6:.1f}M parameters, "
           f"{info.bytes / 2**20:.1f} MiB {info.dtype}")
 
@@ -81,14 +98,20 @@ def add_path(rd: RunDir, src: Path, name: str | None = None, *, dtype: str = "fp
     if not src.exists():
         raise ConfigError(f"{src}: no such file or folder")
     name = name or default_name(src)
-    dst = _target(rd, name)
-    if src.is_file() and src.suffix.lower() == ".gguf":
-        convert_gguf(src, dst, dtype=dtype, progress=progress)
-    elif src.is_dir():
-        convert_hf(src, dst, progress=progress)
-    else:
+    gguf = src.is_file() and src.suffix.lower() == ".gguf"
+    if not (gguf or src.is_dir()):
         raise ConfigError(f"{src}: expected a Hugging Face model folder or a .gguf file")
-    _register(rd, name, dst)
+    dst, staged = _target(rd, name)
+    try:
+        if gguf:
+            convert_gguf(src, dst, dtype=dtype, progress=progress, also=staged)
+        else:
+            convert_hf(src, dst, progress=progress, also=staged)
+    except BaseException:
+        if staged is not None:
+            staged.unlink(missing_ok=True)
+        raise
+    _register(rd, name, dst, staged)
     return name
 
 
@@ -105,10 +128,15 @@ def add_random(rd: RunDir, preset: str, name: str, tokenizer_from: str, *, dtype
     meta = {"tokenizer_json": mf.tokenizer_json, "tokenizer_config": mf.tokenizer_config,
             "chat_template": mf.chat_template, "generation_config": mf.generation_config}
     eos = src.eos_token_ids[0] if src.eos_token_ids else None
-    dst = _target(rd, name)
-    write_random(dst, preset_config(preset, vocab_size=src.vocab_size, eos_token_id=eos), meta, dtype=dtype,
-                 seed=seed, progress=progress)
-    _register(rd, name, dst)
+    dst, staged = _target(rd, name)
+    try:
+        write_random(dst, preset_config(preset, vocab_size=src.vocab_size, eos_token_id=eos), meta, dtype=dtype,
+                     seed=seed, progress=progress, also=staged)
+    except BaseException:
+        if staged is not None:
+            staged.unlink(missing_ok=True)
+        raise
+    _register(rd, name, dst, staged)
     return name
 
 

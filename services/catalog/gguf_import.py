@@ -19,7 +19,8 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from c2cq.services.catalog import layout
-from c2cq.services.catalog.convert import ConvertResult, write_model_file
+from c2cq.services.catalog.convert import ConvertResult
+from c2cq.services.catalog.modelwrite import write_model_file
 from c2cq.services.catalog.validate import CheckpointError, check_checkpoint
 
 ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}
@@ -192,8 +193,10 @@ def convert_gguf(
     progress: bool = True,
     alignment: int = layout.DEFAULT_ALIGNMENT,
     clock: Callable[[], float] = time.perf_counter,
+    also: Path | None = None,
 ) -> ConvertResult:
-    """Dequantise a GGUF into a ``.c2cqm`` at ``dst_path`` (atomically), with config and tokenizer."""
+    """Dequantise a GGUF into a ``.c2cqm`` at ``dst_path`` (atomically), with config and tokenizer; ``also``:
+    where to put a byte-identical copy, best effort (``modelwrite.Tee``)."""
     import gguf
 
     if dtype not in ("fp32", "bf16"):
@@ -216,7 +219,7 @@ def convert_gguf(
             "tokenizer_config": tok_config, "chat_template": meta.get("tokenizer.chat_template")}
     data = _dequantized([by_hf[n] for n in order], config, dtype)
     index, size = write_model_file(Path(dst_path), specs, data, info, alignment=alignment, progress=progress,
-                                   source=str(src))
+                                   source=str(src), also=also)
     return ConvertResult(path=str(dst_path), architecture=arch, num_tensors=len(order),
                          tensor_bytes=sum(e.nbytes for e in index.tensors), file_bytes=size,
                          checksum=index.checksum, seconds=clock() - t0)

@@ -22,12 +22,14 @@ import struct
 import warnings
 import zlib
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 import msgspec
-import torch
 
 from c2cq.errors import ModelError
+
+if TYPE_CHECKING:
+    import torch
 
 MAGIC = b"C2CQMDL\x00"
 VERSION = 1
@@ -36,8 +38,16 @@ DEFAULT_ALIGNMENT = 4096
 HUGEPAGE_ALIGNMENT = 2 << 20
 _HEADER = struct.Struct("<8sIIQQQQQI")  # magic, version, header_size, alignment, index off/len, data off/end, index crc
 
-DTYPES: dict[str, torch.dtype] = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-ITEMSIZE: dict[str, int] = {"bf16": 2, "fp16": 2, "fp32": 4}
+ITEMSIZE: dict[str, int] = {"bf16": 2, "fp16": 2, "fp32": 4}  # the dtypes a model file holds
+DTYPES = tuple(ITEMSIZE)
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    """The torch dtype of a model file's dtype name. torch is imported here, not with the module:
+    converting and publishing need no torch (it costs ~2 s of every `c2cq models add`)."""
+    import torch
+
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[name]
 
 
 class ModelFileError(ModelError):
@@ -202,7 +212,9 @@ class ModelFile:
         e = self.entries.get(name)
         if e is None:
             raise KeyError(name)
-        dtype = DTYPES[e.dtype]
+        import torch
+
+        dtype = torch_dtype(e.dtype)
         if e.nbytes == 0:
             return torch.empty(e.shape, dtype=dtype)
         with warnings.catch_warnings():

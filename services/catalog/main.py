@@ -33,6 +33,25 @@ async def amain(args: argparse.Namespace) -> None:
     logger.info("ready", models=len(store.reg.models), addr=rd.catalog_addr)
 
     malformed = Throttled(logger, "malformed_frames")  # a flood of bad frames: one line a second
+    registering = asyncio.Lock()  # one file registration at a time; everything else is answered meanwhile
+    pending: set[asyncio.Task] = set()
+
+    def answer(msg):
+        try:
+            return publisher.handle(msg)
+        except Exception as e:  # a bad model file must not take the catalog down
+            logger.exception("catalog_error", msg=type(msg).__name__)
+            return CatalogError(code=ErrorCode.BAD_MODEL, message=f"{type(e).__name__}: {e}")
+
+    async def register(ident: bytes, msg) -> None:
+        """Check and publish the file on a thread (it may copy gigabytes), register it on the loop."""
+        async with registering:
+            try:
+                reply = publisher.commit(msg, await asyncio.to_thread(publisher.prepare, msg))
+            except Exception as e:
+                logger.exception("catalog_error", msg=type(msg).__name__)
+                reply = CatalogError(code=ErrorCode.BAD_MODEL, message=f"{type(e).__name__}: {e}")
+        send_nowait(sock, [ident, encode(reply)])
 
     async def serve() -> None:
         while True:
@@ -46,17 +65,19 @@ async def amain(args: argparse.Namespace) -> None:
                     malformed(str(e)[:200])
                     send_nowait(sock, [ident, encode(CatalogError(code=ErrorCode.MALFORMED, message=str(e)[:200]))])
                     continue
-                try:
-                    reply = publisher.handle(msg)
-                except Exception as e:  # a bad model file must not take the catalog down
-                    logger.exception("catalog_error", msg=type(msg).__name__)
-                    reply = CatalogError(code=ErrorCode.BAD_MODEL, message=f"{type(e).__name__}: {e}")
-                send_nowait(sock, [ident, encode(reply)])
+                if publisher.is_file_registration(msg):
+                    job = asyncio.create_task(register(ident, msg))
+                    pending.add(job)
+                    job.add_done_callback(pending.discard)
+                    continue
+                send_nowait(sock, [ident, encode(answer(msg))])
 
     task = asyncio.create_task(serve())
     stopper = asyncio.create_task(stop.wait())
     done, _ = await asyncio.wait([task, stopper], return_when=asyncio.FIRST_COMPLETED)
     task.cancel()
+    if pending:  # a registration's copy cannot be interrupted: let it finish and answer
+        await asyncio.wait(pending)
     sock.close(linger=0)
     ctx.term()
     publisher.unpublish_all()

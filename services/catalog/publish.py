@@ -4,6 +4,10 @@ Wraps the registry's message handling: a RegisterModel with a path is checked (t
 as a c2cq model file and agree with its description) and published *before* it is registered, so
 a bad file is refused with nothing registered; a removed model is unpublished (mappings already
 open in executors stay valid until they close them).
+
+Registering a file is in two halves: ``prepare`` does the file work (checks, and publishing, which
+may copy gigabytes) and touches no state, so the process shell runs it on a thread while the
+catalog keeps answering; ``commit`` then registers it on the event loop.
 """
 
 from __future__ import annotations
@@ -37,19 +41,27 @@ class Publisher:
         self.published: dict[str, ShmRef] = {}
         self.log = log.get()
 
-    def _publish(self, name: str, path: str) -> ShmRef:
+    def _publish(self, name: str, path: str, staged: str | None = None) -> ShmRef:
         self.shm_dir.mkdir(parents=True, exist_ok=True)
-        dst = shm.publish(Path(path), self.shm_dir, name)
-        ref = ShmRef(path=str(dst), size=dst.stat().st_size)
-        self.published[name] = ref
-        return ref
+        keep = staged is not None and shm.is_staged(self.shm_dir, Path(staged))  # never anything outside the folder
+        inode = os.lstat(staged).st_ino if keep else None
+        dst = shm.publish(Path(path), self.shm_dir, name, Path(staged) if keep else None)
+        st = dst.stat()
+        self.log.info("published", model=name, bytes=st.st_size,
+                      how="staged copy" if st.st_ino == inode else "from the model file")
+        return ShmRef(path=str(dst), size=st.st_size)
 
     def publish_all(self) -> None:
+        """At start: the folder exists (clients write staged copies into it), holds nothing stale, and
+        every registered model file is published."""
+        self.shm_dir.mkdir(parents=True, exist_ok=True)
+        if gone := shm.sweep(self.shm_dir):
+            self.log.info("swept_stale_files", files=gone[:20], count=len(gone))
         for name, e in self.store.reg.models.items():
             if e.path is None:
                 continue
             try:
-                self._publish(name, e.path)
+                self.published[name] = self._publish(name, e.path)
             except (ModelError, OSError) as err:  # one broken file must not keep the others from serving
                 self.log.error("publish_failed", model=name, path=e.path, error=str(err))
 
@@ -60,6 +72,7 @@ class Publisher:
     def unpublish_all(self) -> None:
         for name in list(self.published):
             self.unpublish(name)
+        shm.sweep(self.shm_dir)
         try:
             self.shm_dir.rmdir()
         except OSError:
@@ -69,9 +82,15 @@ class Publisher:
         ref = self.published.get(info.name)
         return msgspec.structs.replace(info, shm=ref) if ref is not None else info
 
-    def _register(self, msg: RegisterModel):
+    @staticmethod
+    def is_file_registration(msg) -> bool:
+        return isinstance(msg, RegisterModel) and msg.path is not None
+
+    def prepare(self, msg: RegisterModel) -> CatalogError | ShmRef | None:
+        """The file half of registering ``msg.path``: check it, publish it. Safe off the event loop (it
+        reads the registry, changes nothing in it). None: the name is taken, the registry answers."""
         if msg.info.name in self.store.reg.models:
-            return self.store.handle(msg)  # the registry's duplicate answer
+            return None
         if not _regular_file(msg.path):  # a FIFO or device would block the catalog on open
             return CatalogError(code=ErrorCode.BAD_MODEL, message=f"{msg.path[:200]!r} is not a regular file")
         try:
@@ -83,23 +102,34 @@ class Publisher:
             return CatalogError(code=ErrorCode.BAD_MODEL, message=f"{msg.path} does not match the description "
                                 f"sent for {msg.info.name!r} (the file changed since it was described?)")
         try:
-            self._publish(msg.info.name, msg.path)
+            return self._publish(msg.info.name, msg.path, msg.staged)
         except (ModelError, OSError) as e:
             return CatalogError(code=ErrorCode.BAD_MODEL, message=f"cannot publish {msg.path}: {e}")
-        reply = self.store.handle(msg)
-        if not isinstance(reply, ModelInfoReply):
-            self.unpublish(msg.info.name)
-        return reply
 
-    def handle(self, msg):
-        if isinstance(msg, RegisterModel) and msg.path is not None:
-            reply = self._register(msg)
-        else:
-            reply = self.store.handle(msg)
-        if isinstance(msg, RemoveModel) and isinstance(reply, ModelListReply):
-            self.unpublish(msg.name)
+    def commit(self, msg: RegisterModel, prepared: CatalogError | ShmRef | None):
+        """The registry half, on the event loop: register what ``prepare`` published; the reply."""
+        if isinstance(prepared, CatalogError):
+            return prepared
+        reply = self.store.handle(msg)
+        if isinstance(prepared, ShmRef):
+            if isinstance(reply, ModelInfoReply):
+                self.published[msg.info.name] = prepared
+            else:  # taken meanwhile by a registration without a file
+                shm.unpublish(self.shm_dir, msg.info.name)
+        return self._decorate(reply)
+
+    def _decorate(self, reply):
         if isinstance(reply, ModelInfoReply):
             return ModelInfoReply(info=self._with_shm(reply.info))
         if isinstance(reply, ModelListReply) and reply.models:
             return ModelListReply(models=tuple(self._with_shm(m) for m in reply.models))
         return reply
+
+    def handle(self, msg):
+        """Any message, all at once (a file registration's halves back to back)."""
+        if self.is_file_registration(msg):
+            return self.commit(msg, self.prepare(msg))
+        reply = self.store.handle(msg)
+        if isinstance(msg, RemoveModel) and isinstance(reply, ModelListReply):
+            self.unpublish(msg.name)
+        return self._decorate(reply)

@@ -1,6 +1,7 @@
 """Publishing model files into a shared-memory folder (/dev/shm/c2cq-<instance>/) and mapping them.
 
-``publish`` hard-links when source and folder share a filesystem (no copy, no extra memory) and
+``publish`` renames a staged copy when the registering client wrote one into the folder (see
+``staged_path``), hard-links when source and folder share a filesystem (no copy, no extra memory) and
 otherwise copies in-kernel (sendfile) to a temporary name and renames, so a reader never sees a partial file.
 Executors open the published file with ``map_shared``: one read-only MAP_SHARED mapping whose pages
 every process shares.
@@ -10,12 +11,14 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from pathlib import Path
 
-from c2cq.errors import ConfigError
+from c2cq.errors import ConfigError, ModelError
 from c2cq.services.catalog.layout import EXTENSION, ModelFile, read_layout
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$")
+STAGED = ".staged-"  # the prefix of copies written into the folder by a registering client
 
 
 def default_shm_dir(instance: str) -> Path:
@@ -26,6 +29,37 @@ def published_path(shm_dir: Path, name: str) -> Path:
     if not _NAME.match(name) or ".." in name:
         raise ConfigError(f"model name {name!r} cannot name a shared-memory file (letters, digits, . _ - only)")
     return Path(shm_dir) / f"{name}{EXTENSION}"
+
+
+def staged_path(shm_dir: Path, name: str) -> Path:
+    """Where a client registering ``name`` writes its copy for the catalog to publish by rename."""
+    published_path(shm_dir, name)  # the same rules for the name
+    return Path(shm_dir) / f"{STAGED}{os.getpid()}-{name}{EXTENSION}"
+
+
+def is_staged(shm_dir: Path, path: Path) -> bool:
+    """Whether ``path`` is a staged copy in ``shm_dir``: a regular file (not a link) named ``.staged-*``."""
+    path = Path(path)
+    if path.parent != Path(shm_dir) or not path.name.startswith(STAGED):
+        return False
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except (OSError, ValueError):  # missing, too long a name, a NUL byte
+        return False
+
+
+def sweep(shm_dir: Path) -> list[str]:
+    """Remove staged copies and temporaries left in ``shm_dir`` by a client or a catalog that died; their names."""
+    gone = []
+    for path in Path(shm_dir).glob("*"):
+        if path.name.startswith(STAGED) or ".tmp-" in path.name:
+            path.unlink(missing_ok=True)
+            gone.append(path.name)
+    return gone
+
+
+def _same_content(a: ModelFile, b: ModelFile) -> bool:
+    return a.index.checksum == b.index.checksum and a.size == b.size
 
 
 def _copy(src: Path, dst: Path) -> None:
@@ -46,13 +80,23 @@ def _copy(src: Path, dst: Path) -> None:
         raise
 
 
-def publish(model_file: Path, shm_dir: Path, name: str) -> Path:
-    """Make ``model_file`` available as ``<shm_dir>/<name>.c2cqm``; idempotent for the same content."""
+def publish(model_file: Path, shm_dir: Path, name: str, staged: Path | None = None) -> Path:
+    """Make ``model_file`` available as ``<shm_dir>/<name>.c2cqm``; idempotent for the same content.
+    ``staged``: a copy of it already in ``shm_dir`` (checked with ``is_staged``), moved into place when
+    its index says it has the same content, removed otherwise."""
     model_file, dst = Path(model_file), published_path(shm_dir, name)
     source = read_layout(model_file)  # refuse to publish anything that is not a readable model file
+    if staged is not None:
+        try:
+            if _same_content(read_layout(staged), source):
+                os.rename(staged, dst)
+                return dst
+        except (ModelError, OSError):
+            pass  # unreadable or gone: publish from the model file
+        finally:
+            Path(staged).unlink(missing_ok=True)
     if dst.exists():
-        current = read_layout(dst)
-        if current.index.checksum == source.index.checksum and current.size == source.size:
+        if _same_content(read_layout(dst), source):
             return dst
         dst.unlink()
     if os.stat(model_file).st_dev == os.stat(shm_dir).st_dev:

@@ -16,7 +16,8 @@ import torch
 
 from c2cq.errors import ConfigError
 from c2cq.services.catalog import layout
-from c2cq.services.catalog.convert import ConvertResult, write_model_file
+from c2cq.services.catalog.convert import ConvertResult
+from c2cq.services.catalog.modelwrite import write_model_file
 from c2cq.services.catalog.presets import PRESETS
 from c2cq.services.catalog.validate import check_checkpoint, expected_tensors
 
@@ -44,8 +45,9 @@ def _tensors(specs: list[tuple[str, str, tuple[int, ...]]], seed: int) -> Iterat
 
 
 def write_random(dst: str | os.PathLike[str], config: dict[str, Any], meta: dict[str, Any], *, dtype: str = "fp32",
-                 seed: int = 0, progress: bool = True) -> ConvertResult:
-    """Write a random-weight model of ``config`` to ``dst`` (atomically); ``meta`` holds tokenizer fields."""
+                 seed: int = 0, progress: bool = True, also: Path | None = None) -> ConvertResult:
+    """Write a random-weight model of ``config`` to ``dst`` (atomically); ``meta`` holds tokenizer fields;
+    ``also``: where to put a byte-identical copy, best effort (``modelwrite.Tee``)."""
     if dtype not in _DTYPES:
         raise ConfigError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
     config = dict(config, torch_dtype={"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}[dtype])
@@ -57,7 +59,7 @@ def write_random(dst: str | os.PathLike[str], config: dict[str, Any], meta: dict
             "tokenizer_json": meta.get("tokenizer_json"), "tokenizer_config": meta.get("tokenizer_config"),
             "chat_template": meta.get("chat_template")}
     index, size = write_model_file(Path(dst), specs, _tensors(specs, seed), full, progress=progress,
-                                   source=f"generated:{arch}:seed={seed}")
+                                   source=f"generated:{arch}:seed={seed}", also=also)
     return ConvertResult(path=str(dst), architecture=arch, num_tensors=len(specs),
                          tensor_bytes=sum(e.nbytes for e in index.tensors), file_bytes=size,
                          checksum=index.checksum, seconds=0.0)

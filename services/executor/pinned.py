@@ -28,7 +28,7 @@ from typing import Protocol
 import torch
 
 from c2cq.errors import C2CQError
-from c2cq.services.catalog.layout import DTYPES, ITEMSIZE, ModelFile
+from c2cq.services.catalog.layout import ITEMSIZE, ModelFile, torch_dtype
 from c2cq.services.catalog.shm import map_shared
 
 # CU_MEMHOSTREGISTER_* (cuda.h); the runtime's cudaHostRegister* flags have the same values.
@@ -176,7 +176,7 @@ class PinnedFile:
             return self.file.tensors()
         out = {}
         for e in self.file.index.tensors:
-            dtype = DTYPES[e.dtype]
+            dtype = torch_dtype(e.dtype)
             if e.nbytes == 0:
                 out[e.name] = torch.empty(e.shape, dtype=dtype)
                 continue

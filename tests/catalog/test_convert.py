@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from c2cq.services.catalog import convert, layout
+from c2cq.services.catalog import layout, modelwrite
 from c2cq.services.catalog.convert import convert_hf
 from c2cq.services.catalog.layout import forward_order_key, read_layout
 
@@ -99,7 +99,7 @@ def test_a_failed_conversion_leaves_nothing(make_hf_dir, tmp_path, monkeypatch, 
     out.mkdir()
     dst = out / "m.c2cqm"
     if where == "mid_write":
-        real, calls = convert._write_all, []
+        real, calls = modelwrite.write_all, []
 
         def flaky(fd, view, offset):
             calls.append(offset)
@@ -107,11 +107,11 @@ def test_a_failed_conversion_leaves_nothing(make_hf_dir, tmp_path, monkeypatch, 
                 raise _Boom("disk on fire")
             real(fd, view, offset)
 
-        monkeypatch.setattr(convert, "_write_all", flaky)
+        monkeypatch.setattr(modelwrite, "write_all", flaky)
     elif where == "finalize":
         monkeypatch.setattr(layout, "finalize", lambda *a: (_ for _ in ()).throw(_Boom("index")))
     else:
-        monkeypatch.setattr(convert.os, "fsync", lambda fd: (_ for _ in ()).throw(_Boom("fsync")))
+        monkeypatch.setattr(modelwrite.os, "fsync", lambda fd: (_ for _ in ()).throw(_Boom("fsync")))
     with pytest.raises(_Boom):
         convert_hf(src, dst, progress=False)
     assert list(out.iterdir()) == []

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from c2cq.services.catalog import layout
-from c2cq.services.catalog.convert import write_model_file
+from c2cq.services.catalog.modelwrite import write_model_file
 from c2cq.services.catalog.layout import ModelFileError, forward_order, plan, read_layout
 
 FORWARD = [

@@ -15,14 +15,15 @@ import pytest
 import torch
 
 from c2cq.errors import ConfigError
-from c2cq.services.catalog.convert import write_model_file
 from c2cq.services.catalog.layout import ModelFileError, read_layout
-from c2cq.services.catalog.shm import map_shared, publish, unpublish
+from c2cq.services.catalog.modelwrite import write_model_file
+from c2cq.services.catalog.shm import STAGED, is_staged, map_shared, publish, staged_path, sweep, unpublish
 
 MiB = 1 << 20
 
 MAPPER = r"""
 import json, sys
+import torch  # imported by the first tensors() call otherwise: its memory is not the mapping's
 from c2cq.services.catalog.shm import map_shared
 
 def status(key):
@@ -143,3 +144,45 @@ def test_unpublish_and_bad_input(shm_dir, tmp_path):
     with pytest.raises(ModelFileError):
         publish(tmp_path / "junk.c2cqm", shm_dir, "junk")
     assert list(shm_dir.iterdir()) == []
+
+
+def test_a_staged_copy_is_moved_into_place(shm_dir, tmp_path):
+    _model(tmp_path / "a.c2cqm", tensors=2, elements=100, seed=1)
+    staged = staged_path(shm_dir, "m")
+    shutil.copyfile(tmp_path / "a.c2cqm", staged)
+    inode = staged.stat().st_ino
+    assert is_staged(shm_dir, staged)
+    dst = publish(tmp_path / "a.c2cqm", shm_dir, "m", staged)
+    assert dst.stat().st_ino == inode  # renamed, not copied
+    assert [p.name for p in shm_dir.iterdir()] == ["m.c2cqm"]
+
+
+def test_a_staged_copy_with_other_content_is_dropped(shm_dir, tmp_path):
+    _model(tmp_path / "a.c2cqm", tensors=2, elements=100, seed=1)
+    _model(tmp_path / "b.c2cqm", tensors=2, elements=100, seed=2)
+    staged = staged_path(shm_dir, "m")
+    shutil.copyfile(tmp_path / "b.c2cqm", staged)
+    dst = publish(tmp_path / "a.c2cqm", shm_dir, "m", staged)
+    assert map_shared(dst).index.checksum == read_layout(tmp_path / "a.c2cqm").index.checksum
+    assert [p.name for p in shm_dir.iterdir()] == ["m.c2cqm"]
+    staged.write_bytes(b"junk" * 100)  # unreadable: dropped too, published from the model file
+    dst.unlink()
+    publish(tmp_path / "a.c2cqm", shm_dir, "m", staged)
+    assert [p.name for p in shm_dir.iterdir()] == ["m.c2cqm"]
+
+
+def test_only_regular_staged_files_in_the_folder_count(shm_dir, tmp_path):
+    _model(tmp_path / "a.c2cqm", tensors=1, elements=10)
+    outside = tmp_path / f"{STAGED}1-m.c2cqm"
+    shutil.copyfile(tmp_path / "a.c2cqm", outside)
+    link = shm_dir / f"{STAGED}2-m.c2cqm"
+    link.symlink_to(outside)
+    assert not is_staged(shm_dir, outside)  # elsewhere
+    assert not is_staged(shm_dir, link)  # a link
+    assert not is_staged(shm_dir, shm_dir / "m.c2cqm")  # not a staged name
+    assert not is_staged(shm_dir, shm_dir / f"{STAGED}\0x")
+    (shm_dir / f"{STAGED}3-m.c2cqm.tmp-9").write_bytes(b"x")
+    (shm_dir / "m.c2cqm.tmp-9").write_bytes(b"x")
+    publish(tmp_path / "a.c2cqm", shm_dir, "m")
+    assert sorted(sweep(shm_dir)) == [f"{STAGED}2-m.c2cqm", f"{STAGED}3-m.c2cqm.tmp-9", "m.c2cqm.tmp-9"]
+    assert [p.name for p in shm_dir.iterdir()] == ["m.c2cqm"] and outside.exists()

@@ -33,18 +33,23 @@ def test_cpu_path_with_batch_dims(dtype, rows):
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("rows", [0, 29, 77])
-def test_cpu_half_precision_widened_for_many_rows(dtype, rows):
-    """From CPU_WIDEN_MIN_ROWS rows on, half-precision weights are widened to fp32 for the product:
-    the result keeps x's dtype and the same accuracy bound against the float64 reference."""
-    from c2cq.kernels.linear import CPU_WIDEN_MIN_ROWS
+@pytest.mark.parametrize("block_rows", [16, None], ids=["blocks-of-16", "one-block"])
+def test_cpu_half_precision_widened_for_many_rows(dtype, rows, block_rows, monkeypatch):
+    """From CPU_WIDEN_MIN_ROWS rows on, half-precision weights are widened to fp32 for the product, a
+    block of weight rows at a time (blocks of 16 cross the HBM/host boundary at 29): the result keeps
+    x's dtype and shape and the same accuracy bound against the float64 reference."""
+    from c2cq.kernels import linear
 
+    if block_rows:
+        monkeypatch.setattr(linear, "CPU_WIDEN_BLOCK_BYTES", block_rows * 4 * 40)
     g = torch.Generator().manual_seed(100 + rows)
-    x = torch.randn(CPU_WIDEN_MIN_ROWS + 3, 40, generator=g).to(dtype)
+    x = torch.randn(2, linear.CPU_WIDEN_MIN_ROWS + 3, 40, generator=g).to(dtype)
     w = torch.randn(77, 40, generator=g).to(dtype)
     bias = torch.randn(77, generator=g).to(dtype)
     y = hybrid_linear(x, _split(w, rows, "cpu", False), bias)
-    assert y.dtype == dtype and y.shape == (CPU_WIDEN_MIN_ROWS + 3, 77)
-    assert_close(y, gemm_reference(x, w, bias), *tolerance(dtype, 40, x, w))
+    assert y.dtype == dtype and y.shape == (2, linear.CPU_WIDEN_MIN_ROWS + 3, 77)
+    flat = x.reshape(-1, 40)
+    assert_close(y.reshape(-1, 77), gemm_reference(flat, w, bias), *tolerance(dtype, 40, flat, w))
 
 
 def test_k_mismatch_is_a_shape_error():

@@ -113,6 +113,43 @@ def test_catalog_refuses_a_corrupt_file_sent_directly(running, tmp_path):
     assert [m["name"] for m in json.loads(running.cli("models", "list", "--json").stdout)] == ["good"]
 
 
+def _published_lines(rd: RunDir) -> list[tuple[str, str]]:
+    lines = (rd.log_dir / "catalog.log").read_text().splitlines()
+    return [(e["model"], e["how"]) for e in map(json.loads, lines) if e.get("event") == "published"]
+
+
+def test_add_hands_the_catalog_a_copy_in_shared_memory(running, tmp_path):
+    """With a catalog running, `models add` writes the shared-memory copy while converting and the
+    catalog moves it into place instead of copying the new file from disk again."""
+    rd = RunDir.from_env(str(running.home))
+    running.cli("models", "add", str(good_dir(tmp_path)), "--name", "good", "--quiet")
+    assert _published_lines(rd) == [("good", "staged copy")]
+    assert sorted(p.name for p in rd.shm_dir.iterdir()) == ["good.c2cqm"]  # no staged file or temporary left
+    assert (rd.shm_dir / "good.c2cqm").read_bytes() == (rd.catalog_dir / "models" / "good.c2cqm").read_bytes()
+
+
+def test_a_staged_path_outside_the_catalog_folder_is_ignored(running, tmp_path):
+    """A RegisterModel may name any file as its staged copy: the catalog only ever moves a regular
+    ``.staged-*`` file of its own folder, and otherwise publishes from the model file."""
+    rd = RunDir.from_env(str(running.home))
+    running.cli("models", "add", str(good_dir(tmp_path)), "--name", "good", "--quiet")
+    src = rd.catalog_dir / "models" / "good.c2cqm"
+    decoy = tmp_path / ".staged-1-copy.c2cqm"
+    decoy.write_bytes(src.read_bytes())
+    ctx = zmq.Context()
+    s = ctx.socket(zmq.DEALER)
+    s.setsockopt(zmq.LINGER, 0)
+    s.connect(rd.catalog_addr)
+    s.send(encode(RegisterModel(info=info_of("copy", read_layout(src)), path=str(src), staged=str(decoy))))
+    assert s.poll(10_000)
+    reply = Codec(FromCatalog).decode(s.recv())
+    s.close()
+    ctx.term()
+    assert not isinstance(reply, CatalogError), reply
+    assert decoy.exists()
+    assert _published_lines(rd) == [("good", "staged copy"), ("copy", "from the model file")]
+
+
 def test_rm_then_the_model_is_unknown(running, tmp_path):
     running.cli("models", "add", str(good_dir(tmp_path)), "--name", "good", "--quiet")
     running.cli("models", "rm", "good")
