@@ -16,9 +16,10 @@ median of the rounds and ratios are medians of the per-round ratios.
   it with the read).
 - ``map+touch``: the serving side, ``read_layout`` of the converted file and one byte of every page.
 - ``models add``: what a user waits for, end to end, against a running instance (``c2cq up --backend
-  sim``, home under ``--dir``): ``add_path`` converts into the home's model folder on disk, writes the
-  shared-memory copy on the side, and the catalog checks, publishes and registers it (process start
-  excluded). Removed again after each round.
+  sim``, home under ``--dir``, ``--shm-root`` passed on): ``add_path`` converts into the home's model
+  folder on disk, writes the shared-memory copy on the side (tmpfs), and the catalog checks, publishes
+  (on hugetlbfs: reads the new file into huge pages) and registers it (process start excluded).
+  Removed again after each round.
 
 Rows: the source checkpoint ``cold`` (its pages dropped from the page cache before each run with
 posix_fadvise DONTNEED on this file only: no root needed, nothing else on the machine is disturbed)
@@ -27,6 +28,7 @@ it copies nothing, so no conversion, which must write every byte, can approach i
 (>= 2x load_file, >= 90% of O_DIRECT) are about the cold row. Throughput = checkpoint bytes / seconds.
 
     .venv/bin/python bench/registration.py [--dir /tmp/c2cq-bench-registration] [--dst-dir DIR ...] [--rounds 5]
+        [--shm-root /mnt/huge]
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ from c2cq.rundir import RunDir
 from c2cq.schemas.catalog import RemoveModel
 from c2cq.services.catalog.cli_add import add_path
 from c2cq.services.catalog.convert import convert_hf
-from c2cq.services.catalog.shardcopy import _in_memory
+from c2cq.services.catalog.fs import in_memory
 from c2cq.testing import Instance
 from c2cq.services.catalog.layout import read_layout
 
@@ -149,7 +151,7 @@ def odirect_copy(src: Path, dst: Path, buf: memoryview, workers: int = 4) -> Non
     size = src.stat().st_size
     fin = os.open(src, os.O_RDONLY | os.O_DIRECT)
     fout = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    if not _in_memory(fout):  # into tmpfs any write is a memcpy; plain writes are the faster (convert_hf's choice)
+    if not in_memory(fout):  # into tmpfs any write is a memcpy; plain writes are the faster (convert_hf's choice)
         os.close(fout)
         fout = os.open(dst, os.O_WRONLY | os.O_DIRECT)
     view = memoryview(buf)
@@ -188,6 +190,7 @@ def main() -> None:
     ap.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()) / "c2cq-bench-registration")
     ap.add_argument("--dst-dir", type=Path, action="append", help="where to write .c2cqm (repeatable)")
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--shm-root", default=None, help="the instance's --shm-root for `models add` (e.g. a hugetlbfs mount)")
     args = ap.parse_args()
     src = make_checkpoint(args.dir / "hf")
     size = src.stat().st_size
@@ -204,8 +207,9 @@ def main() -> None:
     home = args.dir / "home"
     shutil.rmtree(home, ignore_errors=True)
     instance = Instance(home, slices=1, backend="sim")
-    instance.up()
+    instance.up(*(["--shm-root", args.shm_root] if args.shm_root else []))
     rd = RunDir.from_env(str(home))
+    shm_root = rd.shm_root  # what the instance records (its run folder goes with the teardown)
 
     def add_and_time(name: str) -> float:
         t = timed(lambda: add_path(rd, src.parent, name, progress=False))
@@ -263,7 +267,7 @@ def main() -> None:
                   f"{ratio(copy):10.0%} | {med(row[f'map+touch {d}']):9.2f}")
     for state, row in gbs.items():
         add = row["models add"]
-        print(f"{state:7} models add, end to end (home on disk, published in /dev/shm): {med(add):.2f} GB/s = "
+        print(f"{state:7} models add, end to end (home on disk, published in {shm_root}): {med(add):.2f} GB/s = "
               f"{med([a / b for a, b in zip(add, row['load_file'])]):.2f}x load_file, "
               f"{med([a / b for a, b in zip(add, row['O_DIRECT'])]):.0%} of O_DIRECT")
     cold = gbs["cold"]

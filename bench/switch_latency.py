@@ -31,7 +31,8 @@ Models (HF folders cached under ``--dir``): SmolLM2-135M-Instruct (real weights:
 of the catalog presets' shapes with SmolLM2's tokenizer: Qwen3 ~60M, Mixtral 4x20M, Llama ~250M
 and Qwen2-0.5B (its real vocabulary of 151936).
 
-    .venv/bin/python bench/switch_latency.py [--repeat 5] [--slices 1] [--threads 1] [--prompt-tokens 16]
+    .venv/bin/python bench/switch_latency.py [--repeat 5] [--slices 1] [--threads 1] [--prompt-tokens 16] \
+        [--shm-root /mnt/huge]
 """
 
 from __future__ import annotations
@@ -211,6 +212,7 @@ def main() -> None:
                     help="cpu slices; with several, an idle one may keep its model for good (the run then stops)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per executor and for the baseline")
     ap.add_argument("--prompt-tokens", type=int, default=16)
+    ap.add_argument("--shm-root", default=None, help="c2cq up --shm-root: e.g. a hugetlbfs mount (default /dev/shm)")
     args = ap.parse_args()
     names = args.models.split(",")
     if len(names) <= args.slices:
@@ -228,7 +230,7 @@ def main() -> None:
         sizes[name] = (info.parameters, info.bytes, info.dtype)
 
     inst = Instance(home, slices=args.slices, backend="cpu")
-    inst.up("--threads", str(args.threads))
+    inst.up("--threads", str(args.threads), *(["--shm-root", args.shm_root] if args.shm_root else []))
     # per model: c2cq switch, c2cq resident, baseline total, its from_pretrained alone, the same two cold (s)
     runs: dict[str, list[tuple[float, float, float, float, float, float]]] = {n: [] for n in names}
     same_token: dict[str, int] = {n: 0 for n in names}
@@ -275,6 +277,7 @@ def main() -> None:
         shutil.rmtree(home, ignore_errors=True)
 
     med = statistics.median
+    print(f"published in {args.shm_root or '/dev/shm'}")
     print(f"switch latency, medians of {args.repeat} switches per model; prompt {args.prompt_tokens} tokens, "
           f"max_tokens=1; {args.slices} cpu slices x {args.threads} torch thread(s), baseline {args.threads} "
           f"thread(s); {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the end")

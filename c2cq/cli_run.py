@@ -10,6 +10,7 @@ import select
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 from c2cq import log
 from c2cq.errors import C2CQError, ConfigError
@@ -31,6 +32,9 @@ def register(sub) -> None:
     up.add_argument("--max-tokens-limit", type=int, default=4096)
     up.add_argument("--restart-max", type=int, default=5)
     up.add_argument("--restart-window", type=float, default=60.0)
+    up.add_argument("--shm-root", default=None, metavar="DIR",
+                    help="where model files are published for the slices: a tmpfs or hugetlbfs mount "
+                         "(default $C2CQ_SHM_ROOT or /dev/shm)")
     up.add_argument("--detach", action="store_true", help="return once every service is ready")
     up.add_argument("--print-config", action="store_true")
     up.add_argument("--notify-fd", type=int, default=None, help=argparse.SUPPRESS)
@@ -79,16 +83,18 @@ def cmd_up(args: argparse.Namespace) -> int:
     if pid is not None:
         raise ConfigError(f"an instance already runs in {rd.home} (supervisor pid {pid}); `c2cq down` first")
     specs, slices = _specs(args, rd)
+    shm_root = _shm_root(args)
     policy = RestartPolicy(max_restarts=args.restart_max, window_s=args.restart_window)
     if args.print_config:
         print(json.dumps({"home": str(rd.home), "client": rd.client_addr, "executor": rd.executor_addr,
-                          "catalog": rd.catalog_addr, "shm": str(rd.shm_dir), "policy": policy.__dict__ if hasattr(policy, "__dict__") else repr(policy),
+                          "catalog": rd.catalog_addr, "shm": str(shm_root / rd.shm_dir.name), "policy": policy.__dict__ if hasattr(policy, "__dict__") else repr(policy),
                           "services": [{"name": s.name, "argv": list(s.argv), "env": dict(s.env)} for s in specs]},
                          indent=2, default=str))
         return 0
     if args.detach:
         return _detach(args, rd)
     rd.ensure()
+    rd.shm_root_file.write_text(f"{shm_root}\n")
     log.configure("supervisor")
     rd.pid_file.write_text(str(os.getpid()))
     meta = {"slices": [{"executor_id": s.executor_id, "backend": s.backend, "device": s.device,
@@ -96,6 +102,15 @@ def cmd_up(args: argparse.Namespace) -> int:
     import uvloop
 
     return uvloop.run(supervise(rd, specs, policy, meta, args.notify_fd))
+
+
+def _shm_root(args: argparse.Namespace) -> Path:
+    root = Path(args.shm_root or os.environ.get("C2CQ_SHM_ROOT") or "/dev/shm").resolve()
+    if not root.is_dir():
+        raise ConfigError(f"--shm-root {root}: no such folder")
+    if not os.access(root, os.W_OK | os.X_OK):
+        raise ConfigError(f"--shm-root {root}: not writable")
+    return root
 
 
 def _detach(args: argparse.Namespace, rd: RunDir) -> int:

@@ -61,8 +61,23 @@ class RunDir:
         return d
 
     @property
+    def shm_root_file(self) -> Path:
+        """Where ``c2cq up`` records the shared-memory root it runs with, for every process of the home."""
+        return self.run / "shm_root"
+
+    @property
+    def shm_root(self) -> Path:
+        """Under which folder model files are published: what ``c2cq up`` recorded, else $C2CQ_SHM_ROOT,
+        else /dev/shm. A hugetlbfs mount puts the weights on huge pages."""
+        try:
+            recorded = self.shm_root_file.read_text().strip()
+        except OSError:
+            recorded = ""
+        return Path(recorded or os.environ.get("C2CQ_SHM_ROOT") or "/dev/shm")
+
+    @property
     def shm_dir(self) -> Path:
-        return Path("/dev/shm") / f"c2cq-{self.instance}"
+        return self.shm_root / f"c2cq-{self.instance}"
 
     def address(self, name: str) -> str:
         addr = f"ipc://{self.sock_dir / name}.ipc"

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 import msgspec
 
 from c2cq.errors import ModelError
+from c2cq.services.catalog import fs
 
 if TYPE_CHECKING:
     import torch
@@ -270,8 +271,9 @@ def read_layout(path: str | os.PathLike[str], *, populate: bool = False) -> Mode
             raise ModelFileError(f"{path}: not a c2cq model file (bad magic)")
         if version != VERSION:
             raise ModelFileError(f"{path}: unsupported format version {version} (this build reads {VERSION})")
-        if size != index_off + index_len:
-            raise ModelFileError(f"{path}: truncated or padded: {size} bytes, header says {index_off + index_len}")
+        end, page = index_off + index_len, fs.huge_page_size(fd)
+        if size != end and not (page and end < size <= align_up(end, page)):  # hugetlbfs: whole huge pages
+            raise ModelFileError(f"{path}: truncated or padded: {size} bytes, header says {end}")
         body = os.pread(fd, index_len, index_off)
     finally:
         os.close(fd)
@@ -284,4 +286,4 @@ def read_layout(path: str | os.PathLike[str], *, populate: bool = False) -> Mode
     for e in index.tensors:
         if e.offset % alignment or e.offset < data_off or e.offset + e.nbytes > data_stop or e.dtype not in DTYPES:
             raise ModelFileError(f"{path}: tensor {e.name} has a bad extent or dtype")
-    return ModelFile(path, index, alignment, size, populate=populate)
+    return ModelFile(path, index, alignment, end, populate=populate)

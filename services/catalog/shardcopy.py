@@ -24,7 +24,6 @@ import functools
 import mmap
 import os
 import queue
-import struct
 import threading
 import zlib
 from concurrent.futures import ThreadPoolExecutor
@@ -32,7 +31,7 @@ from typing import TYPE_CHECKING, Callable
 
 import msgspec
 
-from c2cq.services.catalog import layout, modelwrite
+from c2cq.services.catalog import fs, layout, modelwrite
 from c2cq.services.catalog.validate import CheckpointError
 
 if TYPE_CHECKING:
@@ -114,8 +113,6 @@ _libc.mmap.restype = ctypes.c_void_p
 _libc.mmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long)
 _libc.munmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t)
 _libc.mincore.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p)
-_libc.fstatfs.argtypes = (ctypes.c_int, ctypes.c_void_p)
-_MEMORY_FS = (0x01021994, 0x858458F6)  # tmpfs, ramfs (statfs f_type)
 _RESIDENT = bytes(i & 1 for i in range(256))  # mincore's bit 0: the page is in the page cache
 
 
@@ -130,13 +127,6 @@ def _find_libdeflate_crc32() -> Callable[[int, int, int], int] | None:
 
 
 _fast_crc32 = _find_libdeflate_crc32()  # called through ctypes: releases the GIL like zlib.crc32
-
-
-def _in_memory(fd: int) -> bool:
-    """Whether ``fd``'s filesystem keeps its files in memory (tmpfs, ramfs): writing there is a memcpy,
-    O_DIRECT or not, so it is best written straight from the source's page cache."""
-    buf = ctypes.create_string_buffer(256)  # a struct statfs, f_type first
-    return _libc.fstatfs(fd, buf) == 0 and struct.unpack_from("l", buf)[0] in _MEMORY_FS
 
 
 def _crc32_at(addr: int, nbytes: int) -> int:
@@ -311,7 +301,7 @@ def copy_shards(tmp: str, fd: int, tee: modelwrite.Tee, entries: tuple[layout.Te
         for path in paths:
             shards.append(_Shard(path))
             stack.callback(shards[-1].close)
-        memory = _in_memory(fd)
+        memory = fs.in_memory(fd)
         try:
             out_fd = os.open(tmp, os.O_WRONLY | _O_DIRECT) if _O_DIRECT and not memory else fd
         except OSError:  # no O_DIRECT here: write through the page cache

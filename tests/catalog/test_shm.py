@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from c2cq.errors import ConfigError
+from c2cq.services.catalog.fs import huge_page_size_of
 from c2cq.services.catalog.layout import ModelFileError, read_layout
 from c2cq.services.catalog.modelwrite import write_model_file
 from c2cq.services.catalog.shm import STAGED, is_staged, map_shared, publish, staged_path, sweep, unpublish
@@ -186,3 +187,50 @@ def test_only_regular_staged_files_in_the_folder_count(shm_dir, tmp_path):
     publish(tmp_path / "a.c2cqm", shm_dir, "m")
     assert sorted(sweep(shm_dir)) == [f"{STAGED}2-m.c2cqm", f"{STAGED}3-m.c2cqm.tmp-9", "m.c2cqm.tmp-9"]
     assert [p.name for p in shm_dir.iterdir()] == ["m.c2cqm"] and outside.exists()
+
+
+def _hugetlbfs_with_room(need: int) -> Path | None:
+    """A writable hugetlbfs mount with ``need`` bytes of free huge pages ($C2CQ_TEST_HUGETLBFS first)."""
+    candidates = [os.environ["C2CQ_TEST_HUGETLBFS"]] if os.environ.get("C2CQ_TEST_HUGETLBFS") else [
+        line.split()[1] for line in Path("/proc/mounts").read_text().splitlines() if line.split()[2] == "hugetlbfs"]
+    meminfo = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines())
+    free = int(meminfo.get("HugePages_Free", "0").split()[0]) * int(meminfo.get("Hugepagesize", "0 kB").split()[0]) << 10
+    for mount in candidates:
+        if huge_page_size_of(mount) and os.access(mount, os.W_OK) and free >= need:
+            return Path(mount)
+    return None
+
+
+@pytest.fixture
+def huge_dir():
+    mount = _hugetlbfs_with_room(64 * MiB)
+    if mount is None:
+        pytest.skip("no writable hugetlbfs mount with 64 MiB of free huge pages (set C2CQ_TEST_HUGETLBFS)")
+    path = mount / f"c2cq-test-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    path.mkdir()
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_publish_into_huge_pages(huge_dir, tmp_path):
+    """hugetlbfs takes no write(2) and sizes files in whole huge pages: the file is read into a mapping,
+    padded, and still opens as the same model (its logical size), shared and bit-identical."""
+    _model(tmp_path / "a.c2cqm", tensors=3, elements=300_000, seed=3)
+    page = huge_page_size_of(huge_dir)
+    dst = publish(tmp_path / "a.c2cqm", huge_dir, "m")
+    logical = (tmp_path / "a.c2cqm").stat().st_size
+    assert dst.stat().st_size % page == 0 and logical < dst.stat().st_size
+    ref, got = read_layout(tmp_path / "a.c2cqm"), map_shared(dst)
+    assert got.size == logical and got.index == ref.index
+    assert all(torch.equal(got.tensor(n), ref.tensor(n)) for n in ref.entries)
+    got.verify()
+    assert publish(tmp_path / "a.c2cqm", huge_dir, "m") == dst  # idempotent: the padded copy is the same model
+    assert [p.name for p in huge_dir.iterdir()] == ["m.c2cqm"]
+
+
+def test_padding_is_refused_off_hugetlbfs(tmp_path):
+    _model(tmp_path / "a.c2cqm", tensors=1, elements=10)
+    with open(tmp_path / "a.c2cqm", "ab") as f:
+        f.write(b"\0" * 4096)
+    with pytest.raises(ModelFileError, match="padded"):
+        read_layout(tmp_path / "a.c2cqm")

@@ -1,0 +1,51 @@
+"""What filesystem a file is on, from fstatfs: memory (tmpfs, ramfs) or huge pages (hugetlbfs).
+
+Model files are published into a memory filesystem, /dev/shm by default or a hugetlbfs mount when
+configured (``c2cq up --shm-root``). hugetlbfs backs files with huge pages (2 MiB on x86): 512 times
+fewer page faults when a slice first reads a model, and no page allocation while copying into it.
+It also has rules of its own: no write(2), and sizes in whole huge pages; callers ask here.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import struct
+
+TMPFS, RAMFS, HUGETLBFS = 0x01021994, 0x858458F6, 0x958458F6  # statfs f_type
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.fstatfs.argtypes = (ctypes.c_int, ctypes.c_void_p)
+
+
+def statfs(fd: int) -> tuple[int, int]:
+    """(f_type, f_bsize) of ``fd``'s filesystem; (0, 0) when it cannot be told. hugetlbfs reports its
+    huge page size as f_bsize."""
+    buf = ctypes.create_string_buffer(256)  # a struct statfs: f_type then f_bsize, both longs
+    if _libc.fstatfs(fd, buf) != 0:
+        return 0, 0
+    f_type, f_bsize = struct.unpack_from("ll", buf)
+    return f_type, f_bsize
+
+
+def in_memory(fd: int) -> bool:
+    """Whether writes to ``fd`` are memcpys into page-cache pages (tmpfs, ramfs)."""
+    return statfs(fd)[0] in (TMPFS, RAMFS)
+
+
+def huge_page_size(fd: int) -> int:
+    """The huge page size when ``fd`` is on hugetlbfs, else 0."""
+    f_type, f_bsize = statfs(fd)
+    return f_bsize if f_type == HUGETLBFS else 0
+
+
+def huge_page_size_of(path: str | os.PathLike[str]) -> int:
+    """``huge_page_size`` of a path (a file or a folder); 0 when it cannot be opened."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return 0
+    try:
+        return huge_page_size(fd)
+    finally:
+        os.close(fd)
