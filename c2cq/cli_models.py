@@ -30,25 +30,27 @@ def register(sub) -> None:
     cli_add.register(msub)
 
 
-def slices_by_model(rd: RunDir) -> dict[str, list[tuple[str, int]]]:
-    """model → [(slice, active + queued requests)] of the running instance's slices; {} when none runs."""
+def _usage(rd: RunDir) -> tuple[dict[str, list[tuple[str, int]]], dict[str, int]]:
+    """(model → [(slice, requests on it)] of the running instance's slices, model → requests waiting
+    for a slice); both empty when no instance runs."""
     if read_pid(rd) is None:
-        return {}
+        return {}, {}
     from c2cq.client import Client
 
     with Client(home=str(rd.home), timeout=10) as c:
         reply = c.status()
-    out: dict[str, list[tuple[str, int]]] = {}
+    held: dict[str, list[tuple[str, int]]] = {}
     for e in reply.executors:
         if e.model and e.state != "lost":
-            out.setdefault(e.model, []).append((e.executor_id, e.active_requests + e.queued_requests))
-    return out
+            held.setdefault(e.model, []).append((e.executor_id, e.active_requests + e.queued_requests))
+    return held, dict(reply.waiting)
+
 
 
 def cmd_list(args: argparse.Namespace) -> int:
     rd = RunDir.from_env(args.home)
     reply = catalog_client.call(rd, ListModels())
-    held = slices_by_model(rd)
+    held, _ = _usage(rd)
     rows = [{f: getattr(m, f) for f in m.__struct_fields__ if f != "shm"}
             | {"shm": m.shm.path if m.shm else None, "slices": [x for x, _ in held.get(m.name, [])]}
             for m in reply.models]
@@ -74,10 +76,13 @@ def cmd_add_sim(args: argparse.Namespace) -> int:
 
 def cmd_rm(args: argparse.Namespace) -> int:
     rd = RunDir.from_env(args.home)
-    busy = [(x, n) for x, n in slices_by_model(rd).get(args.name, []) if n > 0]
-    if busy:
-        raise ModelError(f"model_in_use: {args.name!r} is serving requests on "
-                         f"{', '.join(f'{x} ({n})' for x, n in busy)}; retry when they finish")
+    held, waiting = _usage(rd)
+    busy = [(x, n) for x, n in held.get(args.name, []) if n > 0]
+    if busy or waiting.get(args.name):
+        where = [f"{x} ({n})" for x, n in busy]
+        if waiting.get(args.name):
+            where.append(f"the scheduler's queue ({waiting[args.name]})")
+        raise ModelError(f"model_in_use: {args.name!r} has requests on {', '.join(where)}; retry when they finish")
     catalog_client.call(rd, RemoveModel(name=args.name))
     print(f"removed {args.name}")
     return 0

@@ -101,7 +101,8 @@ class ExecutorStatus(msgspec.Struct, frozen=True, kw_only=True):
     model: str | None
     alpha: float
     active_requests: int
-    queued_requests: int
+    queued_requests: int  # always 0 from this scheduler: it assigns a request when a slice takes it;
+    #                       the waiting ones are StatusReply.waiting, by model
 
 
 class StatusReply(Message, frozen=True, kw_only=True, tag="status"):
@@ -109,6 +110,7 @@ class StatusReply(Message, frozen=True, kw_only=True, tag="status"):
     executors: tuple[ExecutorStatus, ...]
     requests_in_flight: int
     requests_total: int
+    waiting: dict[str, int] = {}  # model → accepted requests not yet on a slice
 
 
 ClientToScheduler = Union[SubmitRequest, CancelRequest, Ping, StatusQuery]

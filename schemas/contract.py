@@ -58,7 +58,7 @@ def samples() -> dict[str, msgspec.Struct]:
         cl.StatusReply(nonce=4, executors=(cl.ExecutorStatus(executor_id="exec-0", state="ready", backend="sim",
                                                               device="sim:0", model="m", alpha=0.5,
                                                               active_requests=1, queued_requests=0),),
-                       requests_in_flight=1, requests_total=9),
+                       requests_in_flight=1, requests_total=9, waiting={"other-model": 2}),
         ex.AssignRequest(request_id="r1", model="m", prompt_token_ids=(1, 2), max_tokens=8, sampling=_SAMPLING,
                          resume_token_ids=(5,)),
         ex.AbortRequest(request_id="r1"),

@@ -33,7 +33,6 @@ class Entry:
 @dataclass(slots=True)
 class Registry:
     models: dict[str, Entry] = field(default_factory=dict)
-    in_use: dict[str, int] = field(default_factory=dict)  # requests using a model (from the scheduler)
 
 
 def apply(reg: Registry, ev: ModelRegistered | ModelRemoved) -> None:
@@ -73,8 +72,6 @@ def handle(reg: Registry, msg, *, source: str, seq: int, ts_ns: int):
     if isinstance(msg, RemoveModel):
         if msg.name not in reg.models:
             return [], _err(ErrorCode.UNKNOWN_MODEL, f"unknown model {msg.name!r}")
-        if reg.in_use.get(msg.name, 0) > 0:
-            return [], _err(ErrorCode.MODEL_IN_USE, f"model {msg.name!r} is used by {reg.in_use[msg.name]} request(s)")
         ev = ModelRemoved(source=source, seq=seq, ts_ns=ts_ns, name=msg.name)
         return [ev], ModelListReply(models=())
     raise TypeError(f"no handler for {type(msg).__name__}")

@@ -228,8 +228,12 @@ def query(st: State, client: bytes, msg: Ping | StatusQuery) -> Out:
                        alpha=x.alpha, active_requests=len(x.active), queued_requests=0)
         for x in sorted(st.executors.values(), key=lambda x: x.executor_id)
     )
+    waiting: dict[str, int] = {}
+    for req in st.requests.values():
+        if req.executor is None:
+            waiting[req.submit.model] = waiting.get(req.submit.model, 0) + 1
     return [ToClient(client, StatusReply(nonce=msg.nonce, executors=rows, requests_in_flight=len(st.requests),
-                                         requests_total=st.total))]
+                                         requests_total=st.total, waiting=waiting))]
 
 
 # ---- executor inputs -------------------------------------------------------------------------

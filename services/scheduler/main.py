@@ -209,7 +209,10 @@ class Shell:
                     batch.append(ev.Submitted(at=time.monotonic(), client=ident, msg=msg, info=info))
                 elif isinstance(msg, CancelRequest):
                     batch.append(ev.CancelAsked(at=time.monotonic(), client=ident, request_id=msg.request_id))
-                else:
+                else:  # a query sees every message that came before it: a submit, then a status, shows it
+                    if batch:
+                        self.ingest(batch)
+                        batch = []
                     self.emit(core.query(self.state, ident, msg))
             self.ingest(batch)
 

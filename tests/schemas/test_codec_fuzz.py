@@ -72,6 +72,8 @@ def values_of(t: mi.Type) -> st.SearchStrategy:
         return st.tuples(*(values_of(x) for x in t.item_types))
     if isinstance(t, mi.ListType):
         return st.lists(values_of(t.item_type), max_size=6)
+    if isinstance(t, mi.DictType):
+        return st.dictionaries(values_of(t.key_type), values_of(t.value_type), max_size=6)
     if isinstance(t, mi.StructType):
         return structs_of(t)
     raise NotImplementedError(f"no strategy for {t!r}: extend values_of when the schema gains a new kind of field")

@@ -245,3 +245,26 @@ def test_catalog_refuses_a_path_that_is_not_a_regular_file(running, tmp_path):
     s.close()
     ctx.term()
     assert isinstance(reply, CatalogError) and "not a regular file" in reply.message, reply
+
+
+def test_rm_is_refused_while_requests_for_the_model_wait_in_the_queue(running):
+    """A request the scheduler holds back (its only slice is busy with another model) uses its model too."""
+    home = running.home
+    running.cli("models", "add-sim", "--count", "2")
+
+    async def run():
+        async with AsyncClient(home=str(home), timeout=120) as c:
+            busy = await c.submit("sim-000", "a long one", max_tokens=4000)
+            await busy.__anext__()  # the only slice now serves sim-000
+            queued = await c.submit("sim-001", "waits", max_tokens=4)
+            waiting = (await c.status()).waiting
+            p = await asyncio.to_thread(running.cli, "models", "rm", "sim-001", check=False)
+            await c.cancel(busy.request_id)
+            done = [b async for b in queued]  # the waiting request is served once the slice is free
+            return waiting, p, done
+
+    waiting, p, done = asyncio.run(run())
+    assert waiting == {"sim-001": 1}
+    assert p.returncode != 0 and "model_in_use" in p.stderr and "queue (1)" in p.stderr, p.stderr
+    assert sum(len(b.token_ids) for b in done) == 4
+    running.cli("models", "rm", "sim-001")

@@ -109,16 +109,6 @@ def test_non_positive_sizes_are_refused(field, value):
     assert events == [] and reply.code == ErrorCode.BAD_MODEL and field in reply.message
 
 
-def test_a_model_in_use_cannot_be_removed():
-    f = Fold()
-    f(RegisterModel(info=info("m")))
-    f.reg.in_use["m"] = 2
-    events, reply = f(RemoveModel(name="m"))
-    assert events == [] and reply.code == ErrorCode.MODEL_IN_USE
-    f.reg.in_use["m"] = 0
-    assert [type(e) for e in f(RemoveModel(name="m"))[0]] == [ModelRemoved]
-
-
 def test_every_catalog_message_has_a_handler():
     assert set(union_members(ToCatalog)) == set(registry.HANDLED)
     f = Fold()
