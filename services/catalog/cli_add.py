@@ -52,7 +52,6 @@ def default_name(src: Path) -> str:
 
 def _target(rd: RunDir, name: str) -> tuple[Path, Path | None]:
     """Where to write the model file, and its copy for the running catalog (None: no catalog runs)."""
-    from c2cq.services.catalog.fs import huge_page_size_of
     from c2cq.services.catalog.shm import published_path, staged_path
 
     published_path(Path("/"), name)  # the name must also name a shared-memory file
@@ -64,8 +63,7 @@ def _target(rd: RunDir, name: str) -> tuple[Path, Path | None]:
         raise ConfigError(f"a model named {name!r} is already registered (c2cq models rm {name} first)")
     folder = rd.catalog_dir / "models"
     folder.mkdir(parents=True, exist_ok=True)
-    # hugetlbfs takes no write(2): there the catalog reads the new file into huge pages itself
-    running = read_pid(rd) is not None and rd.shm_dir.is_dir() and not huge_page_size_of(rd.shm_dir)
+    running = read_pid(rd) is not None and rd.shm_dir.is_dir()
     return folder / f"{name}{EXTENSION}", staged_path(rd.shm_dir, name) if running else None
 
 

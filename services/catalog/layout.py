@@ -165,15 +165,30 @@ def content_checksum(entries: Iterable[TensorEntry]) -> str:
     return h.hexdigest()
 
 
-def finalize(fd: int, index: Index, alignment: int) -> int:
-    """Write the index after the data and the header at 0; return the file size. Tensors are already written."""
+def tail(index: Index, alignment: int) -> tuple[bytes, int, bytes]:
+    """What completes a file whose tensors are written: (the index, where it starts, the header at 0)."""
     body = msgspec.msgpack.encode(index)
     start = data_end(index.tensors, alignment)
+    header = _HEADER.pack(MAGIC, VERSION, _HEADER.size, alignment, start, len(body), alignment, start,
+                          zlib.crc32(body))
+    return body, start, header
+
+
+def size_bound(entries: tuple[TensorEntry, ...], meta: dict[str, Any], alignment: int, source: str) -> int:
+    """The most bytes a file of ``entries`` and ``meta`` can take, before the tensors' CRC32s are known
+    (a CRC32 encodes in at most 5 bytes): for writers that must size the file first."""
+    widest = tuple(msgspec.structs.replace(e, crc32=0xFFFFFFFF) for e in entries)
+    index = Index(tensors=widest, checksum=content_checksum(widest), source=source, **meta)
+    body, start, _ = tail(index, alignment)
+    return start + len(body)
+
+
+def finalize(fd: int, index: Index, alignment: int) -> int:
+    """Write the index after the data and the header at 0; return the file size. Tensors are already written."""
+    body, start, header = tail(index, alignment)
     end = start + len(body)
     os.pwrite(fd, body, start)
     os.ftruncate(fd, end)
-    header = _HEADER.pack(MAGIC, VERSION, _HEADER.size, alignment, start, len(body), alignment, start,
-                          zlib.crc32(body))
     os.pwrite(fd, header, 0)
     return end
 

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import uuid
 from pathlib import Path
 from typing import Callable
 
 import pytest
 import torch
+
+from c2cq.services.catalog.fs import huge_page_size_of
 
 TEMPLATE = "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}{% endfor %}"
 _COMMON = dict(vocab_size=96, hidden_size=64, intermediate_size=80, num_hidden_layers=2, num_attention_heads=4,
@@ -53,3 +58,26 @@ def make_hf_dir(tmp_path: Path) -> Callable[..., Path]:
         return folder
 
     return make
+
+
+def _hugetlbfs_with_room(need: int) -> Path | None:
+    """A writable hugetlbfs mount with ``need`` bytes of free huge pages ($C2CQ_TEST_HUGETLBFS first)."""
+    candidates = [os.environ["C2CQ_TEST_HUGETLBFS"]] if os.environ.get("C2CQ_TEST_HUGETLBFS") else [
+        line.split()[1] for line in Path("/proc/mounts").read_text().splitlines() if line.split()[2] == "hugetlbfs"]
+    meminfo = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines())
+    free = int(meminfo.get("HugePages_Free", "0").split()[0]) * int(meminfo.get("Hugepagesize", "0 kB").split()[0]) << 10
+    for mount in candidates:
+        if huge_page_size_of(mount) and os.access(mount, os.W_OK) and free >= need:
+            return Path(mount)
+    return None
+
+
+@pytest.fixture
+def huge_dir():
+    mount = _hugetlbfs_with_room(64 << 20)
+    if mount is None:
+        pytest.skip("no writable hugetlbfs mount with 64 MiB of free huge pages (set C2CQ_TEST_HUGETLBFS)")
+    path = mount / f"c2cq-test-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    path.mkdir()
+    yield path
+    shutil.rmtree(path, ignore_errors=True)

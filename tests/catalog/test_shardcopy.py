@@ -18,8 +18,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from c2cq.services.catalog import modelwrite, shardcopy
+from c2cq.services.catalog import modelwrite, shardcopy, shm
 from c2cq.services.catalog.convert import convert_hf
+from c2cq.services.catalog.fs import huge_page_size_of
 from c2cq.services.catalog.layout import read_layout
 
 
@@ -112,8 +113,8 @@ def test_a_failing_tee_drops_the_copy_not_the_conversion(make_hf_dir, tmp_path, 
     real, tee_fds = modelwrite.write_all, set()
     opened = modelwrite.Tee.__init__
 
-    def init(self, path):
-        opened(self, path)
+    def init(self, path, *bound):
+        opened(self, path, *bound)
         tee_fds.add(self.fd)
 
     def flaky(fd, view, offset):
@@ -145,3 +146,22 @@ def test_crc32_combine_equals_zlib_over_the_whole(seed):
     a = rng.randbytes(rng.randrange(0, 5000))
     b = rng.randbytes(rng.choice([0, 1, 7, 4096, rng.randrange(1, 70000)]))
     assert shardcopy.crc32_combine(zlib.crc32(a), zlib.crc32(b), len(b)) == zlib.crc32(a + b)
+
+
+@pytest.mark.parametrize("state", ["cold", "cached"])
+def test_a_tee_on_hugetlbfs_goes_through_a_mapping(make_hf_dir, tmp_path, huge_dir, monkeypatch, state):
+    """hugetlbfs takes no write(2): the tee maps the file, sized in whole huge pages; the catalog can
+    then publish it by rename (same content by its index, the same tensors)."""
+    src = make_hf_dir("qwen3", torch.bfloat16, "40KB")
+    monkeypatch.setattr(shardcopy, "PIECE", 8 << 10)
+    (_drop_from_page_cache if state == "cold" else _read_into_page_cache)(src)
+    dst, also = tmp_path / "m.c2cqm", huge_dir / f"{shm.STAGED}1-m.c2cqm"
+    convert_hf(src, dst, progress=False, also=also)
+    page = huge_page_size_of(huge_dir)
+    assert also.stat().st_size % page == 0
+    with read_layout(also) as got, read_layout(dst) as ref:
+        assert got.index == ref.index and got.size == ref.size
+    _assert_same_tensors(also, src)
+    inode = also.stat().st_ino
+    assert shm.publish(dst, huge_dir, "m", also).stat().st_ino == inode
+    assert [p.name for p in huge_dir.iterdir()] == ["m.c2cqm"]

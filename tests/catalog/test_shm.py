@@ -189,29 +189,6 @@ def test_only_regular_staged_files_in_the_folder_count(shm_dir, tmp_path):
     assert [p.name for p in shm_dir.iterdir()] == ["m.c2cqm"] and outside.exists()
 
 
-def _hugetlbfs_with_room(need: int) -> Path | None:
-    """A writable hugetlbfs mount with ``need`` bytes of free huge pages ($C2CQ_TEST_HUGETLBFS first)."""
-    candidates = [os.environ["C2CQ_TEST_HUGETLBFS"]] if os.environ.get("C2CQ_TEST_HUGETLBFS") else [
-        line.split()[1] for line in Path("/proc/mounts").read_text().splitlines() if line.split()[2] == "hugetlbfs"]
-    meminfo = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines())
-    free = int(meminfo.get("HugePages_Free", "0").split()[0]) * int(meminfo.get("Hugepagesize", "0 kB").split()[0]) << 10
-    for mount in candidates:
-        if huge_page_size_of(mount) and os.access(mount, os.W_OK) and free >= need:
-            return Path(mount)
-    return None
-
-
-@pytest.fixture
-def huge_dir():
-    mount = _hugetlbfs_with_room(64 * MiB)
-    if mount is None:
-        pytest.skip("no writable hugetlbfs mount with 64 MiB of free huge pages (set C2CQ_TEST_HUGETLBFS)")
-    path = mount / f"c2cq-test-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    path.mkdir()
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
 def test_publish_into_huge_pages(huge_dir, tmp_path):
     """hugetlbfs takes no write(2) and sizes files in whole huge pages: the file is read into a mapping,
     padded, and still opens as the same model (its logical size), shared and bit-identical."""
