@@ -506,6 +506,7 @@ def _assign(st: State, req: RequestView, x: ExecutorView, now: float) -> Out:
     xid = exec_request_id(req)
     st.exec_ids[xid] = s.request_id
     x.active[s.request_id] = None
+    x.used_at = now
     fresh = len(x.active) == 1  # from idle: the batch is new, and so must its plan be
     switching = fresh and x.model != s.model
     if switching:
@@ -540,6 +541,7 @@ def _finish(st: State, req: RequestView, reason: FinishReason, now: float, *, pr
     x = st.executors.get(req.executor) if req.executor is not None else None
     if x is not None:
         x.active.pop(rid, None)
+        x.used_at = now
         _reindex(st, x)
     t0, first = req.accepted_at, req.first_token_at
     done = RequestFinished(

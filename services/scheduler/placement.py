@@ -5,6 +5,11 @@ slot, or an idle one (which switches to it). The estimate counts the wait for th
 measured switch time, and a chunked prefill at the share of the model that executor already
 holds (α: affinity falls out of it) with the link bandwidth its host has left — several slices
 share one link, so what the others draw now is taken off.
+
+A switch evicts the model its slice held. When the best candidate switches, the switching
+candidates within EVICT_SLACK of its estimate are as good, and the one whose model was used least
+recently is taken (LRU): with the lowest id winning ties instead, slice 0 would switch for every
+new model while the others kept theirs for good (seen with two CPU slices and five models).
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from c2cq.services.scheduler import costmodel
 from c2cq.services.scheduler.state import ExecutorView, RequestView, State
 
 MIN_LINK_SHARE = 0.05  # a saturated link still gives a new stream this share in the estimate
+EVICT_SLACK = 0.10  # switching candidates within this fraction of the best estimate: evict the LRU model
 
 
 def link_group(device: str) -> str:
@@ -65,7 +71,8 @@ def estimate(st: State, x: ExecutorView, req: RequestView) -> float:
 
 
 def choose_executor(st: State, req: RequestView) -> tuple[ExecutorView | None, float]:
-    """The candidate with the lowest estimated TTFT (ties: the lower executor id), and that estimate.
+    """The candidate with the lowest estimated TTFT (ties: the lower executor id), and that estimate;
+    when it would switch, the least recently used of the switching candidates within EVICT_SLACK.
     O(candidates), and the order they are met in does not matter. The request's own terms are
     worked out once; each candidate costs the roofline of ``estimate`` (the same floats)."""
     cands = candidates(st, req.submit.model)
@@ -78,6 +85,7 @@ def choose_executor(st: State, req: RequestView) -> tuple[ExecutorView | None, f
     tpot = (s.slo.tpot_ms or cfg.default_tpot_ms) * cfg.slo_margin / 1e3
     lo, hi = costmodel.MIN_CHUNK, cfg.max_chunk_tokens
     best, best_t = None, float("inf")
+    switching: list[tuple[float, ExecutorView]] = []
     for x in cands:  # max() spelled as conditionals: this loop is the hot path of placement
         e = x.est
         same = x.model == model
@@ -108,8 +116,14 @@ def choose_executor(st: State, req: RequestView) -> tuple[ExecutorView | None, f
             t_r = flop * rest / e.flops
             t += t_mem if t_mem >= t_r else t_r
         t += (e.step_s if x.active else 0.0) if same else e.switch_s
+        if not same:
+            switching.append((t, x))
         if t < best_t or (t == best_t and best is not None and x.executor_id < best.executor_id):
             best, best_t = x, t
+    if best is not None and best.model != model and len(switching) > 1:
+        near = best_t * (1.0 + EVICT_SLACK)
+        best, best_t = min(((x, t) for t, x in switching if t <= near),
+                           key=lambda c: (c[0].used_at, c[0].executor_id))
     return best, best_t
 
 

@@ -116,6 +116,7 @@ class ExecutorView(msgspec.Struct, kw_only=True):
     plan: Plan = msgspec.field(default_factory=Plan)
     chunk_tokens: int = 512
     ttft_s: float = 0.0  # measured TTFT of its requests (EWMA, from assignment)
+    used_at: float = 0.0  # when a request of its model was last assigned to it or left it (eviction: LRU)
 
 
 class LinkLoad(msgspec.Struct, kw_only=True):

@@ -270,3 +270,19 @@ def test_replaying_the_new_policy_gives_the_same_state_and_commands():
     from c2cq.services.scheduler.state import encode_state
     assert outs_a == outs_b and encode_state(a) == encode_state(b)
     assert any(isinstance(c, ToLog) for o in outs_a for c in o)
+
+
+def test_a_switch_evicts_the_least_recently_used_model():
+    """Two slices, requests one at a time: a model no slice holds goes to the slice whose model was used
+    least recently, not always to the same slice (the lowest id), which would evict a hot model."""
+    st = State()
+    run(st, [ready("e0", 0.0), ready("e1", 0.0)])
+    placed = []
+    for i, (model, at) in enumerate([("m-b", 1.0), ("m-a", 2.0), ("m-c", 3.0), ("m-c", 4.0), ("m-b", 5.0)]):
+        rid = f"r{i}"
+        (assign,) = [c for c in core.apply(st, submit(rid, at, model=model))[1] if isinstance(c.msg, m.AssignRequest)]
+        placed.append(assign.executor_id)
+        core.apply(st, completed(assign.executor_id, rid, 1, at + 0.5))
+    # m-b on e0; m-a on the unused e1; m-c evicts m-b (e0, older than m-a); m-c again stays on e0;
+    # m-b then evicts m-a (e1, used at 2.5) rather than the m-c just used on e0
+    assert placed == ["e0", "e1", "e0", "e0", "e1"]
