@@ -18,8 +18,8 @@ from c2cq.schemas.catalog import ModelInfo
 from c2cq.schemas.enums import ErrorCode
 from c2cq.schemas.executor import AssignRequest
 from c2cq.services.catalog.shm import map_shared
-from c2cq.services.executor.backend import Output, StepResult
-from c2cq.services.executor.engine_requests import EngineRequests, TokenizerCache
+from c2cq.services.executor.backend import StepResult
+from c2cq.services.executor.engine_requests import EngineRequests, RestartsAfterFailure, TokenizerCache
 from c2cq.services.executor.model import Engine
 
 DEFAULT_KV_BYTES = 512 * 2**20
@@ -45,7 +45,7 @@ def measure_read_bandwidth(nbytes: int = 64 * 2**20, repeats: int = 3) -> float:
     return nbytes / best
 
 
-class CpuBackend:
+class CpuBackend(RestartsAfterFailure):
     name = "cpu"
     blocking = True
 
@@ -121,14 +121,3 @@ class CpuBackend:
         res.outputs.extend(self.requests.outputs(outs))
         return res
 
-    def _fail_all(self, message: str) -> list[Output]:
-        outs = self.requests.fail_all(message)
-        model = self.model
-        self._release()
-        if model is not None:
-            try:
-                self.switch(model)  # a fresh engine (and KV cache) for the next requests
-            except Exception:
-                pass  # the next switch tries again; requests meanwhile fail in _add
-
-        return outs

@@ -38,9 +38,9 @@ from c2cq.kernels.split import DEFAULT_ALIGN, SplitError, WeightShape
 from c2cq.schemas.catalog import ModelInfo
 from c2cq.schemas.enums import ErrorCode
 from c2cq.schemas.executor import AssignRequest
-from c2cq.services.executor.backend import Output, StepResult
+from c2cq.services.executor.backend import StepResult
 from c2cq.services.executor.cpu import BLOCK_SIZE, kv_bytes_per_token
-from c2cq.services.executor.engine_requests import EngineRequests, TokenizerCache
+from c2cq.services.executor.engine_requests import EngineRequests, RestartsAfterFailure, TokenizerCache
 from c2cq.services.executor.model import Engine
 from c2cq.services.executor.model.weights import Linear
 from c2cq.services.executor.pinned import CudaDriver, Driver, PinnedFile
@@ -229,7 +229,7 @@ class SwitchTimings:
     registered_now: bool
 
 
-class CudaBackend:
+class CudaBackend(RestartsAfterFailure):
     name = "cuda"
     blocking = True
 
@@ -482,17 +482,6 @@ class CudaBackend:
             res.bytes_hbm = stats.weight_bytes - stats.weight_bytes_host
             res.outputs.extend(self.requests.outputs(outs))
             return res
-
-    def _fail_all(self, message: str) -> list[Output]:
-        outs = self.requests.fail_all(message)
-        model = self.model
-        self._release()
-        if model is not None:
-            try:
-                self.switch(model)  # a fresh engine (and KV cache) for the next requests
-            except Exception as e:
-                self.log.error("reswitch_failed", model=model.name, error=str(e))
-        return outs
 
     # -- shutdown ----------------------------------------------------------------------------------
     def close(self) -> None:

@@ -1,4 +1,5 @@
-"""What the cpu and cuda backends share around an Engine: request bookkeeping and parsed tokenizers.
+"""What the cpu and cuda backends share around an Engine: request bookkeeping, parsed tokenizers and
+the restart after a failed forward.
 
 add/abort arrive on the event loop while a step runs in a worker thread: they are queued here and
 applied by the next step, in the step's thread, in arrival order. Each request's next output index
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 from collections import OrderedDict, deque
 
+from c2cq import log
 from c2cq.errors import RequestError
 from c2cq.schemas.catalog import ModelInfo
 from c2cq.schemas.enums import ErrorCode, FinishReason
@@ -124,3 +126,20 @@ class EngineRequests:
         """Forget the running requests (the engine holding them is gone); queued adds/aborts stay."""
         self._produced.clear()
         self._prompt_lens.clear()
+
+
+class RestartsAfterFailure:
+    """For a backend running an Engine (``requests``, ``model``, ``_release``, ``switch``): a forward
+    that raised ends every request with its message, then the same model gets a fresh engine and KV
+    cache for the next requests."""
+
+    def _fail_all(self, message: str) -> list[Output]:
+        outs = self.requests.fail_all(message)
+        model = self.model
+        self._release()
+        if model is not None:
+            try:
+                self.switch(model)
+            except Exception as e:  # the next switch tries again; requests meanwhile fail in add
+                log.get().error("reswitch_failed", model=model.name, error=str(e))
+        return outs

@@ -469,3 +469,35 @@ def test_fake_cuda_background_residency_and_registrations(fake_cuda, models, ref
     driver = b._driver
     b.close()
     assert driver.registered == {} and not b._thread.is_alive()
+
+
+@pytest.mark.parametrize("backend", ["cpu", "fake-cuda"])
+def test_a_failed_forward_ends_every_request_and_the_next_ones_are_served(fake_cuda, models, reference, backend,
+                                                                          monkeypatch):
+    """A step whose forward raises ends each request with the error (nothing hangs), and the backend
+    switches to the same model again: the next requests get the reference tokens."""
+    from c2cq.schemas.client import SamplingParams as WireSampling
+    from c2cq.schemas.executor import AssignRequest
+    from c2cq.services.executor.cpu import CpuBackend
+    from c2cq.services.executor.model import Engine
+
+    b = CpuBackend(threads=2) if backend == "cpu" else fake_cuda(alpha=0.5, switch_alpha=0.5, background=False)
+    b.switch(models["a"])
+    for i in range(3):
+        b.add(AssignRequest(request_id=f"x{i}", model="a", prompt_token_ids=(1, 2, 3), max_tokens=4,
+                            sampling=WireSampling(ignore_eos=True)))
+    first = b.engine
+
+    def broken(self, chunk_tokens):
+        raise RuntimeError("device fell over")
+
+    with monkeypatch.context() as mp:
+        mp.setattr(Engine, "step", broken)
+        res = b.step(32)
+    assert sorted(o.request_id for o in res.outputs) == ["x0", "x1", "x2"]
+    assert all(o.error and "device fell over" in o.error for o in res.outputs)
+    assert not b.has_work() and b.model.name == "a" and b.engine is not first
+    tokens, _ = _generate(b, models["a"], switch=False)
+    assert tokens == reference["a"]
+    if backend == "cpu":
+        b._release()
