@@ -39,13 +39,22 @@ def huge_page_size(fd: int) -> int:
     return f_bsize if f_type == HUGETLBFS else 0
 
 
-def huge_page_size_of(path: str | os.PathLike[str]) -> int:
-    """``huge_page_size`` of a path (a file or a folder); 0 when it cannot be opened."""
+def _of_path(path: str | os.PathLike[str], question):
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
-        return 0
+        return question(-1)
     try:
-        return huge_page_size(fd)
+        return question(fd)
     finally:
         os.close(fd)
+
+
+def huge_page_size_of(path: str | os.PathLike[str]) -> int:
+    """``huge_page_size`` of a path (a file or a folder); 0 when it cannot be opened."""
+    return _of_path(path, huge_page_size)
+
+
+def in_memory_path(path: str | os.PathLike[str]) -> bool:
+    """``in_memory`` of a path (a file or a folder); False when it cannot be opened."""
+    return _of_path(path, in_memory)

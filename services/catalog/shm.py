@@ -3,8 +3,8 @@
 The folder is under /dev/shm, or under a hugetlbfs mount when configured (``c2cq up --shm-root``).
 ``publish`` renames a staged copy when the registering client wrote one into the folder (see
 ``staged_path``), hard-links when source and folder share a filesystem (no copy, no extra memory),
-reads the file straight into a huge-page mapping on hugetlbfs, and otherwise copies in-kernel
-(sendfile); copies go to a temporary name and are renamed, so a reader never sees a partial file.
+and otherwise reads the file straight into a mapping of the new one (tmpfs, hugetlbfs; sendfile into
+any other folder); copies go to a temporary name and are renamed, so a reader never sees a partial file.
 Executors open the published file with ``map_shared``: one read-only MAP_SHARED mapping whose pages
 every process shares.
 """
@@ -16,14 +16,16 @@ import mmap
 import os
 import re
 import stat
+import threading
 from pathlib import Path
 
 from c2cq.errors import ConfigError, ModelError
-from c2cq.services.catalog.fs import huge_page_size_of
+from c2cq.services.catalog.fs import huge_page_size_of, in_memory_path
 from c2cq.services.catalog.layout import EXTENSION, ModelFile, align_up, read_layout
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$")
 STAGED = ".staged-"  # the prefix of copies written into the folder by a registering client
+READ_CHUNK = 64 << 20  # bytes per O_DIRECT read when copying into a mapping
 
 
 def default_shm_dir(instance: str) -> Path:
@@ -85,18 +87,20 @@ def _copy(src: Path, dst: Path) -> None:
         raise
 
 
-def _copy_into_huge_pages(src: Path, dst: Path, page: int) -> None:
-    """Copy into a hugetlbfs folder, which takes no write(2): size the file in whole huge pages, map it
-    and read the model file straight into the mapping, O_DIRECT where the source filesystem allows
-    (the disk into the huge pages, no copy between; a buffered read into them ran at a third of it)."""
+def _copy_mapped(src: Path, dst: Path, page: int, *, padded: bool) -> None:
+    """Copy into a memory filesystem through a shared mapping of the new file, read O_DIRECT straight
+    into it where the source allows (the disk into the destination's pages, no copy between).
+    hugetlbfs needs it, taking no write(2) and sizing files in whole huge pages (``padded``: the file
+    keeps that size); on tmpfs it is 2-3x sendfile from a file not in the page cache (0.93 against
+    2.0-2.9 s for 0.91 GB here, two readers)."""
     tmp = dst.with_name(f"{dst.name}.tmp-{os.getpid()}")
     size = os.stat(src).st_size
+    mapped = align_up(max(size, 1), page)
     fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
-        padded = align_up(max(size, 1), page)
-        os.ftruncate(fd, padded)
+        os.ftruncate(fd, mapped)
         try:
-            mm = mmap.mmap(fd, padded, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+            mm = mmap.mmap(fd, mapped, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE)
         except OSError as e:
             raise ModelError(f"not enough free huge pages in {dst.parent} for {size} bytes ({e.strerror}): "
                              "see HugePages_Free in /proc/meminfo") from e
@@ -105,6 +109,8 @@ def _copy_into_huge_pages(src: Path, dst: Path, page: int) -> None:
                 _read_into(src, view, size)
         finally:
             mm.close()
+        if not padded:
+            os.ftruncate(fd, size)
         os.close(fd)
         fd = -1
         os.rename(tmp, dst)
@@ -115,18 +121,38 @@ def _copy_into_huge_pages(src: Path, dst: Path, page: int) -> None:
         raise
 
 
-def _read_into(src: Path, view: memoryview, size: int, chunk: int = 64 << 20) -> None:
-    """Read ``size`` bytes of ``src`` into ``view`` (page-aligned, at least ``size`` rounded up to 4 KiB)."""
+def _read_into(src: Path, view: memoryview, size: int, readers: int = 2) -> None:
+    """Read ``size`` bytes of ``src`` into ``view`` (page-aligned, at least ``size`` rounded up to 4 KiB),
+    ``readers`` threads each taking every ``readers``-th chunk of READ_CHUNK bytes."""
+    errors: list[BaseException] = []
+    chunk = READ_CHUNK
+
+    def reader(k: int) -> None:
+        try:
+            for at in range(k * chunk, size, readers * chunk):
+                _read_chunk(src, view, at, min(chunk, size - at))
+        except BaseException as e:  # noqa: BLE001 - handed to the caller below
+            errors.append(e)
+
+    threads = [threading.Thread(target=reader, args=(k,), name="c2cq-publish") for k in range(readers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+
+
+def _read_chunk(src: Path, view: memoryview, at: int, n: int) -> None:
     try:
         fd, direct = os.open(src, os.O_RDONLY | getattr(os, "O_DIRECT", 0)), True
     except OSError:  # a filesystem without O_DIRECT
         fd, direct = os.open(src, os.O_RDONLY), False
     try:
-        at = 0
-        while at < size:
-            n = min(chunk, size - at)
+        end = at + n
+        while at < end:
             try:
-                got = os.preadv(fd, [view[at:at + (align_up(n, 4096) if direct else n)]], at)
+                got = os.preadv(fd, [view[at:at + (align_up(end - at, 4096) if direct else end - at)]], at)
             except OSError as e:
                 if not direct or e.errno != errno.EINVAL:
                     raise
@@ -160,12 +186,14 @@ def publish(model_file: Path, shm_dir: Path, name: str, staged: Path | None = No
             return dst
         dst.unlink()
     if page := huge_page_size_of(shm_dir):
-        _copy_into_huge_pages(model_file, dst, page)
+        _copy_mapped(model_file, dst, page, padded=True)
     elif os.stat(model_file).st_dev == os.stat(shm_dir).st_dev:
         tmp = dst.with_name(f"{dst.name}.tmp-{os.getpid()}")
         tmp.unlink(missing_ok=True)
         os.link(model_file, tmp)
         os.rename(tmp, dst)
+    elif in_memory_path(shm_dir):
+        _copy_mapped(model_file, dst, mmap.PAGESIZE, padded=False)
     else:
         _copy(model_file, dst)
     return dst

@@ -211,3 +211,34 @@ def test_padding_is_refused_off_hugetlbfs(tmp_path):
         f.write(b"\0" * 4096)
     with pytest.raises(ModelFileError, match="padded"):
         read_layout(tmp_path / "a.c2cqm")
+
+
+def test_publish_into_a_folder_on_disk_copies_with_sendfile(shm_dir, tmp_path):
+    """A shm root that is no memory filesystem (a disk folder, say) gets a plain in-kernel copy."""
+    _model(shm_dir / "a.c2cqm", tensors=2, elements=5000, seed=4)
+    out = tmp_path / "out"
+    out.mkdir()
+    if out.stat().st_dev == shm_dir.stat().st_dev:
+        pytest.skip("tmp_path is on the shm filesystem")
+    dst = publish(shm_dir / "a.c2cqm", out, "m")
+    assert dst.read_bytes() == (shm_dir / "a.c2cqm").read_bytes()
+    assert [p.name for p in out.iterdir()] == ["m.c2cqm"]
+
+
+@pytest.mark.parametrize("into", ["tmpfs", "hugetlbfs"])
+def test_a_copy_into_a_mapping_in_many_chunks(shm_dir, tmp_path, request, monkeypatch, into):
+    """The copy into a mapping reads chunk after chunk on two threads, O_DIRECT from a cold source:
+    with 12 KiB chunks a small model file spans dozens, and arrives whole."""
+    from c2cq.services.catalog import shm
+
+    dest = shm_dir if into == "tmpfs" else request.getfixturevalue("huge_dir")
+    monkeypatch.setattr(shm, "READ_CHUNK", 12 << 10)
+    _model(tmp_path / "a.c2cqm", tensors=3, elements=50_001, seed=5)
+    fd = os.open(tmp_path / "a.c2cqm", os.O_RDONLY)
+    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    os.close(fd)
+    dst = publish(tmp_path / "a.c2cqm", dest, "m")
+    want = (tmp_path / "a.c2cqm").read_bytes()
+    got = dst.read_bytes()
+    assert got[:len(want)] == want and not got[len(want):].strip(b"\0")  # hugetlbfs: zero padding after
+    map_shared(dst).verify()
