@@ -216,7 +216,8 @@ class ModelFile:
     tokenizer_config = property(lambda self: self.index.tokenizer_config)
     chat_template = property(lambda self: self.index.chat_template)
 
-    def _map(self) -> mmap.mmap:
+    def mapping(self) -> mmap.mmap:
+        """The whole file, mapped read-only and shared (mapped on first use)."""
         if self._mm is None:
             flags = mmap.MAP_SHARED | (mmap.MAP_POPULATE if self._populate else 0)
             with open(self.path, "rb") as f:
@@ -235,7 +236,7 @@ class ModelFile:
             return torch.empty(e.shape, dtype=dtype)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="The given buffer is not writable")
-            flat = torch.frombuffer(self._map(), dtype=dtype, count=e.nbytes // ITEMSIZE[e.dtype], offset=e.offset)
+            flat = torch.frombuffer(self.mapping(), dtype=dtype, count=e.nbytes // ITEMSIZE[e.dtype], offset=e.offset)
         return flat.view(e.shape)
 
     def tensors(self) -> dict[str, torch.Tensor]:
@@ -243,7 +244,7 @@ class ModelFile:
 
     def verify(self) -> None:
         """Re-hash every tensor; raise ModelFileError naming the first one whose bytes changed."""
-        view = memoryview(self._map())
+        view = memoryview(self.mapping())
         try:
             for e in self.index.tensors:
                 if zlib.crc32(view[e.offset:e.offset + e.nbytes]) != e.crc32:

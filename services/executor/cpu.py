@@ -17,7 +17,7 @@ from c2cq.errors import RequestError
 from c2cq.schemas.catalog import ModelInfo
 from c2cq.schemas.enums import ErrorCode
 from c2cq.schemas.executor import AssignRequest
-from c2cq.services.catalog.shm import map_shared
+from c2cq.services.catalog.shm import map_shared, prefetch
 from c2cq.services.executor.backend import StepResult
 from c2cq.services.executor.engine_requests import EngineRequests, RestartsAfterFailure, TokenizerCache
 from c2cq.services.executor.model import Engine
@@ -59,6 +59,7 @@ class CpuBackend(RestartsAfterFailure):
         self.model: ModelInfo | None = None
         self.engine: Engine | None = None
         self._file = None
+        self._prefetching: tuple[threading.Event, threading.Thread] | None = None
         self.requests = EngineRequests()
         self._alpha_plan = 0.0
         self.tokenizers = TokenizerCache()
@@ -70,6 +71,8 @@ class CpuBackend(RestartsAfterFailure):
                                "(a simulated model? use --backend sim)")
         self._release()
         mf = map_shared(info.shm.path)
+        stop = threading.Event()
+        self._prefetching = (stop, prefetch(mf, stop))  # page tables filled on another core meanwhile
         itemsize = mf.tensor("model.embed_tokens.weight").element_size()
         blocks = max(1, self.memory_budget_bytes // (BLOCK_SIZE * kv_bytes_per_token(mf.config, itemsize)))
         self.engine = Engine(mf.config, mf.tensors(), None, kv_blocks=blocks, block_size=BLOCK_SIZE)
@@ -80,11 +83,17 @@ class CpuBackend(RestartsAfterFailure):
         self.engine, self.model = None, None
         self.requests.clear()
         if self._file is not None:
-            # unmaps once no tensor view is left. Unmapping a model's pages from this process takes
-            # ~40 ms per GB it touched, and munmap releases the GIL: done aside, the next model's first
-            # step does not wait for it
-            threading.Thread(target=self._file.__exit__, args=(None, None, None), name="c2cq-unmap",
-                             daemon=True).start()
+            # unmaps once no tensor view is left (and the prefetch has stopped). Unmapping a model's
+            # pages from this process takes ~40 ms per GB it touched, and munmap releases the GIL:
+            # done aside, the next model's first step does not wait for it
+            stop, fetching = self._prefetching
+            stop.set()
+
+            def unmap(mf=self._file) -> None:
+                fetching.join()
+                mf.__exit__(None, None, None)
+
+            threading.Thread(target=unmap, name="c2cq-unmap", daemon=True).start()
             self._file = None
 
     # -- requests ----------------------------------------------------------------------------------

@@ -242,3 +242,33 @@ def test_a_copy_into_a_mapping_in_many_chunks(shm_dir, tmp_path, request, monkey
     got = dst.read_bytes()
     assert got[:len(want)] == want and not got[len(want):].strip(b"\0")  # hugetlbfs: zero padding after
     map_shared(dst).verify()
+
+
+def _mapped_rss(path: Path) -> int:
+    """Resident bytes of this process's mappings of ``path`` (from /proc/self/smaps)."""
+    total, inside = 0, False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        head = line.split()
+        if head and "-" in head[0] and len(head) >= 5:  # a mapping's header line
+            inside = line.endswith(str(path))
+        elif inside and line.startswith("Rss:"):
+            total += int(head[1]) * 1024
+    return total
+
+
+def test_prefetch_fills_the_page_tables_front_to_back_and_stops_when_told(shm_dir, tmp_path):
+    import threading
+
+    from c2cq.services.catalog.shm import prefetch
+
+    _model(tmp_path / "a.c2cqm", tensors=4, elements=2_000_000, seed=6)  # 32 MB
+    path = publish(tmp_path / "a.c2cqm", shm_dir, "m")
+    stopped = map_shared(path)
+    stop = threading.Event()
+    stop.set()
+    prefetch(stopped, stop).join()
+    assert _mapped_rss(path) < 1 * MiB  # told to stop before it began: nothing filled
+    mf = map_shared(path)
+    prefetch(mf, threading.Event()).join()
+    assert _mapped_rss(path) > 0.95 * path.stat().st_size  # every page of the data mapped
+    mf.verify()
