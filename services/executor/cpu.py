@@ -16,11 +16,11 @@ import torch
 from c2cq.errors import RequestError
 from c2cq.schemas.catalog import ModelInfo
 from c2cq.schemas.enums import ErrorCode
-from c2cq.schemas.executor import AssignRequest
 from c2cq.services.catalog.shm import map_shared, prefetch
 from c2cq.services.executor.backend import StepResult
-from c2cq.services.executor.engine_requests import EngineRequests, RestartsAfterFailure, TokenizerCache
+from c2cq.services.executor.engine_requests import EngineBackend, EngineRequests, TokenizerCache
 from c2cq.services.executor.model import Engine
+from c2cq.services.executor.model.engine import StepStats as EngineStats
 
 DEFAULT_KV_BYTES = 512 * 2**20
 BLOCK_SIZE = 16
@@ -45,7 +45,7 @@ def measure_read_bandwidth(nbytes: int = 64 * 2**20, repeats: int = 3) -> float:
     return nbytes / best
 
 
-class CpuBackend(RestartsAfterFailure):
+class CpuBackend(EngineBackend):
     name = "cpu"
     blocking = True
 
@@ -96,16 +96,6 @@ class CpuBackend(RestartsAfterFailure):
             threading.Thread(target=unmap, name="c2cq-unmap", daemon=True).start()
             self._file = None
 
-    # -- requests ----------------------------------------------------------------------------------
-    def add(self, req: AssignRequest) -> None:
-        self.requests.add(req)
-
-    def abort(self, request_id: str) -> None:
-        self.requests.abort(request_id)
-
-    def has_work(self) -> bool:
-        return self.requests.has_work(self.engine)
-
     def alpha(self) -> float:
         return 0.0
 
@@ -114,19 +104,7 @@ class CpuBackend(RestartsAfterFailure):
 
     # -- the step ----------------------------------------------------------------------------------
     def step(self, chunk_tokens: int) -> StepResult:
-        res = StepResult(outputs=self.requests.apply(self.engine, self.model))
-        if self.engine is None or self.engine.num_requests == 0:
-            return res
-        t0 = time.perf_counter()
-        try:
-            outs = self.engine.step(max(1, chunk_tokens))
-        except Exception as e:  # a failed forward ends its requests with an error, never silence
-            res.outputs.extend(self._fail_all(f"{type(e).__name__}: {e}"))
-            return res
-        res.busy_s = time.perf_counter() - t0
-        stats = self.engine.last_stats
-        res.prefill_tokens, res.decode_tokens = stats.prefill_tokens, stats.decode_tokens
-        res.bytes_host = stats.weight_bytes
-        res.outputs.extend(self.requests.outputs(outs))
-        return res
+        return self._step(chunk_tokens)
 
+    def _count_bytes(self, res: StepResult, stats: EngineStats) -> None:
+        res.bytes_host = stats.weight_bytes  # every weight is read from host memory here

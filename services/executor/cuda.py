@@ -37,11 +37,11 @@ from c2cq.kernels.linear import SplitWeight
 from c2cq.kernels.split import DEFAULT_ALIGN, SplitError, WeightShape
 from c2cq.schemas.catalog import ModelInfo
 from c2cq.schemas.enums import ErrorCode
-from c2cq.schemas.executor import AssignRequest
 from c2cq.services.executor.backend import StepResult
 from c2cq.services.executor.cpu import BLOCK_SIZE, kv_bytes_per_token
-from c2cq.services.executor.engine_requests import EngineRequests, RestartsAfterFailure, TokenizerCache
+from c2cq.services.executor.engine_requests import EngineBackend, EngineRequests, TokenizerCache
 from c2cq.services.executor.model import Engine
+from c2cq.services.executor.model.engine import StepStats as EngineStats
 from c2cq.services.executor.model.weights import Linear
 from c2cq.services.executor.pinned import CudaDriver, Driver, PinnedFile
 from c2cq.services.executor.residency import (
@@ -229,7 +229,7 @@ class SwitchTimings:
     registered_now: bool
 
 
-class CudaBackend(RestartsAfterFailure):
+class CudaBackend(EngineBackend):
     name = "cuda"
     blocking = True
 
@@ -450,38 +450,17 @@ class CudaBackend(RestartsAfterFailure):
                 self._cv.wait(left)
         return True
 
-    # -- requests ----------------------------------------------------------------------------------
-    def add(self, req: AssignRequest) -> None:
-        self.requests.add(req)
-
-    def abort(self, request_id: str) -> None:
-        self.requests.abort(request_id)
-
-    def has_work(self) -> bool:
-        return self.requests.has_work(self.engine)
-
     # -- the step ----------------------------------------------------------------------------------
     def step(self, chunk_tokens: int) -> StepResult:
         torch.cuda.set_device(self.torch_device)  # this thread's device (Triton launches on it)
         if self._thread is None:
             self.advance_residency()  # foreground mode: one chunk between steps
         with self._lock:
-            res = StepResult(outputs=self.requests.apply(self.engine, self.model))
-            if self.engine is None or self.engine.num_requests == 0:
-                return res
-            t0 = time.perf_counter()
-            try:
-                outs = self.engine.step(max(1, chunk_tokens))  # ends in sampling, which waits for the GPU
-            except Exception as e:  # a failed forward ends its requests with an error, never silence
-                res.outputs.extend(self._fail_all(f"{type(e).__name__}: {e}"))
-                return res
-            res.busy_s = time.perf_counter() - t0
-            stats = self.engine.last_stats
-            res.prefill_tokens, res.decode_tokens = stats.prefill_tokens, stats.decode_tokens
-            res.bytes_host = stats.weight_bytes_host
-            res.bytes_hbm = stats.weight_bytes - stats.weight_bytes_host
-            res.outputs.extend(self.requests.outputs(outs))
-            return res
+            return self._step(chunk_tokens)
+
+    def _count_bytes(self, res: StepResult, stats: EngineStats) -> None:
+        res.bytes_host = stats.weight_bytes_host
+        res.bytes_hbm = stats.weight_bytes - stats.weight_bytes_host
 
     # -- shutdown ----------------------------------------------------------------------------------
     def close(self) -> None:

@@ -1,5 +1,5 @@
-"""What the cpu and cuda backends share around an Engine: request bookkeeping, parsed tokenizers and
-the restart after a failed forward.
+"""What the cpu and cuda backends share around an Engine: request bookkeeping, parsed tokenizers, and
+the step with its restart after a failed forward (``EngineBackend``).
 
 add/abort arrive on the event loop while a step runs in a worker thread: they are queued here and
 applied by the next step, in the step's thread, in arrival order. Each request's next output index
@@ -8,6 +8,7 @@ applied by the next step, in the step's thread, in arrival order. Each request's
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict, deque
 
 from c2cq import log
@@ -15,8 +16,9 @@ from c2cq.errors import RequestError
 from c2cq.schemas.catalog import ModelInfo
 from c2cq.schemas.enums import ErrorCode, FinishReason
 from c2cq.schemas.executor import AssignRequest
-from c2cq.services.executor.backend import Output
+from c2cq.services.executor.backend import Output, StepResult
 from c2cq.services.executor.model import Engine, SamplingParams, StepOutput
+from c2cq.services.executor.model.engine import StepStats as EngineStats
 from c2cq.services.executor.model.detokenizer import load_tokenizer
 
 # Tokenizers kept across switches, keyed by their tokenizer.json bytes (exact; comparing 3.4 MB costs
@@ -128,10 +130,42 @@ class EngineRequests:
         self._prompt_lens.clear()
 
 
-class RestartsAfterFailure:
-    """For a backend running an Engine (``requests``, ``model``, ``_release``, ``switch``): a forward
-    that raised ends every request with its message, then the same model gets a fresh engine and KV
-    cache for the next requests."""
+class EngineBackend:
+    """What a backend running an Engine shares (it has ``requests``, ``engine``, ``model``, ``_release``,
+    ``switch``): adds and aborts queued for the step's thread, and the step itself — queued changes
+    applied, one engine step, its outputs and stats. A forward that raises ends every request with its
+    message, then the same model gets a fresh engine and KV cache for the next requests. The backend
+    says which of the weight bytes read came over which path (``_count_bytes``) and wraps ``_step``
+    in whatever its device needs."""
+
+    def add(self, req: AssignRequest) -> None:
+        self.requests.add(req)
+
+    def abort(self, request_id: str) -> None:
+        self.requests.abort(request_id)
+
+    def has_work(self) -> bool:
+        return self.requests.has_work(self.engine)
+
+    def _count_bytes(self, res: StepResult, stats: EngineStats) -> None:
+        raise NotImplementedError
+
+    def _step(self, chunk_tokens: int) -> StepResult:
+        res = StepResult(outputs=self.requests.apply(self.engine, self.model))
+        if self.engine is None or self.engine.num_requests == 0:
+            return res
+        t0 = time.perf_counter()
+        try:
+            outs = self.engine.step(max(1, chunk_tokens))  # on a GPU it ends in sampling, which waits for it
+        except Exception as e:  # a failed forward ends its requests with an error, never silence
+            res.outputs.extend(self._fail_all(f"{type(e).__name__}: {e}"))
+            return res
+        res.busy_s = time.perf_counter() - t0
+        stats = self.engine.last_stats
+        res.prefill_tokens, res.decode_tokens = stats.prefill_tokens, stats.decode_tokens
+        self._count_bytes(res, stats)
+        res.outputs.extend(self.requests.outputs(outs))
+        return res
 
     def _fail_all(self, message: str) -> list[Output]:
         outs = self.requests.fail_all(message)
