@@ -53,6 +53,7 @@ from c2cq.schemas.client import SamplingParams
 from c2cq.schemas.executor import AssignRequest
 from c2cq.schemas.refs import ShmRef
 from c2cq.services.catalog import layout
+from c2cq.services.catalog.fs import drop_page_cache
 from c2cq.services.catalog.modelwrite import write_model_file
 from c2cq.services.catalog.describe import describe_file
 from c2cq.services.catalog.validate import check_checkpoint, expected_tensors
@@ -132,19 +133,6 @@ def write_safetensors(dst: Path, tensors: dict[str, torch.Tensor]) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.rename(tmp, dst)
-
-
-def drop_page_cache(path: Path) -> bool:
-    """Evict ``path``'s pages from the page cache (no root needed); False where that cannot work (tmpfs)."""
-    if fs_type(path) in ("tmpfs", "ramfs"):
-        return False
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
-    return True
 
 
 def fs_type(path: Path) -> str:

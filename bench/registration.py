@@ -55,7 +55,7 @@ from c2cq.rundir import RunDir
 from c2cq.schemas.catalog import RemoveModel
 from c2cq.services.catalog.cli_add import add_path
 from c2cq.services.catalog.convert import convert_hf
-from c2cq.services.catalog.fs import in_memory
+from c2cq.services.catalog.fs import drop_page_cache, in_memory
 from c2cq.testing import Instance
 from c2cq.services.catalog.layout import read_layout
 
@@ -89,15 +89,6 @@ def make_checkpoint(folder: Path) -> Path:
     save_file(state, path, metadata={"format": "pt"})
     (folder / "config.json").write_text(json.dumps(CONFIG))
     return path
-
-
-def drop_cache(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
 
 
 def warm_cache(path: Path) -> None:
@@ -220,7 +211,7 @@ def main() -> None:
         for d in scratch.values():  # warm-up: imports, and the destination's pages allocated once
             convert_hf(src.parent, d / "m.c2cqm", progress=False)
         for rnd in range(args.rounds):
-            for state, prepare in (("cold", lambda: drop_cache(src)), ("cached", lambda: warm_cache(src))):
+            for state, prepare in (("cold", lambda: drop_page_cache(src)), ("cached", lambda: warm_cache(src))):
                 row = gbs.setdefault(state, {})
 
                 def run(column: str, fn, before=prepare) -> None:
@@ -240,7 +231,7 @@ def main() -> None:
 
                     run(f"DIO copy {d}", lambda: odirect_copy(src, copy, buf), fresh)
                     run(f"convert {d}", lambda: convert_hf(src.parent, out, progress=False), fresh)
-                    drop = (lambda: drop_cache(out)) if state == "cold" else (lambda: warm_cache(out))
+                    drop = (lambda: drop_page_cache(out)) if state == "cold" else (lambda: warm_cache(out))
                     run(f"map+touch {d}", lambda: touch(read_layout(out).tensors()), drop)
                 prepare()
                 row.setdefault("models add", []).append(gb / add_and_time(f"r{rnd}-{state}"))

@@ -55,6 +55,7 @@ from c2cq.client import AsyncClient
 from c2cq.rundir import RunDir
 from c2cq.services.catalog.cli_add import add_path
 from c2cq.services.catalog.describe import describe_file
+from c2cq.services.catalog.fs import drop_page_cache
 from c2cq.services.catalog.layout import EXTENSION
 from c2cq.services.catalog.presets import PRESETS
 from c2cq.testing import Instance, instance_pids
@@ -151,11 +152,7 @@ def prompt_ids(folder: Path, n: int) -> list[int]:
 
 def drop(folder: Path) -> None:
     for f in folder.iterdir():
-        fd = os.open(f, os.O_RDONLY)
-        try:
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
+        drop_page_cache(f)
 
 
 def baseline_once(folder: Path, ids: list[int], cold: bool) -> tuple[float, float, int]:

@@ -58,3 +58,18 @@ def huge_page_size_of(path: str | os.PathLike[str]) -> int:
 def in_memory_path(path: str | os.PathLike[str]) -> bool:
     """``in_memory`` of a path (a file or a folder); False when it cannot be opened."""
     return _of_path(path, in_memory)
+
+
+def drop_page_cache(path: str | os.PathLike[str]) -> bool:
+    """Evict a file's pages from the page cache, as if it had not been read for a while: fsync (dirty
+    pages cannot be dropped), then posix_fadvise DONTNEED on this file only — no root needed, nothing
+    else disturbed. False on a memory filesystem, where the pages are the file."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if in_memory(fd) or huge_page_size(fd):
+            return False
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        return True
+    finally:
+        os.close(fd)

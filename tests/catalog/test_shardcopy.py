@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 
 from c2cq.services.catalog import modelwrite, shardcopy, shm
 from c2cq.services.catalog.convert import convert_hf
-from c2cq.services.catalog.fs import huge_page_size_of
+from c2cq.services.catalog.fs import drop_page_cache, huge_page_size_of
 from c2cq.services.catalog.layout import read_layout
 
 
@@ -34,12 +34,7 @@ def shm_dir():
 
 def _drop_from_page_cache(folder: Path) -> None:
     for shard in folder.glob("*.safetensors"):
-        fd = os.open(shard, os.O_RDONLY)
-        try:
-            os.fsync(fd)  # dirty pages cannot be dropped
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
+        drop_page_cache(shard)
 
 
 def _read_into_page_cache(folder: Path) -> None:

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from c2cq.errors import ConfigError
-from c2cq.services.catalog.fs import huge_page_size_of
+from c2cq.services.catalog.fs import drop_page_cache, huge_page_size_of
 from c2cq.services.catalog.layout import ModelFileError, read_layout
 from c2cq.services.catalog.modelwrite import write_model_file
 from c2cq.services.catalog.shm import STAGED, is_staged, map_shared, publish, staged_path, sweep, unpublish
@@ -234,9 +234,7 @@ def test_a_copy_into_a_mapping_in_many_chunks(shm_dir, tmp_path, request, monkey
     dest = shm_dir if into == "tmpfs" else request.getfixturevalue("huge_dir")
     monkeypatch.setattr(shm, "READ_CHUNK", 12 << 10)
     _model(tmp_path / "a.c2cqm", tensors=3, elements=50_001, seed=5)
-    fd = os.open(tmp_path / "a.c2cqm", os.O_RDONLY)
-    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    os.close(fd)
+    drop_page_cache(tmp_path / "a.c2cqm")
     dst = publish(tmp_path / "a.c2cqm", dest, "m")
     want = (tmp_path / "a.c2cqm").read_bytes()
     got = dst.read_bytes()
