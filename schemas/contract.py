@@ -94,11 +94,32 @@ def all_message_types() -> set[type]:
     return {t for u in SOCKETS.values() for t in union_members(u)}
 
 
+# JSON Schema keywords whose value is prose for readers, never something a peer encodes or checks.
+# msgspec fills ``description`` from docstrings, and how it renders them changed between releases
+# (0.23 dedents them): the golden file pins what the wire carries, not how a docstring is printed.
+DOC_ONLY_KEYWORDS = frozenset({"description"})
+# Keywords whose value maps names (field names, component names) to schemas, not a schema itself:
+# a field that happens to be called "description" must stay in the contract.
+_SCHEMA_MAPS = frozenset({"properties", "$defs", "patternProperties", "dependentSchemas"})
+
+
+def wire_only(schema: Any) -> Any:
+    """A JSON Schema without its documentation-only keywords, at every depth."""
+    if isinstance(schema, list):
+        return [wire_only(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    return {k: ({name: wire_only(sub) for name, sub in v.items()} if k in _SCHEMA_MAPS and isinstance(v, dict)
+                else wire_only(v))
+            for k, v in schema.items() if k not in DOC_ONLY_KEYWORDS}
+
+
 def schema_doc() -> dict:
+    """The JSON Schema of every socket's Union, as the wire sees it (no docstring text)."""
     out = {}
     for name, union in SOCKETS.items():
         (schema,), components = msgspec.json.schema_components([union], ref_template="#/$defs/{name}")
-        out[name] = {"schema": schema, "$defs": components}
+        out[name] = wire_only({"schema": schema, "$defs": components})
     return out
 
 

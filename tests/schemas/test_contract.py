@@ -8,7 +8,7 @@ the diff of the golden files be reviewed; a rename, retype or reorder is never i
 from __future__ import annotations
 
 import json
-from typing import Any, Union
+from typing import Annotated, Any, Union
 
 import msgspec
 import pytest
@@ -89,8 +89,9 @@ def test_samples_are_fully_populated_where_it_matters():
 
 
 def mutated(cls: type, *, rename: tuple[str, str] | None = None, retype: tuple[str, Any] | None = None,
-            swap: tuple[str, str] | None = None, append: tuple[str, Any, Any] | None = None) -> type:
-    """A copy of a message Struct with the same tag and one change to its fields."""
+            swap: tuple[str, str] | None = None, append: tuple[str, Any, Any] | None = None,
+            doc: str | None = None) -> type:
+    """A copy of a message Struct with the same tag and one change to its fields (or its docstring)."""
     fields = [(f.name, f.type, f.default) if f.default is not msgspec.NODEFAULT else (f.name, f.type)
               for f in msgspec.structs.fields(cls)]
     if rename:
@@ -102,7 +103,8 @@ def mutated(cls: type, *, rename: tuple[str, str] | None = None, retype: tuple[s
         fields[i], fields[j] = fields[j], fields[i]
     if append:
         fields.append(append)
-    return msgspec.defstruct(cls.__name__, fields, bases=(Message,), tag=tag_of(cls), frozen=True, kw_only=True)
+    return msgspec.defstruct(cls.__name__, fields, bases=(Message,), tag=tag_of(cls), frozen=True, kw_only=True,
+                             namespace={"__doc__": doc} if doc else None)
 
 
 def with_member(sockets: dict[str, Any], old: type, new: type) -> dict[str, Any]:
@@ -161,6 +163,41 @@ def test_a_schema_change_makes_schema_json_stale(monkeypatch):
     cls = mutated(cl.SubmitRequest, rename=("model", "model_name"))
     monkeypatch.setattr(contract, "SOCKETS", with_member(contract.SOCKETS, cl.SubmitRequest, cls))
     assert json.loads(json.dumps(contract.schema_doc())) != golden
+
+
+@pytest.mark.parametrize("doc", ["A new docstring.", "Two paragraphs.\n\n    Indented as in source, which\n"
+                                 "    msgspec 0.22 keeps and 0.23 dedents."])
+def test_a_docstring_change_leaves_schema_json_current(monkeypatch, doc):
+    cls = mutated(cl.SubmitRequest, doc=doc)
+    _, defs = msgspec.json.schema_components([cls])
+    assert defs["SubmitRequest"]["description"], "the mutation must reach the raw schema"
+    monkeypatch.setattr(contract, "SOCKETS", with_member(contract.SOCKETS, cl.SubmitRequest, cls))
+    golden = json.loads((contract.CONTRACT_DIR / "schema.json").read_text())
+    assert json.loads(json.dumps(contract.schema_doc())) == golden
+
+
+def test_a_retyped_field_or_changed_default_makes_schema_json_stale(monkeypatch):
+    golden = json.loads((contract.CONTRACT_DIR / "schema.json").read_text())
+    for cls in (mutated(cl.SubmitRequest, retype=("max_tokens", float)),
+                mutated(cl.SubmitRequest, append=("priority", int, 0))):
+        monkeypatch.setattr(contract, "SOCKETS", with_member(contract.SOCKETS, cl.SubmitRequest, cls))
+        assert json.loads(json.dumps(contract.schema_doc())) != golden, cls
+
+
+def test_wire_only_drops_prose_but_keeps_a_field_named_description():
+    class Doc(Message, frozen=True, kw_only=True, tag="doc_probe"):
+        """Prose that is not part of the wire."""
+        description: str
+        n: Annotated[int, msgspec.Meta(description="prose too", ge=0)] = 0
+
+    (schema,), defs = msgspec.json.schema_components([Doc], ref_template="#/$defs/{name}")
+    raw = defs["Doc"]
+    assert "description" in raw and "description" in raw["properties"]["n"]
+    kept = contract.wire_only(defs)["Doc"]
+    assert "description" not in kept and "description" not in kept["properties"]["n"]
+    assert kept["properties"]["description"] == {"type": "string"}
+    assert kept["properties"]["n"]["minimum"] == 0  # a constraint is wire, not prose
+    assert kept["required"] == raw["required"]
 
 
 def test_a_new_message_without_a_sample_is_caught(monkeypatch):
