@@ -59,6 +59,11 @@ class Stream:
     def __aiter__(self) -> "Stream":
         return self
 
+    @property
+    def done(self) -> bool:
+        """True once the stream has ended (finished, failed or timed out)."""
+        return self._done
+
     async def __anext__(self) -> TokensEmitted:
         while True:
             if self._done:
@@ -105,7 +110,8 @@ class Stream:
 
 class AsyncClient:
     def __init__(self, address: str | None = None, *, home: str | None = None, timeout: float | None = 300.0,
-                 ping_interval: float = 1.0, dead_after: float = 10.0) -> None:
+                 ping_interval: float = 1.0, dead_after: float = 10.0, identity: bytes | None = None,
+                 cancel_orphans: bool = False) -> None:
         self.address = address or RunDir.from_env(home).client_addr
         self.timeout, self.ping_interval, self.dead_after = timeout, ping_interval, dead_after
         self._ctx: zmq.asyncio.Context | None = None
@@ -117,8 +123,13 @@ class AsyncClient:
         self._tasks: list[asyncio.Task] = []
         self._last_heard = time.monotonic()
         self._dead: PeerDeadError | None = None
-        # a stable routing id: a restarted scheduler routes to it from its log after we reconnect
-        self.identity = f"c2cq-client-{uuid.uuid4().hex}".encode()
+        # a stable routing id: a restarted scheduler routes to it from its log after we reconnect. A
+        # long-lived service (the gateway) passes its own, the same across its restarts, with
+        # cancel_orphans: replies for requests this process does not know (a previous incarnation's,
+        # cut off by a crash) cancel them, so nothing keeps running for nobody
+        self.identity = identity or f"c2cq-client-{uuid.uuid4().hex}".encode()
+        self.cancel_orphans = cancel_orphans
+        self._orphans: dict[str, None] = {}  # request ids cancelled as orphans (bounded, oldest dropped)
         self._unanswered: dict[str, tuple[SubmitRequest, float]] = {}  # submits with no reply yet
 
     async def connect(self) -> "AsyncClient":
@@ -166,6 +177,8 @@ class AsyncClient:
                 self._unanswered.pop(rid, None)
                 stream = self._streams.get(rid) if rid is not None else None
                 if stream is None:
+                    if self.cancel_orphans and isinstance(msg, (TokensEmitted, RequestAccepted)):
+                        self._cancel_orphan(rid)
                     continue
                 if isinstance(msg, RequestRejected):
                     self._streams.pop(rid, None)
@@ -202,6 +215,17 @@ class AsyncClient:
             elif now - sent > 2 * self.ping_interval:
                 self._unanswered[rid] = (msg, now)
                 self._send(msg)
+
+    def _cancel_orphan(self, rid: str) -> None:
+        if rid in self._orphans:
+            return
+        self._orphans[rid] = None
+        if len(self._orphans) > 10_000:
+            del self._orphans[next(iter(self._orphans))]
+        try:
+            self._send(CancelRequest(request_id=rid))
+        except PeerDeadError:
+            del self._orphans[rid]  # try again at its next token
 
     def _fail_all(self, err: PeerDeadError) -> None:
         for rid, stream in list(self._streams.items()):
