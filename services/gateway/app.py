@@ -159,6 +159,7 @@ class Gateway:
             P.check_max_tokens(r.max_tokens, "max_tokens")
             prompts = P.prompts_of(r, self.config.limits)
             max_tokens = P.COMPLETION_DEFAULT_MAX_TOKENS if r.max_tokens is None else r.max_tokens
+            await self.check_context(r.model, prompts, max_tokens)
             rid = uuid.uuid4().hex
             oid, created, model, usage_on = f"cmpl-{rid}", P.now_s(), r.model, P.include_usage(r)
             batch = await Batch(self.client).submit(model, prompts, rid, oid, P.submit_kwargs(r, max_tokens))
@@ -183,6 +184,27 @@ class Gateway:
         finally:
             self.in_flight -= 1
 
+    async def check_context(self, model: str, prompts: list[str | list[int]], max_tokens: int) -> None:
+        """A text prompt that may not fit the model's context is tokenized here to tell (the scheduler
+        checks token-id prompts; the executor sees text only as tokens). A byte-level or byte-fallback
+        tokenizer makes at most one token per UTF-8 byte, so short prompts skip it."""
+        info = await self.catalog.info(model)
+        if info is None:
+            raise GatewayError(404, f"unknown model {model!r}", param="model", code="model_not_found")
+        if max_tokens >= info.max_context:
+            raise ParamError(f"max_tokens {max_tokens} leaves no room for a prompt in the context of "
+                             f"{info.max_context}", "max_tokens")
+        for p in prompts:
+            if isinstance(p, list) or len(p.encode()) + max_tokens + 8 <= info.max_context:
+                continue
+            meta = await self.catalog.meta(info)
+            if meta.tokenizer is None:
+                continue
+            n = len((await asyncio.to_thread(meta.tokenizer.encode, p)).ids)
+            if n + max_tokens > info.max_context:
+                raise ParamError(f"the prompt is {n} tokens; with max_tokens {max_tokens} it exceeds the context "
+                                 f"of {info.max_context}", "prompt", code="context_length_exceeded")
+
     # -- /v1/chat/completions ---------------------------------------------------------------------
     async def chat(self, request: Request) -> Response:
         try:
@@ -206,6 +228,10 @@ class Gateway:
             ids = meta.encode_rendered(text) if len(text) < 20_000 else await asyncio.to_thread(meta.encode_rendered, text)
             asked = r.max_completion_tokens if r.max_completion_tokens is not None else r.max_tokens
             room = meta.max_context - len(ids)
+            if asked is not None and asked >= meta.max_context:
+                which = "max_completion_tokens" if r.max_completion_tokens is not None else "max_tokens"
+                raise ParamError(f"{which} {asked} leaves no room for the messages in the context of "
+                                 f"{meta.max_context}", which)
             if room <= 0 or (asked is not None and asked > room):
                 raise ParamError(f"the rendered messages are {len(ids)} tokens; with "
                                  f"{asked if asked is not None else 1} new tokens they exceed the context of "

@@ -14,6 +14,7 @@ import ipaddress
 import json
 import os
 import sys
+from pathlib import Path
 
 from c2cq import lifecycle, log
 from c2cq.client import AsyncClient
@@ -55,8 +56,8 @@ def _server(config):
     return Server(config)
 
 
-def http_file(rd: RunDir):
-    return rd.run / "http.json"
+def http_file(rd: RunDir, args: argparse.Namespace):
+    return Path(args.url_file) if args.url_file else rd.run / "http.json"
 
 
 async def amain(args: argparse.Namespace) -> None:
@@ -90,9 +91,9 @@ async def amain(args: argparse.Namespace) -> None:
         await asyncio.sleep(0.02)
     bound = server.servers[0].sockets[0].getsockname()
     url = f"http://{host if ':' not in host else f'[{host}]'}:{bound[1]}"
-    tmp = http_file(rd).with_suffix(".tmp")
+    tmp = http_file(rd, args).with_suffix(".tmp")
     tmp.write_text(json.dumps({"url": url, "pid": os.getpid(), "auth": bool(key)}))
-    os.replace(tmp, http_file(rd))
+    os.replace(tmp, http_file(rd, args))
     lifecycle.signal_ready()
     logger.info("ready", url=url, auth=bool(key))
     stopper = asyncio.create_task(stop.wait())
@@ -102,7 +103,7 @@ async def amain(args: argparse.Namespace) -> None:
         await serving
     finally:
         stopper.cancel()
-        http_file(rd).unlink(missing_ok=True)
+        http_file(rd, args).unlink(missing_ok=True)
         await client.close()
         catalog.close()
         logger.info("stopped")
@@ -118,6 +119,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-prompt-chars", type=int, default=1_000_000)
     p.add_argument("--max-concurrent", type=int, default=1024, help="requests in flight; more get 503 + Retry-After")
     p.add_argument("--request-timeout", type=float, default=300.0, help="seconds a request may hear nothing")
+    p.add_argument("--url-file", default=None, help="where to write the served URL (default run/http.json)")
     p.add_argument("--identity", default=None,
                    help="a stable client identity (the supervised gateway's): after a crash, the restarted "
                         "gateway cancels what its previous incarnation left running")
@@ -126,6 +128,10 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse(argv)
+    try:
+        parse_hostport(args.http)
+    except ConfigError as e:
+        sys.exit(f"c2cq gateway: error: {e}")
     lifecycle.run(lambda: amain(args))
 
 
