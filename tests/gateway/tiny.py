@@ -55,8 +55,9 @@ def tokenizer_config(template: str | None) -> dict:
     return doc
 
 
-def save_model(root: Path, spec: str, template: str | None) -> Path:
-    """An HF folder: the tiny random ``spec`` model (tests/hf_models.py), the byte tokenizer, ``template``."""
+def save_model(root: Path, spec: str, template: str | None, max_context: int | None = None) -> Path:
+    """An HF folder: the tiny random ``spec`` model (tests/hf_models.py), the byte tokenizer, ``template``;
+    ``max_context`` raises max_position_embeddings (plain RoPE: the weights do not depend on it)."""
     import torch
 
     from hf_models import build_checkpoint
@@ -65,5 +66,8 @@ def save_model(root: Path, spec: str, template: str | None) -> Path:
     folder = root / f"{spec}-float32"
     byte_tokenizer().save(str(folder / "tokenizer.json"))
     (folder / "tokenizer_config.json").write_text(json.dumps(tokenizer_config(template)))
+    if max_context is not None:
+        cfg = json.loads((folder / "config.json").read_text())
+        (folder / "config.json").write_text(json.dumps({**cfg, "max_position_embeddings": max_context}))
     del ck
     return folder
