@@ -32,6 +32,7 @@ class FakeClient:
         self.reject = reject  # reject every submit with this code
         self.release = asyncio.Event()
         self.submitted: list[dict] = []
+        self.got = asyncio.Event()  # set at the first submit
         self.cancelled: list[str] = []
         self._streams: dict[str, Stream] = {}
         self._tasks: set[asyncio.Task] = set()
@@ -39,6 +40,7 @@ class FakeClient:
     async def submit(self, model, prompt=None, *, prompt_token_ids=None, request_id, max_tokens=16, **kw):
         self.submitted.append(dict(model=model, prompt=prompt, prompt_token_ids=prompt_token_ids,
                                    request_id=request_id, max_tokens=max_tokens, **kw))
+        self.got.set()
         s = Stream(self, request_id, 5.0)
         self._streams[request_id] = s
         if model not in MODELS:

@@ -191,8 +191,7 @@ async def test_overload_is_503_with_retry_after():
     fake = FakeClient(hold=True)
     async with client_for(fake, max_concurrent=1) as c:
         first = asyncio.create_task(c.post("/v1/completions", json={"model": "tiny", "prompt": "x", "max_tokens": 1}))
-        while not fake.submitted:
-            await asyncio.sleep(0.01)
+        await asyncio.wait_for(fake.got.wait(), 5)
         r = await c.post("/v1/completions", json={"model": "tiny", "prompt": "x"})
         err = assert_error(r, 503, code="queue_full")
         assert r.headers["retry-after"] == "1" and err["type"] == "server_error"
@@ -210,3 +209,51 @@ async def test_metrics_without_the_module_is_503_or_served():
         assert r.status_code == 503
     else:
         assert r.status_code == 200
+
+
+class FailingAfterTokens(FakeClient):
+    """Two tokens, then the executor is lost (an error after the stream started)."""
+
+    async def _run(self, s, model, n_prompt, max_tokens):
+        from c2cq.errors import RequestError
+        from c2cq.schemas.client import TokensEmitted
+
+        for k in range(2):
+            s.queue.put_nowait(TokensEmitted(request_id=s.request_id, seq=k, token_ids=(k,), text=f"w{k} "))
+        s.queue.put_nowait(RequestError(ErrorCode.EXECUTOR_LOST, "the executor was lost", s.request_id))
+
+
+async def test_an_error_after_the_stream_started_is_its_last_event():
+    async with client_for(FailingAfterTokens()) as c:
+        r = await c.post("/v1/completions", json={"model": "tiny", "prompt": "x", "max_tokens": 5, "stream": True})
+    assert r.status_code == 200
+    events = sse(r)
+    assert [e["choices"][0]["text"] for e in events[:-1]] == ["w0 ", "w1 "]
+    assert events[-1]["error"]["code"] == "executor_lost" and set(events[-1]["error"]) == {"message", "type", "param",
+                                                                                          "code"}
+
+
+async def test_a_client_that_leaves_a_non_streaming_request_cancels_it():
+    fake = FakeClient(hold=True)
+    app = build_app(fake, FakeCatalog(), Config())
+    body = json.dumps({"model": "tiny", "prompt": "x", "max_tokens": 5}).encode()
+    sent: list[dict] = []
+    gone = asyncio.Event()
+
+    async def receive():
+        if not sent:
+            sent.append({})
+            return {"type": "http.request", "body": body, "more_body": False}
+        await gone.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(msg):
+        sent.append(msg)
+
+    scope = {"type": "http", "method": "POST", "path": "/v1/completions", "headers": [(b"content-type", b"application/json")],
+             "query_string": b"", "http_version": "1.1", "scheme": "http", "server": ("gw", 80), "root_path": ""}
+    task = asyncio.create_task(app(scope, receive, send))
+    await asyncio.wait_for(fake.got.wait(), 5)
+    gone.set()
+    await asyncio.wait_for(task, 5)
+    assert fake.cancelled == [fake.submitted[0]["request_id"]]
