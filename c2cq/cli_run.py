@@ -62,6 +62,8 @@ def register(sub) -> None:
     gen.add_argument("--top-k", type=int, default=0)
     gen.add_argument("--top-p", type=float, default=1.0)
     gen.add_argument("--seed", type=int, default=None)
+    gen.add_argument("--chat", action="store_true", help="send the prompt as a user message through the model's "
+                                                         "chat template (as `c2cq chat` does)")
     gen.set_defaults(func=cmd_generate)
 
 
@@ -229,6 +231,11 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from c2cq.client import AsyncClient
+
+    if args.chat:
+        from c2cq.cli_chat import generate_chat
+
+        return generate_chat(args)
 
     async def run() -> None:
         async with AsyncClient(home=args.home) as c:

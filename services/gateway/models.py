@@ -11,6 +11,7 @@ import asyncio
 import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import zmq
@@ -37,20 +38,24 @@ class ModelMeta:
         return self.tokenizer.encode(text, add_special_tokens=False).ids
 
 
-def load_meta(info: ModelInfo) -> ModelMeta:
-    """The template, tokenizer and config of a real model, from its published file's index."""
-    from c2cq.services.catalog.layout import read_layout
+def load_meta(info: ModelInfo, fallback: Path | None = None) -> ModelMeta:
+    """The template, tokenizer and config of a real model, from its published file's index (or, with no
+    instance running, from ``fallback``: the catalog's folder of model files)."""
+    from c2cq.services.catalog.layout import EXTENSION, read_layout
 
     created, template, tok_config, tokenizer = 0, None, None, None
-    if info.shm is not None:
-        mf = read_layout(info.shm.path)
+    path = info.shm.path if info.shm is not None else None
+    if path is None and fallback is not None and (fallback / f"{info.name}{EXTENSION}").exists():
+        path = str(fallback / f"{info.name}{EXTENSION}")
+    if path is not None:
+        mf = read_layout(path)
         template, tok_config = mf.chat_template, mf.tokenizer_config
         if mf.tokenizer_json is not None:
             from tokenizers import Tokenizer
 
             tokenizer = Tokenizer.from_str(mf.tokenizer_json.decode("utf-8"))
         try:
-            created = int(os.stat(info.shm.path).st_mtime)
+            created = int(os.stat(path).st_mtime)
         except OSError:
             pass
     return ModelMeta(name=info.name, max_context=info.max_context, chat_template=template,
