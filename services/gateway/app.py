@@ -149,40 +149,32 @@ class Gateway:
 
     # -- /v1/completions --------------------------------------------------------------------------
     async def completions(self, request: Request) -> Response:
-        try:
-            self.admit()
-        except GatewayError as e:
-            return error_response(e)
-        try:
-            r = P.decode(await self.body(request), P.CompletionRequest)
-            P.check_sampling(r)
-            P.check_max_tokens(r.max_tokens, "max_tokens")
-            prompts = P.prompts_of(r, self.config.limits)
-            max_tokens = P.COMPLETION_DEFAULT_MAX_TOKENS if r.max_tokens is None else r.max_tokens
-            await self.check_context(r.model, prompts, max_tokens)
-            rid = uuid.uuid4().hex
-            oid, created, model, usage_on = f"cmpl-{rid}", P.now_s(), r.model, P.include_usage(r)
-            batch = await Batch(self.client).submit(model, prompts, rid, oid, P.submit_kwargs(r, max_tokens))
+        return await self.guarded(request, self._completions, "prompt")
 
-            def build(results):
-                use = P.usage(batch.prompt_tokens(), batch.completion_tokens())
-                return P.completion(oid, model, created, [(t, P.FINISH[f.finish_reason]) for t, f in results], use)
+    async def _completions(self, request: Request) -> Response:
+        r = P.parse(await self.body(request), P.CompletionRequest)
+        prompts = P.prompts_of(r, self.config.limits)
+        max_tokens = P.COMPLETION_DEFAULT_MAX_TOKENS if r.max_tokens is None else r.max_tokens
+        await self.check_context(r.model, prompts, max_tokens)
+        rid = uuid.uuid4().hex
+        oid, created, model, usage_on = f"cmpl-{rid}", P.now_s(), r.model, P.include_usage(r)
+        batch = await Batch(self.client).submit(model, prompts, rid, oid, P.submit_kwargs(r, max_tokens))
 
-            def chunk(i, item):
-                if isinstance(item, TokensEmitted):
-                    return P.completion_chunk(oid, model, created, i, item.text, None, usage_on)
-                return P.completion_chunk(oid, model, created, i, "", P.FINISH[item.finish_reason], usage_on)
+        def build(results):
+            use = P.usage(batch.prompt_tokens(), batch.completion_tokens())
+            return P.completion(oid, model, created, [(t, P.FINISH[f.finish_reason]) for t, f in results], use)
 
-            def tail():
-                if usage_on:
-                    yield P.usage_chunk(oid, "text_completion", model, created,
-                                        P.usage(batch.prompt_tokens(), batch.completion_tokens()))
+        def chunk(i, item):
+            if isinstance(item, TokensEmitted):
+                return P.completion_chunk(oid, model, created, i, item.text, None, usage_on)
+            return P.completion_chunk(oid, model, created, i, "", P.FINISH[item.finish_reason], usage_on)
 
-            return await self.respond(request, batch, r.stream, lambda: (), build, chunk, tail, "prompt")
-        except Exception as e:  # noqa: BLE001 - every failure is an OpenAI error body
-            return self._fail(e, "prompt")
-        finally:
-            self.in_flight -= 1
+        def tail():
+            if usage_on:
+                yield P.usage_chunk(oid, "text_completion", model, created,
+                                    P.usage(batch.prompt_tokens(), batch.completion_tokens()))
+
+        return await self.respond(request, batch, r.stream, lambda: (), build, chunk, tail, "prompt")
 
     async def check_context(self, model: str, prompts: list[str | list[int]], max_tokens: int) -> None:
         """A text prompt that may not fit the model's context is tokenized here to tell (the scheduler
@@ -207,61 +199,65 @@ class Gateway:
 
     # -- /v1/chat/completions ---------------------------------------------------------------------
     async def chat(self, request: Request) -> Response:
+        return await self.guarded(request, self._chat, "messages")
+
+    async def _chat(self, request: Request) -> Response:
+        r = P.parse(await self.body(request), P.ChatCompletionRequest)
+        messages = P.messages_of(r, self.config.limits)
+        info = await self.catalog.info(r.model)
+        if info is None:
+            raise GatewayError(404, f"unknown model {r.model!r}", param="model", code="model_not_found")
+        meta = await self.catalog.meta(info)
+        text = render(meta.chat_template, messages, model=r.model, tokenizer_config=meta.tokenizer_config,
+                      add_generation_prompt=r.add_generation_prompt)
+        if meta.tokenizer is None:
+            raise ParamError(f"model {r.model!r} has no tokenizer", "model")
+        ids = meta.encode_rendered(text) if len(text) < 20_000 else await asyncio.to_thread(meta.encode_rendered, text)
+        asked = r.max_completion_tokens if r.max_completion_tokens is not None else r.max_tokens
+        room = meta.max_context - len(ids)
+        if asked is not None and asked >= meta.max_context:
+            which = "max_completion_tokens" if r.max_completion_tokens is not None else "max_tokens"
+            raise ParamError(f"{which} {asked} leaves no room for the messages in the context of "
+                             f"{meta.max_context}", which)
+        if room <= 0 or (asked is not None and asked > room):
+            raise ParamError(f"the rendered messages are {len(ids)} tokens; with "
+                             f"{asked if asked is not None else 1} new tokens they exceed the context of "
+                             f"{meta.max_context}", "messages", code="context_length_exceeded")
+        max_tokens = asked if asked is not None else min(room, self.config.limits.default_max_tokens)
+        rid = uuid.uuid4().hex
+        oid, created, model, usage_on = f"chatcmpl-{rid}", P.now_s(), r.model, P.include_usage(r)
+        batch = await Batch(self.client).submit(model, [ids], rid, oid, P.submit_kwargs(r, max_tokens))
+
+        def build(results):
+            (out, fin), = results
+            use = P.usage(batch.prompt_tokens(), batch.completion_tokens())
+            return P.chat(oid, model, created, out, P.FINISH[fin.finish_reason], use)
+
+        def first_chunks():
+            yield P.chat_chunk(oid, model, created, {"role": "assistant", "content": ""}, None, usage_on)
+
+        def chunk(i, item):
+            if isinstance(item, TokensEmitted):
+                return P.chat_chunk(oid, model, created, {"content": item.text}, None, usage_on) if item.text else None
+            return P.chat_chunk(oid, model, created, {}, P.FINISH[item.finish_reason], usage_on)
+
+        def tail():
+            if usage_on:
+                yield P.usage_chunk(oid, "chat.completion.chunk", model, created,
+                                    P.usage(batch.prompt_tokens(), batch.completion_tokens()))
+
+        return await self.respond(request, batch, r.stream, first_chunks, build, chunk, tail, "messages")
+
+    async def guarded(self, request: Request, handler, prompt_param: str) -> Response:
+        """Admission (the concurrency bound), then the handler; every failure is an OpenAI error body."""
         try:
             self.admit()
         except GatewayError as e:
             return error_response(e)
         try:
-            r = P.decode(await self.body(request), P.ChatCompletionRequest)
-            P.check_sampling(r)
-            P.check_max_tokens(r.max_tokens, "max_tokens")
-            P.check_max_tokens(r.max_completion_tokens, "max_completion_tokens")
-            messages = P.messages_of(r, self.config.limits)
-            info = await self.catalog.info(r.model)
-            if info is None:
-                raise GatewayError(404, f"unknown model {r.model!r}", param="model", code="model_not_found")
-            meta = await self.catalog.meta(info)
-            text = render(meta.chat_template, messages, model=r.model, tokenizer_config=meta.tokenizer_config,
-                          add_generation_prompt=r.add_generation_prompt)
-            if meta.tokenizer is None:
-                raise ParamError(f"model {r.model!r} has no tokenizer", "model")
-            ids = meta.encode_rendered(text) if len(text) < 20_000 else await asyncio.to_thread(meta.encode_rendered, text)
-            asked = r.max_completion_tokens if r.max_completion_tokens is not None else r.max_tokens
-            room = meta.max_context - len(ids)
-            if asked is not None and asked >= meta.max_context:
-                which = "max_completion_tokens" if r.max_completion_tokens is not None else "max_tokens"
-                raise ParamError(f"{which} {asked} leaves no room for the messages in the context of "
-                                 f"{meta.max_context}", which)
-            if room <= 0 or (asked is not None and asked > room):
-                raise ParamError(f"the rendered messages are {len(ids)} tokens; with "
-                                 f"{asked if asked is not None else 1} new tokens they exceed the context of "
-                                 f"{meta.max_context}", "messages", code="context_length_exceeded")
-            max_tokens = asked if asked is not None else min(room, self.config.limits.default_max_tokens)
-            rid = uuid.uuid4().hex
-            oid, created, model, usage_on = f"chatcmpl-{rid}", P.now_s(), r.model, P.include_usage(r)
-            batch = await Batch(self.client).submit(model, [ids], rid, oid, P.submit_kwargs(r, max_tokens))
-
-            def build(results):
-                (out, fin), = results
-                use = P.usage(batch.prompt_tokens(), batch.completion_tokens())
-                return P.chat(oid, model, created, out, P.FINISH[fin.finish_reason], use)
-
-            def first_chunks():
-                yield P.chat_chunk(oid, model, created, {"role": "assistant", "content": ""}, None, usage_on)
-
-            def chunk(i, item):
-                if isinstance(item, TokensEmitted):
-                    return P.chat_chunk(oid, model, created, {"content": item.text}, None, usage_on) if item.text else None
-                return P.chat_chunk(oid, model, created, {}, P.FINISH[item.finish_reason], usage_on)
-
-            def tail():
-                if usage_on:
-                    yield P.usage_chunk(oid, "chat.completion.chunk", model, created,
-                                        P.usage(batch.prompt_tokens(), batch.completion_tokens()))
-
-            return await self.respond(request, batch, r.stream, first_chunks, build, chunk, tail, "messages")
+            return await handler(request)
         except Exception as e:  # noqa: BLE001
-            return self._fail(e, "messages")
+            return self._fail(e, prompt_param)
         finally:
             self.in_flight -= 1
 

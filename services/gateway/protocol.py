@@ -144,6 +144,15 @@ def check_max_tokens(value: int | None, param: str) -> None:
         raise ParamError(f"{param} must be positive, got {value}", param)
 
 
+def parse(body: bytes, kind: type) -> Any:
+    """Decode and check the parts both endpoints share."""
+    r = decode(body, kind)
+    check_sampling(r)
+    check_max_tokens(r.max_tokens, "max_tokens")
+    check_max_tokens(getattr(r, "max_completion_tokens", None), "max_completion_tokens")
+    return r
+
+
 def stop_list(r: _Sampling) -> list[str]:
     return [r.stop] if isinstance(r.stop, str) else list(r.stop or ())
 
