@@ -282,6 +282,14 @@ class AsyncClient:
     async def cancel(self, request_id: str) -> None:
         self._send(CancelRequest(request_id=request_id))
 
+    async def cancel_all(self) -> None:
+        """Cancel every request of this client still streaming (a service that stops)."""
+        for rid in list(self._streams):
+            try:
+                self._send(CancelRequest(request_id=rid))
+            except PeerDeadError:
+                return
+
     async def status(self, timeout: float = 5.0) -> StatusReply:
         await self.connect()
         nonce = next(self._nonce)

@@ -16,6 +16,7 @@ from typing import Any
 
 from sse_starlette.sse import EventSourceResponse
 from starlette.applications import Starlette
+from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
@@ -122,6 +123,15 @@ class Gateway:
             await batch.cancel()
             raise
 
+        closed = False
+
+        async def cleanup() -> None:  # once, from the stream's end or, if it never ran, after the response
+            nonlocal closed
+            if not closed:
+                closed = True
+                await batch.cancel()  # a no-op unless the client left (or an error ended it) early
+                self.in_flight -= 1
+
         async def sse():
             try:
                 for doc in first_chunks():
@@ -140,12 +150,12 @@ class Gateway:
             except Exception as e:  # noqa: BLE001 - after the headers an error is the stream's last event
                 yield {"data": P.encode(http_error(e, prompt_param=prompt_param).body).decode()}
             finally:
-                await batch.cancel()  # a no-op unless the client left (or an error ended it) early
-                self.in_flight -= 1
+                await cleanup()
             yield {"data": "[DONE]"}
 
         self.in_flight += 1  # held by the stream until it ends
-        return EventSourceResponse(sse(), sep="\n", ping=15, headers={"Cache-Control": "no-cache"})
+        return EventSourceResponse(sse(), sep="\n", ping=15, headers={"Cache-Control": "no-cache"},
+                                   background=BackgroundTask(cleanup))
 
     # -- /v1/completions --------------------------------------------------------------------------
     async def completions(self, request: Request) -> Response:

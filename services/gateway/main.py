@@ -104,6 +104,7 @@ async def amain(args: argparse.Namespace) -> None:
     finally:
         stopper.cancel()
         http_file(rd, args).unlink(missing_ok=True)
+        await client.cancel_all()  # a stream uvicorn cut at shutdown: nothing keeps running for it
         await client.close()
         catalog.close()
         logger.info("stopped")

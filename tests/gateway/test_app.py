@@ -257,3 +257,18 @@ async def test_a_client_that_leaves_a_non_streaming_request_cancels_it():
     gone.set()
     await asyncio.wait_for(task, 5)
     assert fake.cancelled == [fake.submitted[0]["request_id"]]
+
+
+async def test_nothing_stays_counted_in_flight():
+    fake = FakeClient()
+    app = build_app(fake, FakeCatalog(), Config(max_concurrent=2))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as c:
+        for body in ({"model": "tiny", "prompt": "x", "stream": True}, {"model": "nope", "prompt": "x", "stream": True},
+                     {"model": "tiny", "prompt": "x"}, {"model": "tiny", "prompt": "x", "n": 3}):
+            for _ in range(3):
+                await c.post("/v1/completions", json=body)
+        async with c.stream("POST", "/v1/completions", json={"model": "tiny", "prompt": "x", "stream": True,
+                                                             "max_tokens": 50}) as r:
+            async for _ in r.aiter_lines():
+                break
+    assert app.app.state.gateway.in_flight == 0
