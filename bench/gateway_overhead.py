@@ -47,18 +47,18 @@ async def closed_loop(one, n: int, concurrency: int) -> tuple[list, float]:
     rows: list = []
     todo = iter(range(n))
 
-    async def worker():
+    async def worker(w: int):
         for _ in todo:
-            rows.append(await one())
+            rows.append(await one(w))
 
     t0 = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    await asyncio.gather(*(worker(w) for w in range(concurrency)))
     return rows, time.perf_counter() - t0
 
 
 async def zmq_phase(home: Path, model: str, n: int, conc: int, max_tokens: int):
     async with AsyncClient(home=str(home)) as c:
-        async def one():
+        async def one(_):
             t0 = time.perf_counter()
             s = await c.submit(model, "x " * 16, max_tokens=max_tokens, ignore_eos=True)
             first, k = None, 0
@@ -108,23 +108,18 @@ class Conn:
 async def http_phase(url: str, model: str, n: int, conc: int, max_tokens: int):
     body = {"model": model, "prompt": "x " * 16, "max_tokens": max_tokens, "ignore_eos": True, "stream": True,
             "temperature": 0}
-    conns = [Conn(url) for _ in range(conc)]
-    free = asyncio.Queue()
-    for c in conns:
-        free.put_nowait(c)
+    conns = [Conn(url) for _ in range(conc)]  # one per worker of the closed loop
 
-    async def one():
-        c = await free.get()
+    async def one(w):
         t0 = time.perf_counter()
         first, k, buf = None, 0, b""
-        async for piece in c.request("/v1/completions", body):
+        async for piece in conns[w].request("/v1/completions", body):
             buf += piece
             *events, buf = buf.split(b"\n\n")
             for e in events:
                 if e.startswith(b"data: {") and b'"text":""' not in e:
                     first = first or time.perf_counter()
                     k += 1
-        free.put_nowait(c)
         return first - t0, time.perf_counter() - t0, k
     try:
         return await closed_loop(one, n, conc)
@@ -141,20 +136,15 @@ def cpu_s(pid: int) -> float:
 
 async def rate_phase(home: Path, url: str, model: str, n: int, conc: int, gateway_pid: int) -> dict:
     async with AsyncClient(home=str(home)) as c:
-        async def zmq_one():
+        async def zmq_one(_):
             await c.generate(model, "x", max_tokens=1)
             return (0, 0, 1)
         _, zmq_s = await closed_loop(zmq_one, n, conc)
     conns = [Conn(url) for _ in range(conc)]
-    free = asyncio.Queue()
-    for c in conns:
-        free.put_nowait(c)
 
-    async def http_one():
-        c = await free.get()
-        async for _ in c.request("/v1/completions", {"model": model, "prompt": "x", "max_tokens": 1}):
+    async def http_one(w):
+        async for _ in conns[w].request("/v1/completions", {"model": model, "prompt": "x", "max_tokens": 1}):
             pass
-        free.put_nowait(c)
         return (0, 0, 1)
     cpu0 = cpu_s(gateway_pid)
     _, http_s = await closed_loop(http_one, n, conc)

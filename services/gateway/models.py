@@ -65,8 +65,8 @@ def load_meta(info: ModelInfo, fallback: Path | None = None) -> ModelMeta:
 class Catalog:
     """The catalog's model list, cached for ``ttl_s``; per-model metadata cached by file."""
 
-    def __init__(self, address: str, *, ttl_s: float = 2.0, timeout_s: float = 5.0) -> None:
-        self.address, self.ttl_s, self.timeout_s = address, ttl_s, timeout_s
+    def __init__(self, address: str, *, ttl_s: float = 2.0, timeout_s: float = 5.0, min_refresh_s: float = 0.2) -> None:
+        self.address, self.ttl_s, self.timeout_s, self.min_refresh_s = address, ttl_s, timeout_s, min_refresh_s
         self._ctx: zmq.asyncio.Context | None = None
         self._sock: zmq.asyncio.Socket | None = None
         self._codec: Codec = Codec(FromCatalog)
@@ -96,7 +96,8 @@ class Catalog:
 
     async def models(self, *, fresh: bool = False) -> dict[str, ModelInfo]:
         async with self._lock:
-            if fresh or time.monotonic() - self._fetched > self.ttl_s:
+            age = time.monotonic() - self._fetched
+            if age > self.ttl_s or (fresh and age > self.min_refresh_s):  # unknown names cannot flood the catalog
                 self._models = await self._query()
                 self._fetched = time.monotonic()
             return self._models

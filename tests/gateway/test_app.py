@@ -272,3 +272,24 @@ async def test_nothing_stays_counted_in_flight():
             async for _ in r.aiter_lines():
                 break
     assert app.app.state.gateway.in_flight == 0
+
+
+class NoExecutors(FakeClient):
+    async def status(self, timeout: float = 5.0):
+        from c2cq.schemas.client import StatusReply
+
+        return StatusReply(nonce=0, executors=(), requests_in_flight=0, requests_total=0)
+
+
+class SchedulerDown(FakeClient):
+    async def status(self, timeout: float = 5.0):
+        from c2cq.errors import PeerDeadError
+
+        raise PeerDeadError("no status reply")
+
+
+@pytest.mark.parametrize("fake,status", [(FakeClient, 200), (NoExecutors, 503), (SchedulerDown, 503)])
+async def test_health_needs_the_scheduler_and_a_ready_executor(fake, status):
+    async with client_for(fake()) as c:
+        r = await c.get("/health")
+    assert r.status_code == status and r.json()["status"] == ("ok" if status == 200 else "unavailable")
