@@ -152,7 +152,8 @@ async def rate_phase(home: Path, url: str, model: str, n: int, conc: int, gatewa
     for c in conns:
         c.close()
     return {"requests": n, "concurrency": conc, "zmq_req_per_s": n / zmq_s, "http_req_per_s": n / http_s,
-            "gateway_cpu_ms_per_request": gw_cpu / n * 1e3, "gateway_capacity_req_per_s": n / gw_cpu if gw_cpu else None}
+            "gateway_cpu_ms_per_request": gw_cpu / n * 1e3,
+            "gateway_capacity_req_per_s": n / gw_cpu if gw_cpu else None}
 
 
 def main() -> int:

@@ -67,7 +67,8 @@ class Auth:
         await self.app(scope, receive, send)
 
     def _guarded(self, path: str) -> bool:
-        return path.startswith("/v1/") or path == "/v1" or (self.config.metrics_auth and path in ("/health", "/metrics"))
+        return (path.startswith("/v1/") or path == "/v1"
+                or (self.config.metrics_auth and path in ("/health", "/metrics")))
 
 
 class Gateway:
@@ -244,12 +245,14 @@ class Gateway:
             return P.chat(oid, model, created, out, P.FINISH[fin.finish_reason], use)
 
         def first_chunks():
-            yield P.chat_chunk(oid, model, created, {"role": "assistant", "content": ""}, None, usage_on)
+            yield P.chat_chunk(oid, model, created, P.Delta(role="assistant", content=""), None, usage_on)
 
         def chunk(i, item):
             if isinstance(item, TokensEmitted):
-                return P.chat_chunk(oid, model, created, {"content": item.text}, None, usage_on) if item.text else None
-            return P.chat_chunk(oid, model, created, {}, P.FINISH[item.finish_reason], usage_on)
+                if not item.text:  # an incomplete character, held back by the detokenizer
+                    return None
+                return P.chat_chunk(oid, model, created, P.Delta(content=item.text), None, usage_on)
+            return P.chat_chunk(oid, model, created, P.Delta(), P.FINISH[item.finish_reason], usage_on)
 
         def tail():
             if usage_on:

@@ -113,7 +113,8 @@ async def amain(args: argparse.Namespace) -> None:
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="c2cq-gateway", description="The OpenAI-compatible HTTP API of c2cq.")
     p.add_argument("--home", default=None)
-    p.add_argument("--http", default=DEFAULT_HTTP, metavar="HOST:PORT", help=f"where to listen (default {DEFAULT_HTTP}; port 0: any free one)")
+    p.add_argument("--http", default=DEFAULT_HTTP, metavar="HOST:PORT",
+                   help=f"where to listen (default {DEFAULT_HTTP}; port 0: any free one)")
     p.add_argument("--api-key", default=None, help="require Authorization: Bearer KEY on /v1/* (default $C2CQ_API_KEY)")
     p.add_argument("--metrics-auth", action="store_true", help="require the key on /health and /metrics too")
     p.add_argument("--max-body-bytes", type=int, default=8 << 20)

@@ -231,55 +231,100 @@ def include_usage(r: _Sampling) -> bool:
     return bool(r.stream and r.stream_options is not None and r.stream_options.include_usage)
 
 
-# ---- responses --------------------------------------------------------------------------------------
+# ---- responses (msgspec Structs: UNSET fields are left out of the JSON, None ones are null) ---------
 
 FINISH = {"stop": "stop", "length": "length", "cancelled": "abort", "error": "error"}
+UNSET = msgspec.UNSET
+
+
+class Usage(msgspec.Struct, kw_only=True):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class CompletionChoice(msgspec.Struct, kw_only=True):
+    index: int
+    text: str
+    logprobs: None = None
+    finish_reason: str | None = None
+
+
+class Completion(msgspec.Struct, kw_only=True):
+    id: str
+    object: str
+    created: int
+    model: str
+    choices: list
+    usage: Usage | None | msgspec.UnsetType = UNSET
+
+
+class Delta(msgspec.Struct, kw_only=True):
+    role: str | msgspec.UnsetType = UNSET
+    content: str | msgspec.UnsetType = UNSET
+
+
+class AssistantMessage(msgspec.Struct, kw_only=True):
+    role: str = "assistant"
+    content: str = ""
+
+
+class ChatChoice(msgspec.Struct, kw_only=True):
+    index: int
+    message: AssistantMessage | msgspec.UnsetType = UNSET
+    delta: Delta | msgspec.UnsetType = UNSET
+    logprobs: None = None
+    finish_reason: str | None = None
+
+
+class ModelCard(msgspec.Struct, kw_only=True):
+    id: str
+    created: int
+    max_model_len: int
+    c2cq: dict  # c2cq's own: kind, architecture, size, and which slices hold it at what alpha
+    object: str = "model"
+    owned_by: str = "c2cq"
+    root: str | None = None
+    parent: None = None
 
 
 def now_s() -> int:
     return int(time.time())
 
 
-def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens}
+def usage(prompt_tokens: int, completion_tokens: int) -> Usage:
+    return Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+                 total_tokens=prompt_tokens + completion_tokens)
 
 
-def completion(rid: str, model: str, created: int, choices: list[tuple[str, str]], use: dict) -> dict:
-    return {"id": rid, "object": "text_completion", "created": created, "model": model,
-            "choices": [{"index": i, "text": text, "logprobs": None, "finish_reason": fin}
-                        for i, (text, fin) in enumerate(choices)],
-            "usage": use}
+def _chunk_usage(with_usage: bool):
+    return None if with_usage else UNSET  # include_usage: every chunk says "usage": null but the last
+
+
+def completion(rid: str, model: str, created: int, choices: list[tuple[str, str]], use: Usage) -> Completion:
+    return Completion(id=rid, object="text_completion", created=created, model=model, usage=use,
+                      choices=[CompletionChoice(index=i, text=t, finish_reason=f) for i, (t, f) in enumerate(choices)])
 
 
 def completion_chunk(rid: str, model: str, created: int, index: int, text: str, finish: str | None,
-                     with_usage: bool) -> dict:
-    doc = {"id": rid, "object": "text_completion", "created": created, "model": model,
-           "choices": [{"index": index, "text": text, "logprobs": None, "finish_reason": finish}]}
-    if with_usage:
-        doc["usage"] = None
-    return doc
+                     with_usage: bool) -> Completion:
+    return Completion(id=rid, object="text_completion", created=created, model=model, usage=_chunk_usage(with_usage),
+                      choices=[CompletionChoice(index=index, text=text, finish_reason=finish)])
 
 
-def chat(rid: str, model: str, created: int, text: str, finish: str, use: dict) -> dict:
-    return {"id": rid, "object": "chat.completion", "created": created, "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
-                         "finish_reason": finish}],
-            "usage": use}
+def chat(rid: str, model: str, created: int, text: str, finish: str, use: Usage) -> Completion:
+    return Completion(id=rid, object="chat.completion", created=created, model=model, usage=use,
+                      choices=[ChatChoice(index=0, message=AssistantMessage(content=text), finish_reason=finish)])
 
 
-def chat_chunk(rid: str, model: str, created: int, delta: dict, finish: str | None, with_usage: bool) -> dict:
-    doc = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model,
-           "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
-    if with_usage:
-        doc["usage"] = None
-    return doc
+def chat_chunk(rid: str, model: str, created: int, delta: Delta, finish: str | None, with_usage: bool) -> Completion:
+    return Completion(id=rid, object="chat.completion.chunk", created=created, model=model,
+                      usage=_chunk_usage(with_usage), choices=[ChatChoice(index=0, delta=delta, finish_reason=finish)])
 
 
-def usage_chunk(rid: str, obj: str, model: str, created: int, use: dict) -> dict:
-    return {"id": rid, "object": obj, "created": created, "model": model, "choices": [], "usage": use}
+def usage_chunk(rid: str, obj: str, model: str, created: int, use: Usage) -> Completion:
+    return Completion(id=rid, object=obj, created=created, model=model, choices=[], usage=use)
 
 
-def model_object(name: str, created: int, max_context: int, extra: dict) -> dict:
-    return {"id": name, "object": "model", "created": created, "owned_by": "c2cq", "root": name, "parent": None,
-            "max_model_len": max_context, "c2cq": extra}
+def model_object(name: str, created: int, max_context: int, extra: dict) -> ModelCard:
+    return ModelCard(id=name, created=created, max_model_len=max_context, root=name, c2cq=extra)

@@ -49,7 +49,8 @@ def test_prompt_is_called_messages_at_chat():
         "param"] == "messages"
 
 
-@pytest.mark.parametrize("text,param", [("temperature must be ≥ 0", "temperature"), ("top_p must be in (0, 1]", "top_p"),
+@pytest.mark.parametrize("text,param", [("temperature must be ≥ 0", "temperature"),
+                                        ("top_p must be in (0, 1]", "top_p"),
                                         ("top_k must be ≥ 0", "top_k"), ("stop strings must not be empty", "stop")])
 def test_bad_sampling_names_the_parameter(text, param):
     e = http_error(RequestError(ErrorCode.BAD_SAMPLING, text))
