@@ -23,7 +23,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from c2cq import log
-from c2cq.schemas.client import RequestFinished, TokensEmitted
+from c2cq.schemas.client import TokensEmitted
 from c2cq.services.gateway import protocol as P
 from c2cq.services.gateway.chat_template import render
 from c2cq.services.gateway.errors import GatewayError, ParamError, http_error, overloaded, too_large, unauthorized
