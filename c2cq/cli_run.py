@@ -88,10 +88,12 @@ def _specs(args: argparse.Namespace, rd: RunDir) -> tuple[list[ChildSpec], list]
 
 
 def gateway_spec(args: argparse.Namespace, home: list[str]) -> ChildSpec:
-    from c2cq.services.gateway.main import parse_hostport
+    from c2cq.services.gateway.main import is_loopback, no_key_warning, parse_hostport
 
-    parse_hostport(args.http)  # a bad --http fails `c2cq up` at once
+    host, port = parse_hostport(args.http)  # a bad --http fails `c2cq up` at once
     key = args.api_key or os.environ.get("C2CQ_API_KEY")
+    if not key and not is_loopback(host) and not args.print_config:
+        print(no_key_warning(host, port), file=sys.stderr, flush=True)  # here, not only in the gateway's log
     extra = ["--metrics-auth"] if args.metrics_auth else []
     # the key travels in the environment, not on a command line every user can read
     return ChildSpec("gateway", service_argv("c2cq.services.gateway.main", *home, "--http", args.http,

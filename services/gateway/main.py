@@ -43,6 +43,11 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def no_key_warning(host: str, port: int) -> str:
+    return (f"c2cq gateway: WARNING: serving on {host}:{port} (not loopback) without an API key; "
+            "anyone who can reach it can use it (give --api-key or C2CQ_API_KEY)")
+
+
 def _server(config):
     import uvicorn
 
@@ -68,9 +73,7 @@ async def amain(args: argparse.Namespace) -> None:
     host, port = parse_hostport(args.http)
     key = args.api_key or os.environ.get("C2CQ_API_KEY") or None
     if not key and not is_loopback(host):
-        msg = (f"c2cq gateway: WARNING: serving on {host}:{port} (not loopback) without an API key; "
-               "anyone who can reach it can use it (give --api-key or C2CQ_API_KEY)")
-        print(msg, file=sys.stderr, flush=True)
+        print(no_key_warning(host, port), file=sys.stderr, flush=True)
         logger.warning("no_api_key", host=host, port=port)
     config = Config(api_key=key, metrics_auth=args.metrics_auth, max_body_bytes=args.max_body_bytes,
                     max_concurrent=args.max_concurrent, limits=Limits(max_prompt_chars=args.max_prompt_chars))

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 
+from c2cq.cli_run import gateway_spec
 from c2cq.testing import c2cq
 
 
@@ -24,3 +26,14 @@ def test_no_http_and_a_bad_address(home):
     assert "gateway" not in {s["name"] for s in config(home, "--no-http")["services"]}
     p = c2cq(home, "up", "--backend", "sim", "--http", "nowhere", "--print-config", check=False)
     assert p.returncode == 1 and "HOST:PORT" in p.stderr
+
+
+def test_up_warns_off_loopback_without_a_key(home, monkeypatch, capsys):
+    monkeypatch.delenv("C2CQ_API_KEY", raising=False)
+    args = argparse.Namespace(http="0.0.0.0:8000", api_key=None, metrics_auth=False, print_config=False)
+    gateway_spec(args, ["--home", str(home)])
+    err = capsys.readouterr().err
+    assert "WARNING" in err and "without an API key" in err
+    gateway_spec(argparse.Namespace(**{**vars(args), "api_key": "k"}), ["--home", str(home)])
+    gateway_spec(argparse.Namespace(**{**vars(args), "http": "127.0.0.1:9"}), ["--home", str(home)])
+    assert capsys.readouterr().err == ""
