@@ -55,6 +55,7 @@ class Stream:
         self.first_token_at: float | None = None
         self.token_times: list[float] = []  # monotonic arrival time of each token batch
         self._done = False
+        self._held = None  # an end that ``ready`` took off the queue, for the next __anext__
 
     def __aiter__(self) -> "Stream":
         return self
@@ -68,38 +69,62 @@ class Stream:
         while True:
             if self._done:
                 raise StopAsyncIteration
-            try:
-                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that
-                # arrives as an item does, and a cancelled reader must stop
-                async with asyncio.timeout(self.timeout):
-                    item = await self.queue.get()
-            except TimeoutError:
-                self._done = True
-                self.client._streams.pop(self.request_id, None)
-                raise RequestTimeout(f"request {self.request_id}: nothing heard for {self.timeout} s") from None
-            if isinstance(item, BaseException):
-                self._done = True
-                raise item
-            if isinstance(item, RequestAccepted):
-                self.accepted = item
-                continue
-            if isinstance(item, RequestFinished):
-                self._done = True
-                self.finished = item
-                if item.finish_reason == FinishReason.ERROR:
-                    raise RequestError(item.error_code or "internal", item.message or "failed", self.request_id)
-                raise StopAsyncIteration
-            if isinstance(item, TokensEmitted):
-                if item.seq + len(item.token_ids) <= self.received:
-                    continue  # a duplicate
-                if item.seq != self.received:
+            if self._held is not None:
+                item, self._held = self._held, None
+            else:
+                try:
+                    # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that
+                    # arrives as an item does, and a cancelled reader must stop
+                    async with asyncio.timeout(self.timeout):
+                        item = await self.queue.get()
+                except TimeoutError:
                     self._done = True
-                    raise RequestError("internal", f"token gap: expected {self.received}, got {item.seq}", self.request_id)
-                now = time.monotonic()
-                self.received += len(item.token_ids)
-                self.first_token_at = self.first_token_at or now
-                self.token_times.extend([now] * len(item.token_ids))
-                return item
+                    self.client._streams.pop(self.request_id, None)
+                    raise RequestTimeout(f"request {self.request_id}: nothing heard for {self.timeout} s") from None
+            out = self._take(item)
+            if out is not None:
+                return out
+
+    def ready(self) -> list[TokensEmitted]:
+        """The token batches that have already arrived, taken without waiting (a consumer that fell
+        behind catches up in one step); the end, or an error, stays for the next ``__anext__``."""
+        out: list[TokensEmitted] = []
+        while not self._done and self._held is None and not self.queue.empty():
+            item = self.queue.get_nowait()
+            if isinstance(item, (TokensEmitted, RequestAccepted)):
+                t = self._take(item)
+                if t is not None:
+                    out.append(t)
+            else:
+                self._held = item
+        return out
+
+    def _take(self, item) -> TokensEmitted | None:
+        """One reply: the tokens it carries, None for one that carries none; the end raises."""
+        if isinstance(item, BaseException):
+            self._done = True
+            raise item
+        if isinstance(item, RequestAccepted):
+            self.accepted = item
+            return None
+        if isinstance(item, RequestFinished):
+            self._done = True
+            self.finished = item
+            if item.finish_reason == FinishReason.ERROR:
+                raise RequestError(item.error_code or "internal", item.message or "failed", self.request_id)
+            raise StopAsyncIteration
+        if isinstance(item, TokensEmitted):
+            if item.seq + len(item.token_ids) <= self.received:
+                return None  # a duplicate
+            if item.seq != self.received:
+                self._done = True
+                raise RequestError("internal", f"token gap: expected {self.received}, got {item.seq}", self.request_id)
+            now = time.monotonic()
+            self.received += len(item.token_ids)
+            self.first_token_at = self.first_token_at or now
+            self.token_times.extend([now] * len(item.token_ids))
+            return item
+        return None
 
     async def text(self) -> str:
         return "".join([t.text async for t in self])

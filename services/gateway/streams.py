@@ -54,7 +54,8 @@ class Batch:
         if len(self.streams) == 1:
             s = self.streams[0]
             async for t in s:
-                yield 0, t
+                more = s.ready()  # a backlog (the HTTP client reads slowly, the loop is busy): one chunk
+                yield 0, (merge(t, more) if more else t)
             yield 0, s.finished
             return
         q: asyncio.Queue = asyncio.Queue()
@@ -88,6 +89,15 @@ class Batch:
             if isinstance(item, TokensEmitted):
                 texts[i].append(item.text)
         return [("".join(t), s.finished) for t, s in zip(texts, self.streams)]
+
+
+def merge(first: TokensEmitted, more: list[TokensEmitted]) -> TokensEmitted:
+    """Consecutive token batches of one request as one."""
+    ids, text = list(first.token_ids), [first.text]
+    for t in more:
+        ids.extend(t.token_ids)
+        text.append(t.text)
+    return TokensEmitted(request_id=first.request_id, seq=first.seq, token_ids=tuple(ids), text="".join(text))
 
 
 async def wait_disconnect(receive) -> None:

@@ -27,8 +27,9 @@ def info(name: str) -> ModelInfo:
 
 
 class FakeClient:
-    def __init__(self, *, hold: bool = False, reject: str | None = None) -> None:
+    def __init__(self, *, hold: bool = False, reject: str | None = None, burst: bool = False) -> None:
         self.hold = hold  # streams wait for release() before their tokens
+        self.burst = burst  # every token at once (a consumer that fell behind)
         self.reject = reject  # reject every submit with this code
         self.release = asyncio.Event()
         self.submitted: list[dict] = []
@@ -62,7 +63,8 @@ class FakeClient:
             if s.request_id in self.cancelled:
                 return self._end(s, n_prompt, k, FinishReason.CANCELLED)
             s.queue.put_nowait(TokensEmitted(request_id=s.request_id, seq=k, token_ids=(k % 200,), text=f"w{k} "))
-            await asyncio.sleep(0)
+            if not self.burst:
+                await asyncio.sleep(0)
         self._end(s, n_prompt, max_tokens, FinishReason.LENGTH)
 
     def _end(self, s: Stream, n_prompt: int, n: int, reason: FinishReason) -> None:

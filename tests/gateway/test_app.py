@@ -229,7 +229,7 @@ async def test_an_error_after_the_stream_started_is_its_last_event():
         r = await c.post("/v1/completions", json={"model": "tiny", "prompt": "x", "max_tokens": 5, "stream": True})
     assert r.status_code == 200
     events = sse(r)
-    assert [e["choices"][0]["text"] for e in events[:-1]] == ["w0 ", "w1 "]
+    assert "".join(e["choices"][0]["text"] for e in events[:-1]) == "w0 w1 "
     assert events[-1]["error"]["code"] == "executor_lost" and set(events[-1]["error"]) == {"message", "type", "param",
                                                                                           "code"}
 
@@ -295,3 +295,13 @@ async def test_health_needs_the_scheduler_and_a_ready_executor(fake, status):
     async with client_for(fake()) as c:
         r = await c.get("/health")
     assert r.status_code == status and r.json()["status"] == ("ok" if status == 200 else "unavailable")
+
+
+async def test_a_backlog_of_tokens_leaves_as_fewer_chunks_with_the_same_text():
+    async with client_for(FakeClient(burst=True)) as c:
+        r = await c.post("/v1/completions", json={"model": "tiny", "prompt": "x", "max_tokens": 20, "stream": True,
+                                                  "stream_options": {"include_usage": True}})
+    chunks = sse(r)
+    texts = [ch["choices"][0]["text"] for ch in chunks if ch["choices"] and ch["choices"][0]["text"]]
+    assert "".join(texts) == "".join(f"w{k} " for k in range(20)) and len(texts) < 20
+    assert chunks[-1]["usage"]["completion_tokens"] == 20

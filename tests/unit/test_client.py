@@ -51,3 +51,21 @@ async def test_cancel_orphans_cancels_a_request_it_does_not_know_once(tmp_path):
     finally:
         router.close(linger=0)
         ctx.term()
+
+
+async def test_ready_takes_what_has_arrived_and_keeps_the_end_for_next():
+    from c2cq.client import Stream
+    from c2cq.schemas.client import RequestAccepted, RequestFinished, Timings, TokensEmitted, Usage
+
+    s = Stream(client=None, request_id="r", timeout=5)
+    tok = [TokensEmitted(request_id="r", seq=i, token_ids=(i,), text=str(i)) for i in range(3)]
+    end = RequestFinished(request_id="r", finish_reason="length", usage=Usage(prompt_tokens=1, completion_tokens=3),
+                          timings=Timings(queued_ms=0, ttft_ms=0, e2e_ms=0))
+    for item in (RequestAccepted(request_id="r", model="m"), tok[0], tok[1], tok[1], tok[2], end):
+        s.queue.put_nowait(item)
+    assert await s.__anext__() == tok[0]
+    assert s.ready() == [tok[1], tok[2]]  # the duplicate dropped, the end held
+    assert s.finished is None and not s.done and s.received == 3
+    with pytest.raises(StopAsyncIteration):
+        await s.__anext__()
+    assert s.finished == end and s.done and s.ready() == []
