@@ -107,7 +107,7 @@ class Conn:
 
 async def http_phase(url: str, model: str, n: int, conc: int, max_tokens: int):
     body = {"model": model, "prompt": "x " * 16, "max_tokens": max_tokens, "ignore_eos": True, "stream": True,
-            "temperature": 0}
+            "temperature": 0, "stream_options": {"include_usage": True}}  # a chunk may carry several tokens
     conns = [Conn(url) for _ in range(conc)]  # one per worker of the closed loop
 
     async def one(w):
@@ -117,9 +117,10 @@ async def http_phase(url: str, model: str, n: int, conc: int, max_tokens: int):
             buf += piece
             *events, buf = buf.split(b"\n\n")
             for e in events:
-                if e.startswith(b"data: {") and b'"text":""' not in e:
+                if e.startswith(b"data: {") and b'"text":""' not in e and b'"choices":[]' not in e:
                     first = first or time.perf_counter()
-                    k += 1
+                elif b'"choices":[]' in e:
+                    k = json.loads(e[6:])["usage"]["completion_tokens"]
         return first - t0, time.perf_counter() - t0, k
     try:
         return await closed_loop(one, n, conc)
