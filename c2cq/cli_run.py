@@ -35,6 +35,12 @@ def register(sub) -> None:
     up.add_argument("--shm-root", default=None, metavar="DIR",
                     help="where model files are published for the slices: a tmpfs or hugetlbfs mount "
                          "(default $C2CQ_SHM_ROOT or /dev/shm)")
+    up.add_argument("--http", default="127.0.0.1:8000", metavar="HOST:PORT",
+                    help="where the OpenAI-compatible HTTP gateway listens (default 127.0.0.1:8000; port 0: any free one)")
+    up.add_argument("--no-http", action="store_true", help="run no HTTP gateway")
+    up.add_argument("--api-key", default=None,
+                    help="require Authorization: Bearer KEY on the gateway's /v1/* (default $C2CQ_API_KEY)")
+    up.add_argument("--metrics-auth", action="store_true", help="require the API key on /health and /metrics too")
     up.add_argument("--detach", action="store_true", help="return once every service is ready")
     up.add_argument("--print-config", action="store_true")
     up.add_argument("--notify-fd", type=int, default=None, help=argparse.SUPPRESS)
@@ -56,6 +62,8 @@ def register(sub) -> None:
     gen.add_argument("--top-k", type=int, default=0)
     gen.add_argument("--top-p", type=float, default=1.0)
     gen.add_argument("--seed", type=int, default=None)
+    gen.add_argument("--chat", action="store_true", help="send the prompt as a user message through the model's "
+                                                         "chat template (as `c2cq chat` does)")
     gen.set_defaults(func=cmd_generate)
 
 
@@ -74,7 +82,23 @@ def _specs(args: argparse.Namespace, rd: RunDir) -> tuple[list[ChildSpec], list]
             "c2cq.services.executor.main", *home, "--id", s.executor_id, "--backend", s.backend,
             "--device", s.device, "--threads", str(args.threads), "--sim-time-scale", str(args.sim_time_scale)),
             env=s.child_env()))
+    if not args.no_http:
+        specs.append(gateway_spec(args, home))
     return specs, slices
+
+
+def gateway_spec(args: argparse.Namespace, home: list[str]) -> ChildSpec:
+    from c2cq.services.gateway.main import is_loopback, no_key_warning, parse_hostport
+
+    host, port = parse_hostport(args.http)  # a bad --http fails `c2cq up` at once
+    key = args.api_key or os.environ.get("C2CQ_API_KEY")
+    if not key and not is_loopback(host) and not args.print_config:
+        print(no_key_warning(host, port), file=sys.stderr, flush=True)  # here, not only in the gateway's log
+    extra = ["--metrics-auth"] if args.metrics_auth else []
+    # the key travels in the environment, not on a command line every user can read
+    return ChildSpec("gateway", service_argv("c2cq.services.gateway.main", *home, "--http", args.http,
+                                             "--identity", "gateway", *extra),
+                     env=(("C2CQ_API_KEY", key),) if key else ())
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -88,7 +112,9 @@ def cmd_up(args: argparse.Namespace) -> int:
     if args.print_config:
         print(json.dumps({"home": str(rd.home), "client": rd.client_addr, "executor": rd.executor_addr,
                           "catalog": rd.catalog_addr, "shm": str(shm_root / rd.shm_dir.name), "policy": policy.__dict__ if hasattr(policy, "__dict__") else repr(policy),
-                          "services": [{"name": s.name, "argv": list(s.argv), "env": dict(s.env)} for s in specs]},
+                          "services": [{"name": s.name, "argv": list(s.argv),
+                                        "env": {k: ("***" if k == "C2CQ_API_KEY" else v) for k, v in s.env}}
+                                       for s in specs]},
                          indent=2, default=str))
         return 0
     if args.detach:
@@ -165,6 +191,10 @@ def load_state(rd: RunDir) -> dict:
     except FileNotFoundError:
         return {"running": False, "services": []}
     doc["running"] = read_pid(rd) is not None
+    try:
+        doc["http"] = json.loads((rd.run / "http.json").read_text()) if doc["running"] else None
+    except (FileNotFoundError, json.JSONDecodeError):
+        doc["http"] = None
     return doc
 
 
@@ -193,6 +223,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     for s in doc.get("services", []):
         print(f"  {s['name']:<12} {s['state']:<11} pid={s['pid']} restarts={s['restarts']}"
               + (f" ({s['reason']})" if s.get("reason") else ""))
+    if doc.get("http"):
+        print(f"  http         {doc['http']['url']}/v1" + (" (API key required)" if doc["http"].get("auth") else ""))
     for e in doc["executors"]:
         print(f"  slice {e['executor_id']:<8} {e['state']:<9} {e['backend']}:{e['device']} model={e['model']} "
               f"alpha={e['alpha']:.2f} active={e['active_requests']}")
@@ -201,6 +233,11 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from c2cq.client import AsyncClient
+
+    if args.chat:
+        from c2cq.cli_chat import generate_chat
+
+        return generate_chat(args)
 
     async def run() -> None:
         async with AsyncClient(home=args.home) as c:

