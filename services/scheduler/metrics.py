@@ -37,6 +37,7 @@ reach the core), and read-only queries.
 
 from __future__ import annotations
 
+import math
 from bisect import bisect_left
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -104,7 +105,7 @@ _DECLARED = [
     # -- c2cq's own ----------------------------------------------------------------------------
     Family("requests_accepted", "counter", "Requests accepted.", M),
     Family("requests_rejected", "counter", "Requests rejected at submission (or cancels of unknown requests), "
-           "by error code.", C),
+           "by error code; model_name is empty unless the model is one a request was accepted for.", C),
     Family("request_errors", "counter", "Accepted requests that ended in an error, by error code.", C),
     Family("requests_switched", "counter",
            "Finished requests whose slice had to switch to their model (RequestFinished.switched).", M),
@@ -200,21 +201,26 @@ def observe(st: "State", e, out: list) -> None:
 
 
 def _stats(st: "State", m: Metrics, e, s: StepStats) -> None:
+    if e.executor_id not in st.executors:
+        return  # a slice that never announced itself
     eid, read, tokens = e.executor_id, m.counters["weight_bytes_read"], m.counters["executor_tokens"]
-    if s.bytes_hbm:
+    # counters only grow: a negative figure (a broken executor) is not counted
+    if s.bytes_hbm > 0:
         _inc(read, eid + SEP + "device", s.bytes_hbm)
-    if s.bytes_host:
+    if s.bytes_host > 0:
         _inc(read, eid + SEP + "host", s.bytes_host)
-    if s.prefill_tokens:
+    if s.prefill_tokens > 0:
         _inc(tokens, eid + SEP + "prefill", s.prefill_tokens)
-    if s.decode_tokens:
+    if s.decode_tokens > 0:
         _inc(tokens, eid + SEP + "decode", s.decode_tokens)
 
 
 def _resident(st: "State", m: Metrics, e, r: ModelResident) -> None:
-    if r.switched_s is not None and r.model is not None and e.executor_id in st.executors:
+    t = r.switched_s
+    # a NaN or an infinity would stay in the histogram's sum for good
+    if t is not None and 0.0 <= t < math.inf and r.model in st.models and e.executor_id in st.executors:
         _inc(m.counters["model_switches"], e.executor_id + SEP + r.model)
-        _hist(m.hists["model_switch_latency_seconds"], r.model, SWITCH_BUCKETS, r.switched_s)
+        _hist(m.hists["model_switch_latency_seconds"], r.model, SWITCH_BUCKETS, t)
 
 
 def _accepted(st: "State", m: Metrics, e, c: RequestAccepted) -> None:
@@ -229,7 +235,9 @@ def _accepted(st: "State", m: Metrics, e, c: RequestAccepted) -> None:
 
 def _rejected(st: "State", m: Metrics, e, c: RequestRejected) -> None:
     msg = getattr(e, "msg", None)
-    model = msg.model if isinstance(msg, SubmitRequest) else ""  # a cancel names no model
+    # labelled by model only where it is one the scheduler has served (accepted a request of): a
+    # client must not add a series per made-up name; a cancel names no model
+    model = msg.model if isinstance(msg, SubmitRequest) and msg.model in st.models else ""
     _inc(m.counters["requests_rejected"], model + SEP + c.code)
 
 

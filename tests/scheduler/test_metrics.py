@@ -51,7 +51,7 @@ def test_one_request_is_counted_as_vllm_counts_it():
     f = families(st)
     p = "c2cq:"
     assert value(f, p + "requests_accepted", "m-a") == 1
-    assert value(f, p + "requests_rejected", "m-unknown", "unknown_model") == 1
+    assert value(f, p + "requests_rejected", "", "unknown_model") == 1  # a made-up name adds no series
     assert value(f, p + "generation_tokens", "m-a") == 3
     assert value(f, p + "prompt_tokens", "m-a") == 3
     assert value(f, p + "request_success", "m-a", "length") == 1
@@ -165,3 +165,20 @@ def test_a_replay_from_a_snapshot_gives_the_same_metrics(tmp_path):
         j.close()
         assert families(st) == families(live)
         assert value(families(st), "c2cq:generation_tokens", "m-a") == 6
+
+
+def test_a_broken_executor_cannot_poison_the_counters():
+    bad = [ev.ExecutorSaid(at=1.1, executor_id="e0", msg=S("e0", m.ModelResident, model="m-a", alpha=0.0,
+                                                        bytes_resident=0, switched_s=v))
+           for v in (float("nan"), float("inf"), -1.0)]
+    bad.append(ev.ExecutorSaid(at=1.2, executor_id="e0", msg=S("e0", m.StepStats, step_s=0.01, tokens=-1,
+                                                             prefill_tokens=-(2**63), decode_tokens=-1, batch=1,
+                                                             bytes_hbm=-5, bytes_host=-(2**63), model="m-a")))
+    bad.append(ev.ExecutorSaid(at=1.3, executor_id="nobody", msg=S("nobody", m.StepStats, step_s=0.01, tokens=1,
+                                                                 prefill_tokens=1, decode_tokens=0, batch=1,
+                                                                 bytes_hbm=1, bytes_host=1, model="m-a")))
+    st, _ = run([ready("e0", 0.0), *bad])
+    f = families(st)
+    for name in ("c2cq:model_switches", "c2cq:model_switch_latency_seconds", "c2cq:weight_bytes_read",
+                 "c2cq:executor_tokens"):
+        assert f[name].series == (), name
