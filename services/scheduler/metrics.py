@@ -246,17 +246,25 @@ def _tokens(st: "State", m: Metrics, e, c: TokensEmitted) -> None:
     end = c.seq + len(c.token_ids)
     if r is None or end <= r.emitted:
         return  # a re-send (or a request accepted before metrics existed)
-    now, n, itl = e.at, end - max(c.seq, r.emitted), m.hists["inter_token_latency_seconds"]
+    now, model = e.at, r.model
+    n = end - (c.seq if c.seq > r.emitted else r.emitted)
     if r.first_at is None:
         r.first_at = now
-        _hist(m.hists["time_to_first_token_seconds"], r.model, TTFT_BUCKETS, now - r.accepted_at)
+        _hist(m.hists["time_to_first_token_seconds"], model, TTFT_BUCKETS, now - r.accepted_at)
         if n > 1:
-            _hist(itl, r.model, ITL_BUCKETS, 0.0, n - 1)
-    else:
-        _hist(itl, r.model, ITL_BUCKETS, (now - r.last_at) / n, n)
+            _hist(m.hists["inter_token_latency_seconds"], model, ITL_BUCKETS, 0.0, n - 1)
+    else:  # the hot path (every batch after the first), inlined
+        gap = (now - r.last_at) / n
+        series = m.hists["inter_token_latency_seconds"]
+        h = series.get(model)
+        if h is None:
+            h = series[model] = Hist(counts=[0] * (len(ITL_BUCKETS) + 1))
+        h.counts[bisect_left(ITL_BUCKETS, gap)] += n
+        h.sum += gap * n
     r.last_at = now
     r.emitted = end
-    _inc(m.counters["generation_tokens"], r.model, n)
+    gen = m.counters["generation_tokens"]
+    gen[model] = gen.get(model, 0.0) + n
 
 
 def _finished(st: "State", m: Metrics, e, c: RequestFinished) -> None:
