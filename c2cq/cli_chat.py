@@ -53,9 +53,11 @@ async def reply(client, meta, messages: list[dict], args: argparse.Namespace, ou
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
+    from c2cq.cli_run import require_instance
     from c2cq.client import AsyncClient
 
     rd = RunDir.from_env(args.home)
+    require_instance(rd)
     meta = model_meta(rd, args.model)
     messages = [{"role": "system", "content": args.system}] if args.system else []
     interactive = args.message is None and sys.stdin.isatty()

@@ -198,6 +198,25 @@ def load_state(rd: RunDir) -> dict:
     return doc
 
 
+def require_instance(rd: RunDir) -> None:
+    """Fail at once, naming `c2cq up`, where no instance of this home can answer: no supervisor runs
+    (no pid file, or its process is gone), it is stopping, or its scheduler failed or stopped. A
+    scheduler that is starting or restarting may still answer (the client waits through a restart);
+    with C2CQ_CLIENT_ADDR the scheduler is elsewhere, and only its reply can tell."""
+    if os.environ.get("C2CQ_CLIENT_ADDR"):
+        return
+    doc = load_state(rd)
+    if not doc["running"]:
+        raise ConfigError(f"no c2cq instance runs in {rd.home}; start one with `c2cq up` (or pass --home)")
+    if doc.get("stopping"):
+        raise ConfigError(f"the instance in {rd.home} is stopping; start it again with `c2cq up` once it is down")
+    sched = next((s for s in doc.get("services", []) if s.get("name") == "scheduler"), None)
+    if sched is not None and sched.get("state") in ("failed", "stopped"):
+        why = f" ({sched['reason']})" if sched.get("reason") else ""
+        raise ConfigError(f"the instance in {rd.home} runs, but its scheduler {sched['state']}{why}; see "
+                          f"{rd.log_dir / 'scheduler.log'}, then `c2cq down` and `c2cq up`")
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     rd = RunDir.from_env(args.home)
     doc = load_state(rd)
@@ -219,7 +238,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(doc, indent=2))
         return 0
-    print(f"home {rd.home}: {'running' if doc['running'] else 'not running'}")
+    print(f"home {rd.home}: {'running' if doc['running'] else 'not running; start it with `c2cq up`'}")
     for s in doc.get("services", []):
         print(f"  {s['name']:<12} {s['state']:<11} pid={s['pid']} restarts={s['restarts']}"
               + (f" ({s['reason']})" if s.get("reason") else ""))
@@ -234,6 +253,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_generate(args: argparse.Namespace) -> int:
     from c2cq.client import AsyncClient
 
+    require_instance(RunDir.from_env(args.home))
     if args.chat:
         from c2cq.cli_chat import generate_chat
 

@@ -25,6 +25,8 @@ from c2cq.rundir import RunDir
 from c2cq.schemas.client import (
     SLO,
     CancelRequest,
+    MetricsQuery,
+    MetricsReply,
     Ping,
     Pong,
     RequestAccepted,
@@ -193,7 +195,7 @@ class AsyncClient:
                     continue
                 if isinstance(msg, (Pong,)):
                     continue
-                if isinstance(msg, StatusReply):
+                if isinstance(msg, (StatusReply, MetricsReply)):
                     fut = self._status.pop(msg.nonce, None)
                     if fut is not None and not fut.done():
                         fut.set_result(msg)
@@ -316,16 +318,25 @@ class AsyncClient:
                 return
 
     async def status(self, timeout: float = 5.0) -> StatusReply:
+        return await self._ask(StatusQuery, "status", timeout)
+
+    async def _ask(self, query, what: str, timeout: float):
+        """Send a read-only query and wait for the reply with its nonce."""
         await self.connect()
         nonce = next(self._nonce)
         fut = asyncio.get_running_loop().create_future()
         self._status[nonce] = fut
-        self._send(StatusQuery(nonce=nonce))
+        self._send(query(nonce=nonce))
         try:
             return await asyncio.wait_for(fut, timeout)
         except TimeoutError:
             self._status.pop(nonce, None)
-            raise PeerDeadError(f"no status reply from {self.address} within {timeout} s") from None
+            raise PeerDeadError(f"no {what} reply from {self.address} within {timeout} s") from None
+
+    async def metrics(self, timeout: float = 5.0) -> MetricsReply:
+        """The scheduler's metrics now: every request whichever client sent it (see
+        c2cq.services.scheduler.metrics for the names and what a scheduler restart does to them)."""
+        return await self._ask(MetricsQuery, "metrics", timeout)
 
 
 @dataclass
@@ -378,3 +389,6 @@ class Client:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+    def metrics(self) -> MetricsReply:
+        return self._call(self._async.metrics())

@@ -1,4 +1,5 @@
-"""`c2cq loadgen`: an open-loop load run against a running instance (table, JSON, PNG plots).
+"""`c2cq loadgen`: an open-loop load run against a running instance or any OpenAI-compatible
+server (``--target URL``; table, JSON, PNG plots).
 
 The pure part turns flags into trace requests and a workload (:func:`source_requests`,
 :func:`workload_config` and the small parsers); :func:`cmd_loadgen` is the shell that asks the
@@ -11,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -47,6 +49,7 @@ examples:
   c2cq loadgen --pattern gamma --cv 4 --rate-steps 0:2,30:10,60:2 --duration 90
   c2cq loadgen --trace azure_llm_2023_code.csv --trace-format azure \\
       --start 180 --duration 120 --speed 8 --max-tokens-cap 64 --out runs/azure
+  c2cq loadgen --target http://127.0.0.1:8000/v1 --rate 5 --duration 60 --out runs/http
   c2cq loadgen --trace servegen_language_m-small_day0.csv --trace-format servegen \\
       --duration 600 --speed 10 --models-from rank --lengths-trace azure_llm_2023_code.csv
 """
@@ -105,6 +108,12 @@ def register(sub) -> None:
                      help="requests with this trace tag (BurstGPT Log Type) get this class")
     slo.add_argument("--no-send-slo", dest="send_slo", action="store_false",
                      help="do not tell the server each request's SLO targets")
+    tgt = p.add_argument_group("target (default: the instance of --home, through its ZeroMQ client)")
+    tgt.add_argument("--target", metavar="URL",
+                     help="any OpenAI-compatible server instead, e.g. http://127.0.0.1:8000/v1: streamed "
+                          "/v1/completions, TTFT and TPOT from the SSE stream, models from /v1/models")
+    tgt.add_argument("--api-key", default=None, metavar="KEY",
+                     help="with --target: sent as Authorization: Bearer KEY (default $OPENAI_API_KEY)")
     run = p.add_argument_group("run and output")
     run.add_argument("--out", type=Path, metavar="DIR", help="write report.json, requests.jsonl and PNG plots here")
     run.add_argument("--plot-window", type=float, default=None, metavar="S",
@@ -320,26 +329,35 @@ def cmd_loadgen(args: argparse.Namespace) -> int:
     from c2cq.supervisor.manager import read_pid
 
     rd = RunDir.from_env(args.home)
-    if read_pid(rd) is None and not args.dry_run:
-        raise ConfigError(f"no instance runs in {rd.home}; start one with `c2cq up` (or pass --home)")
+    if args.target is None and read_pid(rd) is None and not args.dry_run:
+        raise ConfigError(f"no instance runs in {rd.home}; start one with `c2cq up` (or pass --home, or --target)")
     if args.plot_window is not None and not (math.isfinite(args.plot_window) and args.plot_window > 0):
         raise ConfigError("--plot-window must be > 0")
     if not (math.isfinite(args.timeout) and args.timeout > 0):
         raise ConfigError("--timeout must be > 0")
-    infos = catalog_client.call(rd, ListModels()).models
-    catalog = choose_catalog([m.name for m in infos], args.models)
+    if args.target is not None:
+        from c2cq.loadgen.openai_target import check_base, list_models
+
+        args.api_key = args.api_key or os.environ.get("OPENAI_API_KEY")
+        listed = list_models(check_base(args.target), api_key=args.api_key)
+        vocab_sizes: dict[str, int] = {}  # not listed over HTTP: token ids stay below DEFAULT_VOCAB
+    else:
+        infos = catalog_client.call(rd, ListModels()).models
+        listed = [m.name for m in infos]
+        vocab_sizes = {m.name: m.vocab_size for m in infos}
+    catalog = choose_catalog(listed, args.models)
     requests = source_requests(args)
     cfg = workload_config(args, requests, catalog)
     shape = Workload(requests, cfg).plan()  # the same draws as the run's, without prompts
     print(plan_summary(shape), file=sys.stderr)
-    unknown = sorted({p.model for p in shape} - {m.name for m in infos})
+    unknown = sorted({p.model for p in shape} - set(listed))
     if unknown:
         print(f"warning: {len(unknown)} planned models are not in the catalog ({', '.join(unknown[:5])}"
               f"{', …' if len(unknown) > 5 else ''}); their requests will be rejected as unknown_model "
               "(see --models-from rank, --map)", file=sys.stderr)
     if args.dry_run:
         return 0
-    vocab = prompt_vocab((p.model for p in shape), {m.name: m.vocab_size for m in infos})
+    vocab = prompt_vocab((p.model for p in shape), vocab_sizes)
     wl = Workload(requests, cfg, workload.SyntheticPrompts(vocab_size=vocab, seed=args.seed))
 
     import uvloop
@@ -358,16 +376,26 @@ def cmd_loadgen(args: argparse.Namespace) -> int:
 
 
 async def _run(rd, wl: Workload, args: argparse.Namespace) -> RunResult:
+    if args.target is not None:
+        from c2cq.loadgen.openai_target import OpenAITarget
+
+        async with OpenAITarget(args.target, api_key=args.api_key, timeout=args.timeout,
+                                send_slo=args.send_slo) as target:
+            return await _drive(wl, target, args)
+
     from c2cq.client import AsyncClient
 
     async with AsyncClient(home=str(rd.home), timeout=args.timeout) as client:
         await client.status(timeout=5.0)  # a scheduler that does not answer fails here, not per request
-        bar = ProgressBar(len(wl), args.progress)
-        try:
-            return await run_open_loop(wl.iter_plan(), ClientTarget(client, send_slo=args.send_slo),
-                                       MonotonicClock(), progress=bar)
-        finally:
-            bar.close()
+        return await _drive(wl, ClientTarget(client, send_slo=args.send_slo), args)
+
+
+async def _drive(wl: Workload, target, args: argparse.Namespace) -> RunResult:
+    bar = ProgressBar(len(wl), args.progress)
+    try:
+        return await run_open_loop(wl.iter_plan(), target, MonotonicClock(), progress=bar)
+    finally:
+        bar.close()
 
 
 def run_metadata(args: argparse.Namespace, result: RunResult, *, planned: int, catalog: Sequence[str],
@@ -375,6 +403,8 @@ def run_metadata(args: argparse.Namespace, result: RunResult, *, planned: int, c
     """The run's settings and accounting, for report.json."""
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
                 if k != "func" and not callable(v)}
+    if settings.get("api_key"):
+        settings["api_key"] = "<redacted>"  # report.json is shared; the key is not
     return {
         "settings": settings,
         "planned": planned,

@@ -113,5 +113,34 @@ class StatusReply(Message, frozen=True, kw_only=True, tag="status"):
     waiting: dict[str, int] = {}  # model → accepted requests not yet on a slice
 
 
-ClientToScheduler = Union[SubmitRequest, CancelRequest, Ping, StatusQuery]
-SchedulerToClient = Union[RequestAccepted, TokensEmitted, RequestFinished, RequestRejected, Pong, StatusReply]
+class MetricsQuery(Message, frozen=True, kw_only=True, tag="metrics_query"):
+    nonce: int
+
+
+class MetricSeries(msgspec.Struct, frozen=True, kw_only=True):
+    labels: tuple[str, ...]  # values, in the order of the family's label names
+    value: float = 0.0  # a counter's or a gauge's value
+    buckets: tuple[int, ...] = ()  # a histogram's count per bucket (not cumulative; the last is past the largest bound)
+    sum: float = 0.0  # a histogram's sum of observations
+
+
+class MetricFamily(msgspec.Struct, frozen=True, kw_only=True):
+    name: str  # "c2cq:…"; a counter's without its _total suffix
+    kind: str  # counter | gauge | histogram
+    help: str
+    labels: tuple[str, ...]  # label names
+    bounds: tuple[float, ...] = ()  # a histogram's bucket upper bounds (+Inf implied)
+    series: tuple[MetricSeries, ...] = ()
+
+
+class MetricsReply(Message, frozen=True, kw_only=True, tag="metrics"):
+    """The scheduler's metrics now (services/scheduler/metrics.py declares and explains them)."""
+
+    nonce: int
+    families: tuple[MetricFamily, ...]
+    events: int = 0  # events folded into them so far
+
+
+ClientToScheduler = Union[SubmitRequest, CancelRequest, Ping, StatusQuery, MetricsQuery]
+SchedulerToClient = Union[RequestAccepted, TokensEmitted, RequestFinished, RequestRejected, Pong, StatusReply,
+                          MetricsReply]

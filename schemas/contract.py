@@ -59,6 +59,13 @@ def samples() -> dict[str, msgspec.Struct]:
                                                               device="sim:0", model="m", alpha=0.5,
                                                               active_requests=1, queued_requests=0),),
                        requests_in_flight=1, requests_total=9, waiting={"other-model": 2}),
+        cl.MetricsQuery(nonce=5),
+        cl.MetricsReply(nonce=5, events=42, families=(
+            cl.MetricFamily(name="c2cq:generation_tokens", kind="counter", help="Output tokens.", labels=("model_name",),
+                            series=(cl.MetricSeries(labels=("m",), value=8.0),)),
+            cl.MetricFamily(name="c2cq:time_to_first_token_seconds", kind="histogram", help="TTFT.",
+                            labels=("model_name",), bounds=(0.1, 1.0),
+                            series=(cl.MetricSeries(labels=("m",), buckets=(1, 0, 2), sum=3.5),)))),
         ex.AssignRequest(request_id="r1", model="m", prompt_token_ids=(1, 2), max_tokens=8, sampling=_SAMPLING,
                          resume_token_ids=(5,)),
         ex.AbortRequest(request_id="r1"),

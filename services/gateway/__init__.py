@@ -1,1 +1,1 @@
-"""The OpenAI-compatible HTTP gateway: a client of the scheduler like any other (see DESIGN.md)."""
+"""The OpenAI-compatible HTTP gateway and /metrics: a client of the scheduler like any other (see DESIGN.md)."""

@@ -14,6 +14,7 @@ import msgspec
 from c2cq.schemas import executor as ex_msgs
 from c2cq.schemas.client import (
     ExecutorStatus,
+    MetricsQuery,
     Ping,
     Pong,
     RequestAccepted,
@@ -27,7 +28,7 @@ from c2cq.schemas.client import (
 )
 from c2cq.schemas.enums import ErrorCode, FinishReason
 from c2cq.schemas.client import SLO
-from c2cq.services.scheduler import controller, costmodel
+from c2cq.services.scheduler import controller, costmodel, metrics
 from c2cq.services.scheduler import events as ev
 from c2cq.services.scheduler.placement import choose_executor, earliest_ttft, link_group
 from c2cq.services.scheduler.state import (
@@ -219,10 +220,12 @@ def _cancel(st: State, e: ev.CancelAsked) -> Out:
     return out + _finish(st, req, FinishReason.CANCELLED, e.at, completion=req.emitted)
 
 
-def query(st: State, client: bytes, msg: Ping | StatusQuery) -> Out:
+def query(st: State, client: bytes, msg: Ping | StatusQuery | MetricsQuery) -> Out:
     """Read-only client messages: answered from the state, never logged."""
     if isinstance(msg, Ping):
         return [ToClient(client, Pong(nonce=msg.nonce))]
+    if isinstance(msg, MetricsQuery):
+        return [ToClient(client, metrics.reply(st, msg.nonce))]
     rows = tuple(
         ExecutorStatus(executor_id=x.executor_id, state=x.state, backend=x.backend, device=x.device, model=x.model,
                        alpha=x.alpha, active_requests=len(x.active), queued_requests=0)
@@ -693,13 +696,15 @@ EVENT_HANDLERS = {
     ev.Stopped: _stopped,
     ev.PlanStepped: lambda st, e: [],  # derived: the tick that caused it computes it again
 }
-QUERIES = (Ping, StatusQuery)
+QUERIES = (Ping, StatusQuery, MetricsQuery)
 
 
 def apply(st: State, e: ev.SchedEvent) -> tuple[State, Out]:
     """Fold one event into the state (in place) and return it with the commands to send."""
     st.applied += 1
-    return st, EVENT_HANDLERS[type(e)](st, e)
+    out = EVENT_HANDLERS[type(e)](st, e)
+    metrics.observe(st, e, out)
+    return st, out
 
 
 def fold(st: State, events) -> State:

@@ -14,6 +14,7 @@ import msgspec
 from c2cq.schemas.catalog import ModelInfo
 from c2cq.schemas.client import RequestFinished, SubmitRequest
 from c2cq.services.scheduler.costmodel import Estimates
+from c2cq.services.scheduler.metrics import Metrics
 from c2cq.services.scheduler.pid import PidState
 from c2cq.services.scheduler.validate import Limits
 
@@ -178,6 +179,7 @@ class State(msgspec.Struct, kw_only=True):
     reserved: dict[str, str] = {}  # executor → the starved request it is held for (starvation guard)
     total: int = 0
     applied: int = 0  # events folded so far
+    metrics: Metrics = msgspec.field(default_factory=Metrics)  # folded by core.apply (metrics.observe)
 
     def waiting(self) -> int:
         return sum(self.queued.values())
