@@ -109,7 +109,7 @@ class ExecutorView(msgspec.Struct, kw_only=True):
     last_seen: float = 0.0
     to_abort: list[str] = []  # executor-side ids of attempts to abort once it is heard from again
     link_group: str = ""  # executors of one group share one host link
-    # where the placement indexes of the State list it (kept in step by core._reindex)
+    # where the placement indexes of the State list it (kept in step by indexes.reindex)
     in_idle: bool = False
     serving_model: str | None = None
     est: Estimates
@@ -170,7 +170,7 @@ class State(msgspec.Struct, kw_only=True):
     recent: dict[str, RequestView] = {}  # finished within cfg.recent_s, in finishing order
     models: dict[str, tuple[int, int]] = {}  # model → (bytes, parameters), as submissions described them
     groups: dict[str, list[str]] = {}  # link group → executor ids
-    # placement indexes, maintained incrementally by core._reindex / core._relink so a placement
+    # placement indexes, maintained incrementally by indexes.reindex / indexes.relink so a placement
     # looks at its candidates only; part of the snapshot like everything else (a deterministic fold)
     idle: dict[str, None] = {}  # ready, not reserved, nothing assigned
     serving: dict[str, dict[str, None]] = {}  # model → ready, not reserved executors running it

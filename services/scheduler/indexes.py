@@ -1,0 +1,86 @@
+"""The placement indexes: where placement finds its candidates and a link's load.
+
+Placement reads its candidates from ``st.idle`` and ``st.serving`` and a link's load from
+``st.links``; every step that changes an executor's state, batch, model or reservation calls
+``reindex``, and every step that changes a member's link figures calls ``relink``. Both are pure
+functions of the state, so a replay (or a snapshot plus its tail) rebuilds the same indexes.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from c2cq.services.scheduler.state import ExecutorView, LinkLoad, State
+
+
+def reindex(st: State, x: ExecutorView) -> None:
+    """List x where placement should find it: idle, running its model, or nowhere."""
+    listed = x.state == "ready" and x.executor_id not in st.reserved
+    idle = listed and not x.active
+    model = x.model if listed and x.active else None
+    eid = x.executor_id
+    if x.in_idle != idle:
+        if idle:
+            st.idle[eid] = None
+        else:
+            st.idle.pop(eid, None)
+        x.in_idle = idle
+    if x.serving_model != model:
+        if x.serving_model is not None:
+            members = st.serving.get(x.serving_model)
+            if members is not None:
+                members.pop(eid, None)
+                if not members:
+                    del st.serving[x.serving_model]
+        if model is not None:
+            st.serving.setdefault(model, {})[eid] = None
+        x.serving_model = model
+
+
+def relink(st: State, group: str) -> None:
+    """Recompute one link's capacity and load from its live members (sums, never differences)."""
+    cap, used, n = 0.0, 0.0, 0
+    for eid in st.groups.get(group, ()):
+        y = st.executors.get(eid)
+        if y is None or y.state == "lost":
+            continue
+        cap = max(cap, y.est.link_bps)
+        used += y.est.link_used_bps
+        n += 1
+    if not n:
+        st.links.pop(group, None)
+        return
+    link = st.links.get(group)
+    if link is None:
+        st.links[group] = LinkLoad(cap_bps=cap, used_bps=used)
+    else:
+        link.cap_bps, link.used_bps = cap, used
+
+
+def check_indexes(st: State) -> State:
+    """After loading a snapshot: rebuild the indexes if they do not match the executors (a snapshot
+    written by a version without them); a consistent snapshot is left exactly as it was."""
+    probe = State(cfg=st.cfg, executors={}, groups=st.groups, reserved=st.reserved)
+    for eid, x in st.executors.items():
+        y = msgspec.structs.replace(x, in_idle=False, serving_model=None)
+        probe.executors[eid] = y
+        reindex(probe, y)
+        if (y.in_idle, y.serving_model) != (x.in_idle, x.serving_model):
+            return rebuild_indexes(st)
+    for group in st.groups:
+        relink(probe, group)
+    if set(probe.idle) != set(st.idle) or {m: set(v) for m, v in probe.serving.items()} != {
+            m: set(v) for m, v in st.serving.items()} or probe.links.keys() != st.links.keys():
+        return rebuild_indexes(st)
+    return st
+
+
+def rebuild_indexes(st: State) -> State:
+    """Recompute every placement index from the executors (a snapshot written before they existed)."""
+    st.idle, st.serving, st.links = {}, {}, {}
+    for x in st.executors.values():
+        x.in_idle, x.serving_model = False, None
+        reindex(st, x)
+    for group in st.groups:
+        relink(st, group)
+    return st
