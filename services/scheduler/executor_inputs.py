@@ -80,11 +80,17 @@ def request_completed(st: State, eid: str, m: ex_msgs.RequestCompleted, now: flo
 
 
 def model_resident(st: State, eid: str, m: ex_msgs.ModelResident, now: float) -> Out:
+    """The executor switched to ``m.model``. While the scheduler has requests of another model in
+    flight there (the request that switch was for moved or ended, and the slice was given another
+    model since), the report is stale: x still holds the model of its batch as far as placement
+    goes (its batch must not take the stale model's requests: two models on one slice)."""
     x = st.executors.get(eid)
     if x is not None:
-        x.model, x.alpha = m.model, m.alpha
         if m.switched_s is not None:
             x.est.switch_s = costmodel.ewma(x.est.switch_s, m.switched_s)
+        if x.active and m.model != x.model:
+            return []
+        x.model, x.alpha = m.model, m.alpha
         reindex(st, x)
     return []
 
