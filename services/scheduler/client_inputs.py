@@ -20,6 +20,7 @@ from c2cq.schemas.enums import ErrorCode, FinishReason
 from c2cq.services.scheduler import events as ev
 from c2cq.services.scheduler.admission import admit, enqueue, slo_class, unqueue
 from c2cq.services.scheduler.dispatch import place_new
+from c2cq.services.scheduler.placement import demand
 from c2cq.services.scheduler.endings import finish, resend
 from c2cq.services.scheduler.state import Command, RequestView, State, ToClient, ToExecutor, exec_request_id
 from c2cq.services.scheduler.validate import check_submit
@@ -39,6 +40,7 @@ def submitted(st: State, e: ev.Submitted) -> Out:
         return [ToClient(client, RequestRejected(request_id=msg.request_id, code=ErrorCode.DUPLICATE_REQUEST,
                                                  message="a request with this id is in flight"))]
     st.models[msg.model] = (e.info.bytes, e.info.parameters)
+    st.demand[msg.model] = (demand(st, msg.model, now) + 1.0, now)
     req = RequestView(submit=msg, klass=slo_class(st.cfg, msg.slo), client=client, info=e.info, accepted_at=now)
     no = admit(st, req)
     if no is not None:

@@ -2,8 +2,9 @@
 
 Placement reads its candidates from ``st.idle`` and ``st.serving`` and a link's load from
 ``st.links``; every step that changes an executor's state, batch, model or reservation calls
-``reindex``, and every step that changes a member's link figures calls ``relink``. Both are pure
-functions of the state, so a replay (or a snapshot plus its tail) rebuilds the same indexes.
+``reindex``, and every step that changes a member's link figures calls ``relink`` (``reindex``
+calls it too when the member starts or stops reading over the link). Both are pure functions of
+the state, so a replay (or a snapshot plus its tail) rebuilds the same indexes.
 """
 
 from __future__ import annotations
@@ -35,26 +36,37 @@ def reindex(st: State, x: ExecutorView) -> None:
         if model is not None:
             st.serving.setdefault(model, {})[eid] = None
         x.serving_model = model
+    if x.on_link != _on_link(x):
+        relink(st, x.link_group)
+
+
+def _on_link(x: ExecutorView) -> bool:
+    """x reads over its link at every step: it serves, and not all of its model is in HBM."""
+    return x.state == "ready" and bool(x.active) and x.alpha < 1.0
 
 
 def relink(st: State, group: str) -> None:
     """Recompute one link's capacity and load from its live members (sums, never differences)."""
-    cap, used, n = 0.0, 0.0, 0
+    cap, used, n, busy = 0.0, 0.0, 0, 0
     for eid in st.groups.get(group, ()):
         y = st.executors.get(eid)
-        if y is None or y.state == "lost":
+        if y is None:
+            continue
+        y.on_link = _on_link(y)
+        if y.state == "lost":
             continue
         cap = max(cap, y.est.link_bps)
         used += y.est.link_used_bps
         n += 1
+        busy += y.on_link
     if not n:
         st.links.pop(group, None)
         return
     link = st.links.get(group)
     if link is None:
-        st.links[group] = LinkLoad(cap_bps=cap, used_bps=used)
+        st.links[group] = LinkLoad(cap_bps=cap, used_bps=used, busy=busy)
     else:
-        link.cap_bps, link.used_bps = cap, used
+        link.cap_bps, link.used_bps, link.busy = cap, used, busy
 
 
 def check_indexes(st: State) -> State:
@@ -70,7 +82,8 @@ def check_indexes(st: State) -> State:
     for group in st.groups:
         relink(probe, group)
     if set(probe.idle) != set(st.idle) or {m: set(v) for m, v in probe.serving.items()} != {
-            m: set(v) for m, v in st.serving.items()} or probe.links.keys() != st.links.keys():
+            m: set(v) for m, v in st.serving.items()} or probe.links.keys() != st.links.keys() or any(
+            probe.links[g].busy != st.links[g].busy for g in st.links):
         return rebuild_indexes(st)
     return st
 

@@ -77,6 +77,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     weight_share: float = 0.8  # at most this share of a slice's memory holds weights (the rest: KV)
     link_headroom: float = 0.9
     alpha_step_min: float = 0.02  # smaller α changes are not sent
+    demand_tau_s: float = 60.0  # a model's demand (requests) decays with this time constant
 
 
 class Batch(msgspec.Struct, frozen=True, array_like=True):
@@ -117,6 +118,7 @@ class ExecutorView(msgspec.Struct, kw_only=True):
     chunk_tokens: int = 512
     ttft_s: float = 0.0  # measured TTFT of its requests (EWMA, from assignment)
     used_at: float = 0.0  # when a request of its model was last assigned to it or left it (eviction: LRU)
+    on_link: bool = False  # counted in its link's ``busy`` (kept in step by indexes.reindex / relink)
 
 
 class LinkLoad(msgspec.Struct, kw_only=True):
@@ -125,6 +127,7 @@ class LinkLoad(msgspec.Struct, kw_only=True):
 
     cap_bps: float = 0.0  # the best link bandwidth measured by any member
     used_bps: float = 0.0  # what the members draw now
+    busy: int = 0  # members serving with α < 1: each reads over the link at every step (streams or copies)
 
 
 class RequestView(msgspec.Struct, kw_only=True):
@@ -176,6 +179,8 @@ class State(msgspec.Struct, kw_only=True):
     serving: dict[str, dict[str, None]] = {}  # model → ready, not reserved executors running it
     links: dict[str, LinkLoad] = {}  # link group → its load
     reserved: dict[str, str] = {}  # executor → the starved request it is held for (starvation guard)
+    # model → (requests, decayed by cfg.demand_tau_s, as of when): how much each model is asked for
+    demand: dict[str, tuple[float, float]] = {}
     total: int = 0
     applied: int = 0  # events folded so far
 
