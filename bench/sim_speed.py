@@ -1,64 +1,95 @@
-"""Simulator speed: simulated seconds per wall second on a one-hour trace at 64 slices × 1,000
-models, per policy (target ≥ 100x real time for the c2cq policy, which runs the real core).
+"""Simulator speed: simulated seconds per wall second, per shipped trace, GPU profile and policy
+(target ≥ 100× real time for the c2cq policy, which runs the real scheduler core), at 64 slices ×
+1,000 models.
 
-    .venv/bin/python bench/sim_speed.py [--trace PATH] [--speed X] [--slices 64] [--models 1000] [--repeat 3]
+    .venv/bin/python bench/sim_speed.py [--workloads azure-code,...] [--gpus h100-sxm,gh200-96]
+        [--policies c2cq] [--slices 64] [--models 1000] [--repeat 3] [--profile N]
 
-With --repeat N each policy runs N times and the median wall time is reported (the host may be
-shared: a single run is noise).
-
-The Azure LLM 2023 code trace (../shared/traces) by default; a Poisson schedule of its mean rate
-when the file is absent.
+Each workload is a `c2cq sim` flag set (printed with its figures, so any row can be rerun as a
+`c2cq sim` command). The request traces (Azure code, Mooncake) replay at 8× speed; ServeGen holds
+per-window rates (m-mid ≈ 1,300 req/s at noon), so its windows are slowed to the same ~20 req/s
+as the Azure code trace at 8× (the settings of bench/results/sim_headline.md). The rate is
+given per wall second and per CPU second of the process (less sensitive to other processes on a
+shared host); with --repeat N the medians of N runs are reported;
+--profile N prints the N functions of most own time of each c2cq run (cProfile; slows the run).
+The traces are read from ../shared/traces (never copied into the repo); a missing one is skipped.
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
+import pstats
 import statistics
 import sys
+import time
 from pathlib import Path
 
-from c2cq.loadgen import arrivals, traces, workload
-from c2cq.loadgen.workload import Workload, WorkloadConfig
-from c2cq.services.catalog.sim_models import generate
-from c2cq.services.sim.profiles import build_cluster, load_profile, parse_layout
-from c2cq.services.sim.run import POLICIES, Scenario, run_policy
+from c2cq import cli_sim
+from c2cq.services.sim.run import run_policy
 
-TRACE = Path(__file__).resolve().parents[1] / ".." / "shared" / "traces" / "azure_llm_2023_code.csv"
+TRACES = Path(__file__).resolve().parents[1] / ".." / "shared" / "traces"
+AZURE = ("--lengths-trace", str(TRACES / "azure_llm_2023_code.csv"))
+SERVEGEN = ("--trace-format", "servegen", "--start", "43200", "--duration", "12", "--speed", "0.02") + AZURE
+WORKLOADS: dict[str, tuple[str, ...]] = {
+    "azure-code": ("--trace", str(TRACES / "azure_llm_2023_code.csv"), "--trace-format", "azure",
+                   "--duration", "3600", "--speed", "8"),
+    "mooncake": ("--trace", str(TRACES / "mooncake_conversation_first30min.jsonl"), "--trace-format", "mooncake",
+                 "--duration", "1800", "--speed", "8"),
+    "servegen-m-small": ("--trace", str(TRACES / "servegen_language_m-small_day0.csv")) + SERVEGEN,
+    "servegen-m-mid": ("--trace", str(TRACES / "servegen_language_m-mid_day0.csv")) + SERVEGEN,
+    "servegen-mm-image": ("--trace", str(TRACES / "servegen_multimodal_mm-image_day0.csv"),
+                          "--trace-format", "servegen", "--start", "43200", "--duration", "600",
+                          "--speed", "0.5") + AZURE,
+}
+
+
+def sim_args(flags: list[str]) -> argparse.Namespace:
+    """`c2cq sim` flags → its parsed arguments (the command's own parser)."""
+    p = argparse.ArgumentParser(prog="c2cq")
+    cli_sim.register(p.add_subparsers(dest="cmd", required=True))
+    return p.parse_args(["sim", *flags])
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="sim_speed")
-    p.add_argument("--trace", type=Path, default=TRACE)
-    p.add_argument("--speed", type=float, default=1.0, help="replay the trace this many times faster")
+    p.add_argument("--workloads", default=",".join(WORKLOADS))
+    p.add_argument("--gpus", default="h100-sxm,gh200-96")
+    p.add_argument("--policies", default="c2cq")
     p.add_argument("--slices", type=int, default=64)
     p.add_argument("--models", type=int, default=1000)
-    p.add_argument("--policies", default=",".join(POLICIES))
-    p.add_argument("--repeat", type=int, default=1, help="runs per policy; the median wall time is reported")
+    p.add_argument("--repeat", type=int, default=1, help="runs per row; the median wall time is reported")
+    p.add_argument("--profile", type=int, default=0, metavar="N", help="print the top N of a cProfile of each c2cq run")
     a = p.parse_args(argv)
-    if a.trace.exists():
-        reqs = list(traces.window(traces.READERS["azure"](a.trace), speed=a.speed))
-        source = f"{a.trace.name} x{a.speed:g}"
-    else:
-        reqs = workload.from_schedule(arrivals.schedule(2.57 * a.speed, duration_s=3600 / a.speed, seed=0))
-        source = "poisson (trace absent)"
-    prof = load_profile()
-    specs = build_cluster(prof, "gh200-96", parse_layout("3g,2g,2g", prof), a.slices)
-    models = {m.name: m for m in generate(a.models)}
-    pool = workload.length_pool(reqs) or [(512, 128)]
-    plan = Workload(reqs, WorkloadConfig(catalog=tuple(models), models="zipf", lengths=pool, seed=0)).plan()
-    sc = Scenario(plan=plan, specs=specs, models=models, profile=prof)
-    print(f"{source}: {len(plan)} requests over {plan[-1].offset_s:.0f} s; {a.slices} slices x {a.models} models")
-    print(f"{'policy':16} {'virtual s':>10} {'wall s':>8} {'x real time':>12} {'events':>9} {'events/s':>9}  "
-          "runs (wall s)")
-    for name in a.policies.split(","):
-        walls = []
-        for _ in range(max(1, a.repeat)):
-            out, _, wall = run_policy(name, sc)
-            walls.append(wall)
-        wall = statistics.median(walls)
-        v = out["sim"]["virtual_s"]
-        print(f"{name:16} {v:10.0f} {wall:8.1f} {v / wall:12.0f} {out['sim']['events']:9d} "
-              f"{out['sim']['events'] / wall:9.0f}  {' '.join(f'{w:.1f}' for w in walls)}", flush=True)
+    print(f"{'workload':18} {'gpu':9} {'policy':16} {'requests':>8} {'virtual s':>9} {'wall s':>7} {'cpu s':>6} "
+          f"{'x (wall)':>8} {'x (cpu)':>7} {'events':>8} {'both':>6}  runs (wall s)")
+    for w in a.workloads.split(","):
+        flags = [*WORKLOADS[w], "--models-from", "zipf", "--slices", str(a.slices), "--models", str(a.models)]
+        if not Path(flags[1]).exists():
+            print(f"{w}: {flags[1]} is absent, skipped")
+            continue
+        for gpu in a.gpus.split(","):
+            sc = cli_sim.scenario(sim_args([*flags, "--gpu", gpu]))
+            for name in a.policies.split(","):
+                walls, cpus = [], []
+                for _ in range(max(1, a.repeat)):
+                    prof = cProfile.Profile() if a.profile and name == "c2cq" else None
+                    if prof is not None:
+                        prof.enable()
+                    c0 = time.process_time()
+                    out, _, wall = run_policy(name, sc)
+                    cpus.append(time.process_time() - c0)
+                    if prof is not None:
+                        prof.disable()
+                        pstats.Stats(prof).sort_stats("tottime").print_stats(a.profile)
+                    walls.append(wall)
+                wall, cpu = statistics.median(walls), statistics.median(cpus)
+                v = out["sim"]["virtual_s"]
+                print(f"{w:18} {gpu:9} {name:16} {out['requests']:8d} {v:9.0f} {wall:7.1f} {cpu:6.1f} {v / wall:8.0f} "
+                      f"{v / cpu:7.0f} "
+                      f"{out['sim']['events']:8d} {out['slo_attainment'] * 100:5.1f}%  "
+                      f"{' '.join(f'{x:.1f}' for x in walls)}", flush=True)
+            print(f"  c2cq sim {' '.join(flags)} --gpu {gpu}", flush=True)
     return 0
 
 

@@ -21,6 +21,8 @@ examples:
       --duration 600 --slices 64 --models 1000 --out runs/sim-azure.json
   c2cq sim --trace ../shared/traces/servegen_language_m-mid_day0.csv --trace-format servegen \\
       --start 43200 --duration 600 --lengths-trace ../shared/traces/azure_llm_2023_code.csv
+  c2cq sim --trace ../shared/traces/azure_llm_2023_code.csv --trace-format azure --speed 8 \\
+      --duration 3600 --gpu h100-sxm --find-min-slices --target 0.95
 """
 
 
@@ -68,6 +70,13 @@ def register(sub) -> None:
     hw.add_argument("--policies", default=",".join(POLICIES), help=f"comma-separated (default {','.join(POLICIES)})")
     hw.add_argument("--slo-margin", type=float, default=None, metavar="F",
                     help="the scheduler's controller aims at this share of each SLO (default: its config's)")
+    fm = p.add_argument_group("the fewest slices")
+    fm.add_argument("--find-min-slices", action="store_true",
+                    help="per policy, search (doubling from --slices, then bisection) the fewest slices whose "
+                         "TTFT+TPOT attainment reaches --target; printed beside one model per slice")
+    fm.add_argument("--target", type=float, default=0.95, metavar="F", help="attainment to reach (default 0.95)")
+    fm.add_argument("--max-slices", type=int, default=None, metavar="N",
+                    help="give up above N slices (default: one slice per model that receives traffic)")
     p.add_argument("--out", type=Path, metavar="FILE", help="write every figure as JSON here")
     p.set_defaults(func=cmd_sim)
 
@@ -111,6 +120,53 @@ def table(results: dict) -> str:
                                for i, (c, w) in enumerate(zip(r, widths))).rstrip() for r in rows)
 
 
+def min_slices_table(rows: dict, dedicated: int, target: float, gpus_per: int) -> str:
+    out = [f"{'policy':20} {'slices':>7} {'GPUs':>5} {'attainment':>10} {'one model per slice / this':>27}"]
+    for name, s in rows.items():
+        if s.slices is None:
+            top = max(s.probes)
+            out.append(f"{name:20} {'>' + str(top):>7} {'-':>5} {s.probes[top] * 100:9.1f}%  "
+                       f"{'< ' + format(dedicated / top, '.1f') + 'x':>26}  (target {target * 100:g}% not reached)")
+        else:
+            out.append(f"{name:20} {s.slices:7d} {-(-s.slices // gpus_per):5d} {s.probes[s.slices] * 100:9.1f}% "
+                       f"{dedicated / s.slices:26.1f}x")
+    out.append(f"{'one model per slice':20} {dedicated:7d} {-(-dedicated // gpus_per):5d} {'':>10} {'1.0x':>27}")
+    return "\n".join(out)
+
+
+def cmd_find_min_slices(args: argparse.Namespace, sc, policies: list[str]) -> int:
+    import dataclasses
+
+    from c2cq.services.sim.minslices import dedicated_slices, find_min_slices
+    from c2cq.services.sim.profiles import build_cluster, parse_layout
+    from c2cq.services.sim.run import run_policy
+
+    if not 0.0 < args.target <= 1.0:
+        raise ConfigError("--target must be in (0, 1]")
+    layout = parse_layout(args.layout, sc.profile)
+    dedicated = dedicated_slices(sc.plan)
+    cap = args.max_slices or dedicated
+    if cap < 1:
+        raise ConfigError("--max-slices must be >= 1")
+    rows = {}
+    for name in policies:
+        def attainment(n: int, name=name) -> float:
+            specs = build_cluster(sc.profile, args.gpu, layout, n)
+            return run_policy(name, dataclasses.replace(sc, specs=specs))[0]["slo_attainment"]
+
+        rows[name] = find_min_slices(attainment, args.target, args.slices, cap, on_probe=lambda n, a, name=name: print(
+            f"  {name}: {n} slices -> {a * 100:.1f}%", file=sys.stderr, flush=True))
+    print(min_slices_table(rows, dedicated, args.target, len(layout)))
+    if args.out is not None:
+        doc = {"target": args.target, "gpu": args.gpu, "layout": args.layout, "one_model_per_slice": dedicated,
+               "policies": {k: {"slices": v.slices, "probes": {str(n): a for n, a in sorted(v.probes.items())}}
+                            for k, v in rows.items()}}
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+        print(f"wrote {args.out}", file=sys.stderr)
+    return 0
+
+
 def cmd_sim(args: argparse.Namespace) -> int:
     from c2cq.loadgen.cli import plan_summary
     from c2cq.services.sim.run import POLICIES, run_all
@@ -123,6 +179,8 @@ def cmd_sim(args: argparse.Namespace) -> int:
     print(plan_summary(sc.plan), file=sys.stderr)
     print(f"cluster: {len(sc.specs)} {args.gpu} slices ({args.layout} per GPU), {len(sc.models)} models",
           file=sys.stderr)
+    if args.find_min_slices:
+        return cmd_find_min_slices(args, sc, policies)
 
     def progress(name: str, wall: float | None) -> None:
         if wall is not None:

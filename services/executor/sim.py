@@ -188,7 +188,17 @@ class SimBackend:
                           flops=self.p.flops, hbm_bps=self.p.hbm_bps, link_bps=link, bytes_copy=to_copy,
                           copy_share=self.p.copy_share)
         res.busy_s = busy * self.p.time_scale
-        vocab = m.vocab_size
+        self._decode(decoding, outputs)
+        # progressive residency: the copy gets what the step's reads left of the link
+        if alpha < cap:
+            new = resident_after(alpha, cap, busy, link, m.bytes, res.bytes_host)
+            self.copied_bytes = (new - alpha) * m.bytes
+            self._alpha = new
+        return res
+
+    def _decode(self, decoding: list[_Seq], outputs: list[Output]) -> None:
+        """Each sequence produces its next token (and ends at max_tokens)."""
+        seqs, vocab = self.seqs, self.model.vocab_size
         for s in decoding:
             idx = s.produced
             tok = _token(s.seed, idx, vocab)
@@ -198,9 +208,33 @@ class SimBackend:
                                   prompt_tokens=s.prompt_tokens))
             if done:
                 del seqs[s.rid]
-        # progressive residency: the copy gets what the step's reads left of the link
-        if alpha < cap:
-            new = resident_after(alpha, cap, busy, link, m.bytes, res.bytes_host)
-            self.copied_bytes = (new - alpha) * m.bytes
-            self._alpha = new
-        return res
+
+    def batch(self) -> list[_Seq]:
+        """The sequences the next step runs, in step order (a simulator repeating a decode step)."""
+        return list(self.seqs.values())[: self.max_batch]
+
+    def decode_again(self, batch: list[_Seq]) -> list[Output]:
+        """One more pure-decode step of ``batch`` (those of it still in the backend): what ``step``
+        gives when every sequence has finished its prefill, for a simulator that has shown the
+        step to be the same as the last one (same batch, α = 1, so the same duration)."""
+        outputs: list[Output] = []
+        self._decode([s for s in batch if s.rid in self.seqs], outputs)
+        return outputs
+
+    def decode_many(self, batch: list[_Seq], steps: int) -> dict[str, list[int]]:
+        """``steps`` more pure-decode steps of ``batch`` at once, none of which may complete a
+        sequence: each one's next tokens (as ``steps`` calls of ``decode_again`` would give them)."""
+        out: dict[str, list[int]] = {}
+        vocab = self.model.vocab_size
+        for s in batch:
+            if s.rid not in self.seqs:
+                continue
+            idx, seed = s.produced, s.seed
+            assert idx + steps < s.req.max_tokens, "decode_many may not complete a sequence"
+            out[s.rid] = [_token(seed, i, vocab) for i in range(idx, idx + steps)]
+            s.produced = idx + steps
+        return out
+
+    def remaining(self) -> int:
+        """The fewest tokens any sequence still has to produce."""
+        return min((s.req.max_tokens - s.produced for s in self.seqs.values()), default=0)

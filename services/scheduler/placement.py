@@ -3,22 +3,34 @@
 Candidates are the executors that can start it now: one serving its model with a free batch
 slot, or an idle one (which switches to it). The estimate counts the wait for the slot, the
 measured switch time, and a chunked prefill at the share of the model that executor already
-holds (α: affinity falls out of it) with the link bandwidth its host has left — several slices
-share one link, so what the others draw now is taken off.
+holds (α: affinity falls out of it) with the link bandwidth its host has left. Several slices
+share one link, so the link a candidate gets is the lesser of what the other members leave of it
+(their draw, measured from StepStats) and an equal share among the members that read over it at
+every step (those serving with α < 1: streaming, or copying towards residency — a copy does not
+show in the measured draw). On a PCIe host that term decides: a switch beside a sibling that
+copies gets half the link, and a cold 18 GB model's first pass then misses a 1 s TTFT.
+
+TPOT: a model larger than the share of a slice's HBM that may hold weights streams its rest at
+every decode step; a candidate where that step would exceed the request's TPOT budget is taken
+only when no candidate can meet it (large models go to slices that hold them).
 
 A switch evicts the model its slice held. When the best candidate switches, the switching
-candidates within EVICT_SLACK of its estimate are as good, and the one whose model was used least
-recently is taken (LRU): with the lowest id winning ties instead, slice 0 would switch for every
-new model while the others kept theirs for good (seen with two CPU slices and five models).
+candidates within EVICT_SLACK of its estimate are as good, and the one whose model is cheapest to
+lose is taken: the least demand (requests lately, decaying) × bytes, i.e. what its next requests
+would have to bring back over the link — a hot large model stays, a cold or small one goes; then
+the least recently used (with the lowest id winning ties instead, slice 0 would switch for every
+new model while the others kept theirs for good, seen with two CPU slices and five models).
 """
 
 from __future__ import annotations
+
+import math
 
 from c2cq.services.scheduler import costmodel
 from c2cq.services.scheduler.state import ExecutorView, RequestView, State
 
 MIN_LINK_SHARE = 0.05  # a saturated link still gives a new stream this share in the estimate
-EVICT_SLACK = 0.10  # switching candidates within this fraction of the best estimate: evict the LRU model
+EVICT_SLACK = 0.25  # switching candidates within this fraction of the best estimate: evict the cheapest model
 
 
 def link_group(device: str) -> str:
@@ -35,7 +47,23 @@ def link_left(st: State, x: ExecutorView) -> float:
         return x.est.link_bps
     cap = max(link.cap_bps, x.est.link_bps)
     others = max(0.0, link.used_bps - x.est.link_used_bps)
-    return max(cap - others, cap * MIN_LINK_SHARE)
+    return min(max(cap - others, cap * MIN_LINK_SHARE), cap / (1 + link.busy - x.on_link))
+
+
+def demand(st: State, model: str | None, now: float) -> float:
+    """Requests for ``model`` lately: each counts 1 when it arrives, decaying with ``demand_tau_s``."""
+    d = st.demand.get(model) if model is not None else None
+    if d is None:
+        return 0.0
+    n, at = d
+    return n * math.exp(-max(0.0, now - at) / st.cfg.demand_tau_s)
+
+
+def eviction_cost(st: State, x: ExecutorView, now: float) -> float:
+    """What evicting x's model is expected to cost: its demand × its bytes (what each of its next
+    requests would have to bring back over the link)."""
+    size = st.models.get(x.model) if x.model is not None else None
+    return 0.0 if size is None else demand(st, x.model, now) * size[0]
 
 
 def candidates(st: State, model: str) -> list[ExecutorView]:
@@ -84,8 +112,10 @@ def choose_executor(st: State, req: RequestView) -> tuple[ExecutorView | None, f
     cfg = st.cfg
     tpot = (s.slo.tpot_ms or cfg.default_tpot_ms) * cfg.slo_margin / 1e3
     lo, hi = costmodel.MIN_CHUNK, cfg.max_chunk_tokens
+    share = cfg.weight_share
     best, best_t = None, float("inf")
-    switching: list[tuple[float, ExecutorView]] = []
+    fit, fit_t = None, float("inf")  # the best of the candidates that can meet its TPOT
+    switching: list[tuple[float, ExecutorView, bool]] = []
     for x in cands:  # max() spelled as conditionals: this loop is the hot path of placement
         e = x.est
         same = x.model == model
@@ -100,6 +130,9 @@ def choose_executor(st: State, req: RequestView) -> tuple[ExecutorView | None, f
             floor = cap * MIN_LINK_SHARE
             if left < floor:
                 left = floor
+            fair = cap / (1 + link.busy - x.on_link)
+            if fair < left:
+                left = fair
         t_hbm, t_link = alpha * w / e.hbm_bps, (1.0 - alpha) * w / (left if left >= 1.0 else 1.0)
         t_mem = t_hbm if t_hbm >= t_link else t_link
         if same and x.active:
@@ -116,14 +149,22 @@ def choose_executor(st: State, req: RequestView) -> tuple[ExecutorView | None, f
             t_r = flop * rest / e.flops
             t += t_mem if t_mem >= t_r else t_r
         t += (e.step_s if x.active else 0.0) if same else e.switch_s
+        # TPOT: a model larger than the slice may hold streams its rest at every decode step
+        room = share * x.memory_budget_bytes
+        ok = w <= room or (w - room) / (left if left >= 1.0 else 1.0) <= tpot
         if not same:
-            switching.append((t, x))
+            switching.append((t, x, ok))
         if t < best_t or (t == best_t and best is not None and x.executor_id < best.executor_id):
             best, best_t = x, t
+        if ok and (t < fit_t or (t == fit_t and fit is not None and x.executor_id < fit.executor_id)):
+            fit, fit_t = x, t
+    if fit is not None:
+        best, best_t = fit, fit_t
     if best is not None and best.model != model and len(switching) > 1:
         near = best_t * (1.0 + EVICT_SLACK)
-        best, best_t = min(((x, t) for t, x in switching if t <= near),
-                           key=lambda c: (c[0].used_at, c[0].executor_id))
+        now = req.accepted_at
+        best, best_t = min(((x, t) for t, x, ok in switching if t <= near and (ok or fit is None)),
+                           key=lambda c: (eviction_cost(st, c[0], now), c[0].used_at, c[0].executor_id))
     return best, best_t
 
 

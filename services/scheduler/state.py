@@ -78,6 +78,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     weight_share: float = 0.8  # at most this share of a slice's memory holds weights (the rest: KV)
     link_headroom: float = 0.9
     alpha_step_min: float = 0.02  # smaller α changes are not sent
+    demand_tau_s: float = 60.0  # a model's demand (requests) decays with this time constant
 
 
 class Batch(msgspec.Struct, frozen=True, array_like=True):
@@ -110,7 +111,7 @@ class ExecutorView(msgspec.Struct, kw_only=True):
     last_seen: float = 0.0
     to_abort: list[str] = []  # executor-side ids of attempts to abort once it is heard from again
     link_group: str = ""  # executors of one group share one host link
-    # where the placement indexes of the State list it (kept in step by core._reindex)
+    # where the placement indexes of the State list it (kept in step by indexes.reindex)
     in_idle: bool = False
     serving_model: str | None = None
     est: Estimates
@@ -118,6 +119,7 @@ class ExecutorView(msgspec.Struct, kw_only=True):
     chunk_tokens: int = 512
     ttft_s: float = 0.0  # measured TTFT of its requests (EWMA, from assignment)
     used_at: float = 0.0  # when a request of its model was last assigned to it or left it (eviction: LRU)
+    on_link: bool = False  # counted in its link's ``busy`` (kept in step by indexes.reindex / relink)
 
 
 class LinkLoad(msgspec.Struct, kw_only=True):
@@ -126,6 +128,7 @@ class LinkLoad(msgspec.Struct, kw_only=True):
 
     cap_bps: float = 0.0  # the best link bandwidth measured by any member
     used_bps: float = 0.0  # what the members draw now
+    busy: int = 0  # members serving with α < 1: each reads over the link at every step (streams or copies)
 
 
 class RequestView(msgspec.Struct, kw_only=True):
@@ -171,12 +174,14 @@ class State(msgspec.Struct, kw_only=True):
     recent: dict[str, RequestView] = {}  # finished within cfg.recent_s, in finishing order
     models: dict[str, tuple[int, int]] = {}  # model → (bytes, parameters), as submissions described them
     groups: dict[str, list[str]] = {}  # link group → executor ids
-    # placement indexes, maintained incrementally by core._reindex / core._relink so a placement
+    # placement indexes, maintained incrementally by indexes.reindex / indexes.relink so a placement
     # looks at its candidates only; part of the snapshot like everything else (a deterministic fold)
     idle: dict[str, None] = {}  # ready, not reserved, nothing assigned
     serving: dict[str, dict[str, None]] = {}  # model → ready, not reserved executors running it
     links: dict[str, LinkLoad] = {}  # link group → its load
     reserved: dict[str, str] = {}  # executor → the starved request it is held for (starvation guard)
+    # model → (requests, decayed by cfg.demand_tau_s, as of when): how much each model is asked for
+    demand: dict[str, tuple[float, float]] = {}
     total: int = 0
     applied: int = 0  # events folded so far
     metrics: Metrics = msgspec.field(default_factory=Metrics)  # folded by core.apply (metrics.observe)

@@ -13,7 +13,14 @@ learns from them:
 
 A switch is not free (profiles.toml [c2cq]): engine build, the embedding table over the link,
 and, if configured, registering the model's mapping — then every step streams what is not
-resident while the residency copy shares the same link share."""
+resident while the residency copy shares the same link share.
+
+One shortcut that changes nothing but the simulator's speed: a run of decode steps that are
+alike (the same batch, every sequence past its prefill, the model wholly resident: the same
+duration, nothing read over the link) and say nothing (no first token, no completion, no
+stream flush or StepStats due) is one engine event, not one per step (``_run_of_steps``). Their
+end times are the same sums as step by step; a command that arrives within the run ends it at
+the step in flight, which is where the command would have taken effect."""
 
 from __future__ import annotations
 
@@ -45,7 +52,20 @@ class SwitchCosts:
     register_on_switch: bool = False
 
 
+@dataclass(slots=True)
+class _Run:
+    """Alike decode steps in flight as one event: the first began at ``start``; each takes ``step_s``."""
+
+    start: float
+    step_s: float
+    steps: int
+    first: StepResult  # the first step's result (computed as usual)
+    batch: list  # the backend's sequences the steps run
+
+
 class SimExecutor:
+    runs = True  # a run of alike, silent decode steps is one event (False: one event per step)
+
     def __init__(self, spec: SliceSpec, engine: Engine, link: Link, models: dict[str, ModelInfo],
                  send: Callable[[str, object], None], rec: Recorder, phase: float = 0.0,
                  costs: SwitchCosts = SwitchCosts(), liveness_s: float = 1.5) -> None:
@@ -69,6 +89,8 @@ class SimExecutor:
         self._stats = StepResult()
         self._stats_steps = 0
         self._stats_since = 0.0
+        self._run: _Run | None = None  # a run of alike decode steps in flight (one event)
+        self._run_gen = 0  # names the event that ends the current run (a cut run's old event is stale)
 
     # -- messages out ------------------------------------------------------------------------
     def emit(self, cls, **fields) -> None:
@@ -101,6 +123,8 @@ class SimExecutor:
 
     # -- commands in (as Executor.on_command) ------------------------------------------------
     def on_command(self, cmd) -> None:
+        if self._run is not None:
+            self._cut_run()
         if isinstance(cmd, m.AssignRequest):
             self.hb_idle = False
             if self.queue.admit(cmd):
@@ -174,7 +198,92 @@ class SimExecutor:
         if uses_link:
             self.link.users += 1
         self.link.bytes += res.bytes_host + b.copied_bytes
+        if self.runs and not uses_link and self._run_of_steps(res):
+            return
         self.engine.after(res.busy_s, self._publish, res, uses_link)
+
+    # -- runs of alike, silent decode steps (one event for many) ------------------------------
+    def _run_of_steps(self, res: StepResult) -> bool:
+        """``res`` was just computed, its model wholly resident: if the steps after it will be the
+        same (a pure decode of the same batch) and the publishing of it and of the next ones says
+        nothing, schedule one event for the whole run up to the first step whose end says
+        something; False when that is this step."""
+        b = self.backend
+        if res.prefill_tokens or b.copied_bytes or res.decode_tokens != len(b.seqs) or not res.outputs:
+            return False
+        started, running = self.started, self.queue.running
+        for o in res.outputs:
+            if o.finish is not None or o.request_id not in started or o.request_id not in running:
+                return False
+        d, t, due, since = res.busy_s, self.engine.now, self.flush_due, self._stats_since
+        last = b.remaining() + 1  # the step in which the first sequence completes
+        k = 0
+        while True:
+            k += 1
+            t = t + d  # as engine.after would sum it, step by step
+            if k == last or (due is not None and t >= due) or t - since >= STATS_S:
+                break
+            if due is None:
+                due = t + STREAM_S
+        if k == 1:
+            return False
+        self._run = _Run(start=self.engine.now, step_s=d, steps=k, first=res, batch=b.batch())
+        self._schedule_run_end(t)
+        return True
+
+    def _schedule_run_end(self, t: float) -> None:
+        self._run_gen += 1
+        self.engine.at(t, self._end_run, self._run_gen)
+
+    def _cut_run(self) -> None:
+        """A command arrived within a run: it ends with the step in flight (the steps that ended
+        before now are published with it; the command takes effect from the next step on)."""
+        r, now = self._run, self.engine.now
+        t, k = r.start, 0
+        while k < r.steps - 1 and t + r.step_s < now:
+            t += r.step_s
+            k += 1
+        if k + 1 < r.steps:
+            r.steps = k + 1
+            self._schedule_run_end(t + r.step_s)
+
+    def _end_run(self, gen: int) -> None:
+        """The run's last step ended: publish the silent steps before it as their own ends would
+        have (tokens held for the stream, from the first step's end on; the stats window, step by
+        step), then the last step as usual."""
+        if gen != self._run_gen or self._run is None:
+            return  # the run was cut: a later event ends it
+        r, self._run = self._run, None
+        first = r.first
+        if r.steps == 1:  # cut in its first step: that step is the last
+            self._publish(first, False)
+            return
+        b, running, held = self.backend, self.queue.running, self.held
+        more = b.decode_many(r.batch, r.steps - 2) if r.steps > 2 else {}
+        for o in first.outputs:  # steps 1 .. steps-1, request by request (their order in held is per request)
+            rid = o.request_id
+            if rid not in running:
+                continue  # aborted while the run went on
+            toks = more.get(rid, ())
+            texts = [o.text, *(f" t{x}" for x in toks)]
+            h = held.get(rid)
+            if h is None:
+                held[rid] = [o.index, [*o.token_ids, *toks], texts]
+                if self.flush_due is None:
+                    self.flush_due = r.start + r.step_s + STREAM_S  # held from the first step's end
+            else:
+                h[1].extend(o.token_ids)
+                h[1].extend(toks)
+                h[2].extend(texts)
+        st = self._stats
+        for _ in range(r.steps - 1):  # summed step by step, as the steps' own ends would
+            st.busy_s += r.step_s
+        st.decode_tokens += first.decode_tokens * (r.steps - 1)
+        st.bytes_hbm += first.bytes_hbm * (r.steps - 1)
+        self._stats_steps += r.steps - 1
+        res = StepResult(outputs=b.decode_again(r.batch), busy_s=r.step_s, decode_tokens=first.decode_tokens,
+                         bytes_hbm=first.bytes_hbm)
+        self._publish(res, False)
 
     def _flush(self) -> None:
         for rid, (idx, toks, texts) in self.held.items():

@@ -42,9 +42,11 @@ def make_policy(name: str, sc: Scenario, engine: Engine, rec: Recorder, links: d
     raise ConfigError(f"unknown policy {name!r}; choose from {', '.join(POLICIES)}")
 
 
-def run_policy(name: str, sc: Scenario, observe: Callable | None = None) -> tuple[dict, Recorder, float]:
+def run_policy(name: str, sc: Scenario, observe: Callable | None = None,
+               inspect: Callable | None = None) -> tuple[dict, Recorder, float]:
     """Simulate one policy: its summary (plus the simulator's own counters, all deterministic),
-    the outcomes, and the wall-clock seconds it took (kept out of the summary)."""
+    the outcomes, and the wall-clock seconds it took (kept out of the summary). ``inspect`` is
+    called with the policy object once the run has ended (a test reading its final state)."""
     engine = Engine()
     rec = Recorder(len(sc.plan), on_all_ended=engine.stop)
     links = {s.group: Link(s.group, s.link_bps) for s in sc.specs}
@@ -63,6 +65,8 @@ def run_policy(name: str, sc: Scenario, observe: Callable | None = None) -> tupl
     t0 = time.perf_counter()
     engine.run(until=(plan[-1].offset_s if plan else 0.0) + DRAIN_S)
     wall = time.perf_counter() - t0
+    if inspect is not None:
+        inspect(policy)
     out = summarize(rec, list(links.values()), span, engine.now)
     out["sim"] = {"events": engine.events, "virtual_s": round(engine.now, 6)}
     if name == "c2cq":

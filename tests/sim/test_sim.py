@@ -15,6 +15,7 @@ from c2cq.loadgen.workload import PlannedRequest, Workload, WorkloadConfig
 from c2cq.services.catalog.sim_models import generate
 from c2cq.services.sim.engine import Engine
 from c2cq.services.sim.errors import SimError
+from c2cq.services.sim.executor import SimExecutor
 from c2cq.services.sim.metrics import Recorder
 from c2cq.services.sim.profiles import build_cluster, load_profile, parse_layout
 from c2cq.services.sim.run import POLICIES, Scenario, run_policy
@@ -44,9 +45,10 @@ eager_copy = 1.0
 """
 
 
-def small_scenario(rate: float = 6.0, seconds: float = 20.0, seed: int = 0, slices: int = 6) -> Scenario:
+def small_scenario(rate: float = 6.0, seconds: float = 20.0, seed: int = 0, slices: int = 6,
+                   gpu: str = "gh200-96") -> Scenario:
     prof = load_profile()
-    specs = build_cluster(prof, "gh200-96", parse_layout("3g,2g,2g", prof), slices)
+    specs = build_cluster(prof, gpu, parse_layout("3g,2g,2g", prof), slices)
     models = {m.name: m for m in generate(40)}
     offsets = arrivals.schedule(rate, duration_s=seconds, seed=seed)
     cfg = WorkloadConfig(catalog=tuple(models), models="zipf", lengths=((300, 20), (900, 40), (60, 8)), seed=seed)
@@ -81,6 +83,21 @@ def test_the_scheduler_core_never_sees_time_go_backwards():
     run_policy("c2cq", small_scenario(), observe=lambda e: times.append(e.at))
     assert len(times) > 500
     assert all(a <= b for a, b in zip(times, times[1:]))
+
+
+@pytest.mark.parametrize("gpu", ["gh200-96", "h100-sxm"])
+def test_runs_of_alike_decode_steps_as_one_event_change_nothing_the_scheduler_sees(gpu, monkeypatch):
+    """The shortcut (services/sim/executor.py ``_run_of_steps``) against one event per step: the
+    same events reach the core at the same times, and the same figures come out."""
+    sc = small_scenario(rate=8.0, seconds=30.0, seed=4, gpu=gpu)
+    fast_log: list = []
+    fast, _, _ = run_policy("c2cq", sc, observe=fast_log.append)
+    monkeypatch.setattr(SimExecutor, "runs", False)
+    slow_log: list = []
+    slow, _, _ = run_policy("c2cq", sc, observe=slow_log.append)
+    assert fast.pop("sim")["events"] < slow.pop("sim")["events"]  # the shortcut was taken
+    assert fast == slow
+    assert fast_log == slow_log
 
 
 @pytest.mark.parametrize("policy", POLICIES)
