@@ -25,6 +25,7 @@ import msgspec
 
 from c2cq.services.scheduler import core
 from c2cq.services.scheduler import events as ev
+from c2cq.services.scheduler.metrics import Metrics
 from c2cq.services.scheduler.state import State, encode_state
 
 DATA = Path(__file__).resolve().parent / "data"
@@ -95,8 +96,8 @@ def digest(log: list[ev.SchedEvent], state_every: int = 100) -> dict:
         for c in out:
             k = type(c.msg if hasattr(c, "msg") else c.event).__name__
             kinds[k] = kinds.get(k, 0) + 1
-        if i % state_every == 0 or i == len(log) - 1:
-            states.update(encode_state(st))
+        if i % state_every == 0 or i == len(log) - 1:  # the policy's state: metrics only observe it
+            states.update(encode_state(msgspec.structs.replace(st, metrics=Metrics())))
     return {"events": len(log), "commands_sha256": cmds.hexdigest(), "states_sha256": states.hexdigest(),
             "commands": dict(sorted(kinds.items()))}
 
