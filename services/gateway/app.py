@@ -27,6 +27,7 @@ from c2cq.schemas.client import TokensEmitted
 from c2cq.services.gateway import protocol as P
 from c2cq.services.gateway.chat_template import render
 from c2cq.services.gateway.errors import GatewayError, ParamError, http_error, overloaded, too_large, unauthorized
+from c2cq.services.gateway.metrics import render as render_metrics
 from c2cq.services.gateway.streams import Batch, wait_disconnect
 
 JSON = "application/json"
@@ -326,10 +327,7 @@ class Gateway:
         return _json({"status": "unavailable", "executors_ready": 0, "reason": why or "no executor is ready"}, 503)
 
     async def metrics(self, request: Request) -> Response:
-        try:
-            from c2cq.services.gateway.metrics import render as render_metrics
-        except ModuleNotFoundError:
-            return Response(b"metrics are not available in this build\n", 503, media_type="text/plain")
+        """The scheduler's metrics (a scheduler that does not answer: 503 in the OpenAI shape)."""
         try:
             body, ctype = await render_metrics(self.client)
         except Exception as e:  # noqa: BLE001

@@ -10,10 +10,10 @@ from __future__ import annotations
 import asyncio
 
 from c2cq.client import Stream
-from c2cq.errors import RequestError
+from c2cq.errors import PeerDeadError, RequestError
 from c2cq.schemas.catalog import ModelInfo
-from c2cq.schemas.client import (ExecutorStatus, RequestAccepted, RequestFinished, StatusReply, Timings,
-                                 TokensEmitted, Usage)
+from c2cq.schemas.client import (ExecutorStatus, MetricFamily, MetricSeries, MetricsReply, RequestAccepted,
+                                 RequestFinished, StatusReply, Timings, TokensEmitted, Usage)
 from c2cq.schemas.enums import ErrorCode, FinishReason, ModelKind
 from c2cq.services.gateway.models import ModelMeta
 from .tiny import QWEN_TEMPLATE, byte_tokenizer, tokenizer_config
@@ -37,6 +37,7 @@ class FakeClient:
         self.cancelled: list[str] = []
         self._streams: dict[str, Stream] = {}
         self._tasks: set[asyncio.Task] = set()
+        self.dead = False  # metrics() raises PeerDeadError, as a client whose scheduler stopped answering
 
     async def submit(self, model, prompt=None, *, prompt_token_ids=None, request_id, max_tokens=16, **kw):
         self.submitted.append(dict(model=model, prompt=prompt, prompt_token_ids=prompt_token_ids,
@@ -74,6 +75,14 @@ class FakeClient:
 
     async def cancel(self, request_id: str) -> None:
         self.cancelled.append(request_id)
+
+    async def metrics(self, timeout: float = 5.0) -> MetricsReply:
+        if self.dead:
+            raise PeerDeadError("the scheduler has not answered")
+        series = (MetricSeries(labels=("tiny", "stop"), value=len(self.submitted)),)
+        return MetricsReply(nonce=0, families=(MetricFamily(name="c2cq:request_success_total", kind="counter",
+                                                            help="finished requests", labels=("model_name", "finished_reason"),
+                                                            series=series),))
 
     async def status(self, timeout: float = 5.0) -> StatusReply:
         rows = (ExecutorStatus(executor_id="cpu0", state="ready", backend="cpu", device="cpu", model="tiny",

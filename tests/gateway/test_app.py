@@ -201,15 +201,22 @@ async def test_overload_is_503_with_retry_after():
         assert again.status_code == 200
 
 
-async def test_metrics_without_the_module_is_503_or_served():
-    async with client_for(FakeClient()) as c:
+async def test_metrics_renders_the_schedulers_snapshot_and_a_dead_scheduler_is_503():
+    from prometheus_client.parser import text_string_to_metric_families
+
+    fake = FakeClient()
+    fake.submitted += [{}, {}, {}]
+    async with client_for(fake) as c:
         r = await c.get("/metrics")
-    try:
-        import c2cq.services.gateway.metrics  # noqa: F401 - another part of the work provides it
-    except ModuleNotFoundError:
-        assert r.status_code == 503
-    else:
-        assert r.status_code == 200
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+        (fam,) = text_string_to_metric_families(r.text)
+        assert fam.name == "c2cq:request_success" and fam.type == "counter"
+        assert [(s.labels, s.value) for s in fam.samples if s.name.endswith("_total")] == [
+            ({"model_name": "tiny", "finished_reason": "stop"}, 3.0)]
+        fake.dead = True
+        r = await c.get("/metrics")
+    assert_error(r, 503, code="unavailable")
+    assert r.headers["retry-after"] == "1"
 
 
 class FailingAfterTokens(FakeClient):
