@@ -98,7 +98,7 @@ def test_catalog_refuses_a_corrupt_file_sent_directly(running, tmp_path):
     rd = RunDir.from_env(str(home))
     src = rd.catalog_dir / "models" / "good.c2cqm"
     info = info_of("copy", read_layout(src))
-    bad = tmp_path / "copy.c2cqm"
+    bad = rd.catalog_dir / "models" / "copy.c2cqm"  # under the catalog's folder: read, and found damaged
     bad.write_bytes(src.read_bytes()[:-10])
     ctx = zmq.Context()
     s = ctx.socket(zmq.DEALER)
@@ -110,6 +110,27 @@ def test_catalog_refuses_a_corrupt_file_sent_directly(running, tmp_path):
     s.close()
     ctx.term()
     assert isinstance(reply, CatalogError) and "truncated" in reply.message, reply
+    assert [m["name"] for m in json.loads(running.cli("models", "list", "--json").stdout)] == ["good"]
+
+
+def test_catalog_refuses_a_file_outside_its_folders(running, tmp_path):
+    """A sound model file that lies outside the catalog's folders is refused: typed error, nothing registered."""
+    home = running.home
+    running.cli("models", "add", str(good_dir(tmp_path)), "--name", "good", "--quiet")
+    rd = RunDir.from_env(str(home))
+    src = rd.catalog_dir / "models" / "good.c2cqm"
+    outside = tmp_path / "copy.c2cqm"
+    outside.write_bytes(src.read_bytes())
+    ctx = zmq.Context()
+    s = ctx.socket(zmq.DEALER)
+    s.setsockopt(zmq.LINGER, 0)
+    s.connect(rd.catalog_addr)
+    s.send(encode(RegisterModel(info=info_of("copy", read_layout(outside)), path=str(outside))))
+    assert s.poll(10_000)
+    reply = Codec(FromCatalog).decode(s.recv())
+    s.close()
+    ctx.term()
+    assert isinstance(reply, CatalogError) and "outside the catalog's folders" in reply.message, reply
     assert [m["name"] for m in json.loads(running.cli("models", "list", "--json").stdout)] == ["good"]
 
 
@@ -231,7 +252,8 @@ def test_rm_is_refused_while_a_request_uses_the_model(running):
 def test_catalog_refuses_a_path_that_is_not_a_regular_file(running, tmp_path):
     """A FIFO named in a RegisterModel would block the catalog on open: refused before opening."""
     rd = RunDir.from_env(str(running.home))
-    fifo = tmp_path / "pipe.c2cqm"
+    fifo = rd.catalog_dir / "models" / "pipe.c2cqm"
+    fifo.parent.mkdir(parents=True, exist_ok=True)
     os.mkfifo(fifo)
     info = ModelInfo(name="pipe", kind="real", architecture="LlamaForCausalLM", parameters=1, bytes=2, dtype="fp32",
                      vocab_size=2, num_layers=1, hidden_size=1, max_context=8)
