@@ -1,8 +1,8 @@
 """CURVE on every tcp socket: keypairs, the allowed client keys, the ZAP authenticator, a bounded handshake.
 
 A role's keypair lives in the keys folder (``$C2CQ_KEYS_DIR``, else ``HOME/keys``) as pyzmq's
-certificate files: ``ROLE.key`` (public) and ``ROLE.key_secret`` (created 0600, refused when its
-group or others can read it). The client keys a server accepts are the public key files in the
+certificate files: ``ROLE.key`` (public) and ``ROLE.key_secret`` (created 0600, refused when
+others can read it; its group may, as a Kubernetes Secret mounted for a non-root uid needs). The client keys a server accepts are the public key files in the
 allowed folder (``$C2CQ_ALLOWED_KEYS_DIR``, else ``KEYS/allowed``), read again at every handshake,
 so ``c2cq keys allow`` takes effect without a restart.
 
@@ -97,7 +97,7 @@ def load_keypair(folder: Path, role: str) -> Keypair:
     except OSError as e:
         raise ConfigError(f"no CURVE secret key for role {role!r}: {sec} ({e.strerror}); run `c2cq keys init "
                           f"--role {role}`") from None
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+    if mode & stat.S_IRWXO:
         raise ConfigError(f"{sec} is readable by others (mode {stat.S_IMODE(mode):o}): chmod 600 it")
     public, secret = zmq.auth.load_certificate(sec)
     if not secret:

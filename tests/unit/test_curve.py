@@ -175,6 +175,8 @@ def test_keys_init_writes_a_secret_only_its_user_can_read(tmp_path):
     assert zmq.auth.load_certificate(pub) == (kp.public, None)  # pyzmq's own reader agrees
     with pytest.raises(ConfigError, match="exists"):
         curve.init_keys(tmp_path / "k", "control")
+    os.chmod(sec, 0o440)  # a Kubernetes Secret for a non-root uid: its group (fsGroup) reads it
+    assert curve.load_keypair(tmp_path / "k", "control") == kp
     os.chmod(sec, 0o644)
     with pytest.raises(ConfigError, match="readable by others"):
         curve.load_keypair(tmp_path / "k", "control")
