@@ -53,3 +53,9 @@ class CapacityError(C2CQError):
     """A bounded resource (queue, KV blocks, memory) is full."""
 
     code = "capacity"
+
+
+class AuthError(C2CQError):
+    """A CURVE peer was refused or could not be authenticated (unlisted key, wrong server key)."""
+
+    code = "auth"

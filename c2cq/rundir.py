@@ -1,13 +1,15 @@
 """Where an instance keeps its files: C2CQ_HOME, the per-run dir, ipc addresses, shm names.
 
 Two instances with different homes never collide: every path and shared-memory name derives
-from the home directory.
+from the home directory. The run dir and the socket dir are private (0700, owned by this user):
+any local user who can open an ipc socket can speak to the service behind it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +42,13 @@ class RunDir:
     @property
     def catalog_dir(self) -> Path:
         return self.home / "catalog"
+
+    @property
+    def model_roots(self) -> tuple[Path, ...]:
+        """The folders the catalog reads model files from: its own, and the model store(s) in
+        $C2CQ_MODEL_STORE (os.pathsep-separated; a folder every node can read, e.g. an NFS export)."""
+        store = os.environ.get("C2CQ_MODEL_STORE", "")
+        return (self.catalog_dir, *(Path(p).expanduser().resolve() for p in store.split(os.pathsep) if p))
 
     @property
     def state_file(self) -> Path:
@@ -98,5 +107,20 @@ class RunDir:
         return self.address("catalog")
 
     def ensure(self) -> None:
-        for d in (self.run, self.catalog_dir, self.log_dir, self.sock_dir):
-            d.mkdir(parents=True, exist_ok=True)
+        self.catalog_dir.mkdir(parents=True, exist_ok=True)
+        for d in (self.run, self.log_dir, self.sock_dir):
+            private_dir(d)
+
+
+def private_dir(d: Path) -> None:
+    """A folder only this user can open: created 0700, narrowed to 0700 if it exists, refused if it
+    is not a folder of this user's (a /tmp name can be taken by anyone first)."""
+    try:
+        d.mkdir(parents=True, mode=0o700)
+    except FileExistsError:
+        pass
+    st = os.lstat(d)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
+        raise ConfigError(f"{d} is not a folder owned by this user: refusing to keep sockets in it")
+    if stat.S_IMODE(st.st_mode) != 0o700:
+        os.chmod(d, 0o700)

@@ -1,6 +1,7 @@
 """The one helper that makes every socket, batched receive, non-blocking send, throttled warnings.
 
-Every socket gets linger 0, bounded high-water marks and, for ipc, a path under the run dir.
+Every socket gets linger 0, bounded high-water marks and, for ipc, a path under the run dir; a tcp
+socket gets CURVE (c2cq.curve) or is refused, unless it is explicitly marked insecure.
 Receiving awaits readiness once, then drains with NOBLOCK (one await per message caps at
 ~80k msg/s; draining reaches ~1M msg/s on ipc). A non-blocking send tells a full queue (a slow
 peer: retry) from a gone peer.
@@ -15,6 +16,9 @@ from pathlib import Path
 import zmq
 import zmq.asyncio
 
+from c2cq.curve import CurveClient, CurveServer
+from c2cq.errors import ConfigError
+
 DEFAULT_HWM = 20_000
 MAX_BATCH = 512
 
@@ -28,9 +32,17 @@ def make_socket(
     identity: bytes | None = None,
     hwm: int = DEFAULT_HWM,
     linger_ms: int = 0,
+    curve: CurveServer | CurveClient | None = None,
+    insecure: bool = False,
 ) -> zmq.asyncio.Socket:
     if (bind is None) == (connect is None):
         raise ValueError("make_socket: give exactly one of bind= or connect=")
+    endpoint = bind or connect
+    if curve is None and endpoint.startswith("tcp://") and not insecure:
+        raise ConfigError(f"{endpoint}: a tcp endpoint needs CURVE keys (c2cq keys init), or --insecure")
+    if curve is not None and not isinstance(curve, CurveServer if bind is not None else CurveClient):
+        raise ConfigError(f"{endpoint}: a {'bound' if bind is not None else 'connecting'} socket takes "
+                          f"{'CurveServer' if bind is not None else 'CurveClient'} keys")
     sock = ctx.socket(kind)
     sock.setsockopt(zmq.LINGER, linger_ms)
     sock.setsockopt(zmq.SNDHWM, hwm)
@@ -41,6 +53,12 @@ def make_socket(
     if kind == zmq.ROUTER:
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a send to a gone peer raises, not vanishes
         sock.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a restarted peer with the same identity takes over
+    if curve is not None:
+        try:
+            curve.apply(ctx, sock)  # a server's ZAP authenticator is running before the bind
+        except ConfigError:
+            sock.close(linger=0)
+            raise
     if bind is not None:
         if bind.startswith("ipc://"):
             Path(bind[len("ipc://"):]).parent.mkdir(parents=True, exist_ok=True)

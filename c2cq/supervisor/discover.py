@@ -1,8 +1,17 @@
-"""Slice discovery: one executor per MIG UUID, else one per GPU, else N CPU slices."""
+"""Slice discovery: one executor per MIG UUID, else one per GPU, else N CPU slices.
+
+In a container the NVIDIA runtime (and Kubernetes' device plugin) says which devices it exposes in
+NVIDIA_VISIBLE_DEVICES; ``visible_slices`` reads it first, NVML being the fallback and the means to
+resolve indexes and a GPU's MIG instances.
+"""
 
 from __future__ import annotations
 
+import os
+import re
 from dataclasses import dataclass, field
+
+from c2cq.errors import ConfigError
 
 LINK_GROUP_ENV = "C2CQ_LINK_GROUP"  # the executor announces it in SliceReady.link_group
 # sim executor processes each simulate a link of their own (SimBackend shares no bandwidth with
@@ -64,15 +73,95 @@ def nvml_devices() -> list[tuple[str, list[str]]]:
         pynvml.nvmlShutdown()
 
 
+VISIBLE_ENV = "NVIDIA_VISIBLE_DEVICES"
+_INDEX = re.compile(r"\d+")
+_MIG_INDEX = re.compile(r"(\d+):(\d+)")  # GPU index : MIG device index
+
+
+def _cuda_slices(pairs: list[tuple[str, str]]) -> list[Slice]:
+    """[(target device, its link group)] → numbered cuda slices."""
+    return [Slice(f"exec-{i}", "cuda", t, (("CUDA_VISIBLE_DEVICES", t),), link_group=g) for i, (t, g) in enumerate(pairs)]
+
+
+def _gpu_targets(uuid: str, migs: list[str], per_gpu: int) -> list[tuple[str, str]]:
+    return [(t, uuid) for t in migs or [uuid] * per_gpu]  # several executors stand in for MIG slices
+
+
+def _every_slice(gpus: list[tuple[str, list[str]]], per_gpu: int) -> list[Slice]:
+    return _cuda_slices([p for uuid, migs in gpus for p in _gpu_targets(uuid, migs, per_gpu)])
+
+
+def visible_slices(value: str | None, gpus: list[tuple[str, list[str]]], per_gpu: int = 1) -> list[Slice] | None:
+    """The cuda slices NVIDIA_VISIBLE_DEVICES=``value`` exposes; ``gpus`` is what NVML sees
+    ([(gpu uuid, [mig uuids])], [] without NVML). None: the variable says nothing (unset or
+    empty), discover through NVML alone.
+
+    ``void`` and ``none`` expose no device; ``all`` every one NVML sees. A list may mix ``MIG-…`` and
+    ``GPU-…`` UUIDs (a GPU with MIG instances gives one slice per instance), GPU indexes and
+    ``GPU:MIG`` index pairs. An index is the host's: inside a container NVML sees only the listed
+    GPUs, renumbered from 0 in the host's order, so when it sees as many GPUs as the list names
+    the n-th smallest index is NVML's n-th GPU. A UUID NVML does not know still makes a slice (its
+    own link group); an index needs NVML, and an unreadable entry is a ConfigError.
+    """
+    if value is None or not value.strip():
+        return None
+    value = value.strip()
+    if value in ("void", "none"):
+        return []
+    if value == "all":
+        return _every_slice(gpus, per_gpu)
+    tokens = [t.strip() for t in value.split(",") if t.strip()]
+    parent = {m: uuid for uuid, migs in gpus for m in migs}
+    by_uuid = dict(gpus)
+    host_gpus = sorted({int(m.group(1) if (m := _MIG_INDEX.fullmatch(t)) else t)
+                        for t in tokens if _INDEX.fullmatch(t) or _MIG_INDEX.fullmatch(t)})
+    renumbered = len(gpus) == len(host_gpus)  # the container's view: only the listed GPUs
+
+    def gpu_at(host_index: int, token: str) -> tuple[str, list[str]]:
+        i = host_gpus.index(host_index) if renumbered else host_index
+        if not 0 <= i < len(gpus):
+            raise ConfigError(f"{VISIBLE_ENV}={value!r}: device {token!r} is not among the {len(gpus)} GPUs NVML sees")
+        return gpus[i]
+
+    pairs: list[tuple[str, str]] = []
+    for t in tokens:
+        if t.startswith("MIG-"):
+            pairs.append((t, parent.get(t, t)))
+        elif t.startswith("GPU-"):
+            pairs.extend(_gpu_targets(t, by_uuid.get(t, []), per_gpu))
+        elif _INDEX.fullmatch(t):
+            pairs.extend(_gpu_targets(*gpu_at(int(t), t), per_gpu))
+        elif m := _MIG_INDEX.fullmatch(t):
+            uuid, migs = gpu_at(int(m.group(1)), t)
+            if not int(m.group(2)) < len(migs):
+                raise ConfigError(f"{VISIBLE_ENV}={value!r}: GPU {uuid} has no MIG device {m.group(2)}")
+            pairs.append((migs[int(m.group(2))], uuid))
+        else:
+            raise ConfigError(f"{VISIBLE_ENV}={value!r}: cannot read {t!r} (MIG-…, GPU-…, an index, GPU:MIG, "
+                              "all, none or void)")
+    return _cuda_slices(list(dict.fromkeys(pairs)) if per_gpu == 1 else pairs)
+
+
+def executor_slice(environ=os.environ, nvml=None) -> Slice:
+    """The one slice an executor container runs on (a pod per MIG slice): from NVIDIA_VISIBLE_DEVICES,
+    else the first NVML finds. ConfigError when there is none."""
+    gpus = (nvml or nvml_devices)()
+    found = visible_slices(environ.get(VISIBLE_ENV), gpus)
+    if found is None:
+        found = _every_slice(gpus, 1)
+    if not found:
+        raise ConfigError(f"no GPU slice visible ({VISIBLE_ENV}={environ.get(VISIBLE_ENV)!r}, NVML sees {len(gpus)})")
+    return found[0]
+
+
 def discover(backend: str | None, slices: int, per_gpu: int = 1) -> list[Slice]:
-    """The executors to start. ``backend`` None: cuda where GPUs exist, else cpu."""
+    """The executors to start. ``backend`` None: cuda where GPUs exist, else cpu. In a container,
+    NVIDIA_VISIBLE_DEVICES says which GPUs are ours (``visible_slices``)."""
     if backend in (None, "cuda"):
         gpus = nvml_devices()
-        found: list[Slice] = []
-        for g, (uuid, migs) in enumerate(gpus):
-            for target in migs or [uuid] * per_gpu:  # several executors stand in for MIG slices
-                i = len(found)
-                found.append(Slice(f"exec-{i}", "cuda", target, (("CUDA_VISIBLE_DEVICES", target),), link_group=uuid))
+        found = visible_slices(os.environ.get(VISIBLE_ENV), gpus, per_gpu)
+        if found is None:
+            found = _every_slice(gpus, per_gpu)
         if found:
             return found
         if backend == "cuda":

@@ -23,7 +23,7 @@ async def amain(args: argparse.Namespace) -> None:
     logger = log.configure("catalog")
     rd = RunDir.from_env(args.home)
     store = CatalogStore(rd.catalog_dir)
-    publisher = Publisher(store, rd.shm_dir)
+    publisher = Publisher(store, rd.shm_dir, rd.model_roots)
     publisher.publish_all()
     ctx = zmq.asyncio.Context()
     sock = make_socket(ctx, zmq.ROUTER, bind=rd.catalog_addr)

@@ -1,7 +1,8 @@
 """The catalog's shared-memory side: every real model file published once in /dev/shm for all executors.
 
-Wraps the registry's message handling: a RegisterModel with a path is checked (the file must open
-as a c2cq model file and agree with its description) and published *before* it is registered, so
+Wraps the registry's message handling: a RegisterModel with a path is checked (the file must lie
+under one of the catalog's own folders — its models folder, the model store — after symlinks are
+resolved; must open as a c2cq model file and agree with its description) and published *before* it is registered, so
 a bad file is refused with nothing registered; a removed model is unpublished (mappings already
 open in executors stay valid until they close them).
 
@@ -35,9 +36,19 @@ def _regular_file(path: str) -> bool:
         return False
 
 
+def inside(path: str, roots: tuple[Path, ...]) -> bool:
+    """Whether ``path``, symlinks resolved, lies under one of ``roots`` (also resolved)."""
+    try:
+        real = Path(os.path.realpath(path))
+    except (OSError, ValueError):
+        return False
+    return any(real.is_relative_to(os.path.realpath(r)) for r in roots)
+
+
 class Publisher:
-    def __init__(self, store: CatalogStore, shm_dir: Path) -> None:
+    def __init__(self, store: CatalogStore, shm_dir: Path, roots: tuple[Path, ...]) -> None:
         self.store, self.shm_dir = store, Path(shm_dir)
+        self.roots = tuple(Path(r) for r in roots)  # the only folders it reads model files from
         self.published: dict[str, ShmRef] = {}
         self.log = log.get()
 
@@ -59,6 +70,9 @@ class Publisher:
             self.log.info("swept_stale_files", files=gone[:20], count=len(gone))
         for name, e in self.store.reg.models.items():
             if e.path is None:
+                continue
+            if not inside(e.path, self.roots):  # registered before the rule, or the store moved
+                self.log.error("publish_refused", model=name, path=e.path, reason="outside the catalog's folders")
                 continue
             try:
                 self.published[name] = self._publish(name, e.path)
@@ -91,6 +105,9 @@ class Publisher:
         reads the registry, changes nothing in it). None: the name is taken, the registry answers."""
         if msg.info.name in self.store.reg.models:
             return None
+        if not inside(msg.path, self.roots):
+            return CatalogError(code=ErrorCode.BAD_MODEL, message=f"{msg.path[:200]!r} is outside the catalog's "
+                                f"folders ({', '.join(map(str, self.roots))}): refused")
         if not _regular_file(msg.path):  # a FIFO or device would block the catalog on open
             return CatalogError(code=ErrorCode.BAD_MODEL, message=f"{msg.path[:200]!r} is not a regular file")
         try:

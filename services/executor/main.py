@@ -209,8 +209,18 @@ def make_backend(args: argparse.Namespace) -> Backend:
     if args.backend == "cuda":
         from c2cq.services.executor.cuda import CudaBackend
 
-        return CudaBackend(device=args.device or os.environ.get("CUDA_VISIBLE_DEVICES", "cuda:0"))
+        return CudaBackend(device=args.device or os.environ.get("CUDA_VISIBLE_DEVICES") or _visible_slice(args).device)
     raise SystemExit(f"unknown backend {args.backend!r}")
+
+
+def _visible_slice(args: argparse.Namespace):
+    """A container's executor (one pod per MIG slice): its slice from NVIDIA_VISIBLE_DEVICES, else NVML.
+    CUDA sees only that device, and the slice's parent GPU is its link group."""
+    from c2cq.supervisor.discover import executor_slice
+
+    found = executor_slice()
+    args.link_group = args.link_group or found.link_group
+    return found
 
 
 async def amain(args: argparse.Namespace) -> None:

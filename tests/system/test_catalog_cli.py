@@ -91,6 +91,21 @@ def test_bad_checkpoints_are_refused_by_name(running, tmp_path):
     assert next(s["pid"] for s in status(home)["services"] if s["name"] == "catalog") == catalog_pid
 
 
+def _send_raw(rd: RunDir, msg):
+    """One message to the catalog over a plain socket (not catalog_client: nothing checked first); its answer."""
+    ctx = zmq.Context()
+    s = ctx.socket(zmq.DEALER)
+    s.setsockopt(zmq.LINGER, 0)
+    s.connect(rd.catalog_addr)
+    try:
+        s.send(encode(msg))
+        assert s.poll(10_000), "the catalog did not answer"
+        return Codec(FromCatalog).decode(s.recv())
+    finally:
+        s.close()
+        ctx.term()
+
+
 def test_catalog_refuses_a_corrupt_file_sent_directly(running, tmp_path):
     """A RegisterModel naming a damaged file gets a typed error; the catalog stays up and registers nothing."""
     home = running.home
@@ -98,18 +113,23 @@ def test_catalog_refuses_a_corrupt_file_sent_directly(running, tmp_path):
     rd = RunDir.from_env(str(home))
     src = rd.catalog_dir / "models" / "good.c2cqm"
     info = info_of("copy", read_layout(src))
-    bad = tmp_path / "copy.c2cqm"
+    bad = rd.catalog_dir / "models" / "copy.c2cqm"  # under the catalog's folder: read, and found damaged
     bad.write_bytes(src.read_bytes()[:-10])
-    ctx = zmq.Context()
-    s = ctx.socket(zmq.DEALER)
-    s.setsockopt(zmq.LINGER, 0)
-    s.connect(rd.catalog_addr)
-    s.send(encode(RegisterModel(info=info, path=str(bad))))
-    assert s.poll(10_000)
-    reply = Codec(FromCatalog).decode(s.recv())
-    s.close()
-    ctx.term()
+    reply = _send_raw(rd, RegisterModel(info=info, path=str(bad)))
     assert isinstance(reply, CatalogError) and "truncated" in reply.message, reply
+    assert [m["name"] for m in json.loads(running.cli("models", "list", "--json").stdout)] == ["good"]
+
+
+def test_catalog_refuses_a_file_outside_its_folders(running, tmp_path):
+    """A sound model file that lies outside the catalog's folders is refused: typed error, nothing registered."""
+    home = running.home
+    running.cli("models", "add", str(good_dir(tmp_path)), "--name", "good", "--quiet")
+    rd = RunDir.from_env(str(home))
+    src = rd.catalog_dir / "models" / "good.c2cqm"
+    outside = tmp_path / "copy.c2cqm"
+    outside.write_bytes(src.read_bytes())
+    reply = _send_raw(rd, RegisterModel(info=info_of("copy", read_layout(outside)), path=str(outside)))
+    assert isinstance(reply, CatalogError) and "outside the catalog's folders" in reply.message, reply
     assert [m["name"] for m in json.loads(running.cli("models", "list", "--json").stdout)] == ["good"]
 
 
@@ -136,15 +156,7 @@ def test_a_staged_path_outside_the_catalog_folder_is_ignored(running, tmp_path):
     src = rd.catalog_dir / "models" / "good.c2cqm"
     decoy = tmp_path / ".staged-1-copy.c2cqm"
     decoy.write_bytes(src.read_bytes())
-    ctx = zmq.Context()
-    s = ctx.socket(zmq.DEALER)
-    s.setsockopt(zmq.LINGER, 0)
-    s.connect(rd.catalog_addr)
-    s.send(encode(RegisterModel(info=info_of("copy", read_layout(src)), path=str(src), staged=str(decoy))))
-    assert s.poll(10_000)
-    reply = Codec(FromCatalog).decode(s.recv())
-    s.close()
-    ctx.term()
+    reply = _send_raw(rd, RegisterModel(info=info_of("copy", read_layout(src)), path=str(src), staged=str(decoy)))
     assert not isinstance(reply, CatalogError), reply
     assert decoy.exists()
     assert _published_lines(rd) == [("good", "staged copy"), ("copy", "from the model file")]
@@ -231,19 +243,12 @@ def test_rm_is_refused_while_a_request_uses_the_model(running):
 def test_catalog_refuses_a_path_that_is_not_a_regular_file(running, tmp_path):
     """A FIFO named in a RegisterModel would block the catalog on open: refused before opening."""
     rd = RunDir.from_env(str(running.home))
-    fifo = tmp_path / "pipe.c2cqm"
+    fifo = rd.catalog_dir / "models" / "pipe.c2cqm"
+    fifo.parent.mkdir(parents=True, exist_ok=True)
     os.mkfifo(fifo)
     info = ModelInfo(name="pipe", kind="real", architecture="LlamaForCausalLM", parameters=1, bytes=2, dtype="fp32",
                      vocab_size=2, num_layers=1, hidden_size=1, max_context=8)
-    ctx = zmq.Context()
-    s = ctx.socket(zmq.DEALER)
-    s.setsockopt(zmq.LINGER, 0)
-    s.connect(rd.catalog_addr)
-    s.send(encode(RegisterModel(info=info, path=str(fifo))))
-    assert s.poll(10_000), "the catalog did not answer (blocked on the FIFO?)"
-    reply = Codec(FromCatalog).decode(s.recv())
-    s.close()
-    ctx.term()
+    reply = _send_raw(rd, RegisterModel(info=info, path=str(fifo)))  # no answer: blocked on the FIFO
     assert isinstance(reply, CatalogError) and "not a regular file" in reply.message, reply
 
 

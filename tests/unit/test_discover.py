@@ -87,6 +87,8 @@ def fake_pynvml(gpus: list[FakeGPU], *, no_library: bool = False, bytes_uuids: b
 
 @pytest.fixture
 def nvml(monkeypatch):
+    monkeypatch.delenv("NVIDIA_VISIBLE_DEVICES", raising=False)  # set in GPU containers: the fake decides here
+
     def install(*gpus: FakeGPU, **kw) -> types.ModuleType:
         m = fake_pynvml(list(gpus), **kw)
         monkeypatch.setitem(sys.modules, "pynvml", m)

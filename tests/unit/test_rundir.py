@@ -28,3 +28,31 @@ def test_up_refuses_a_shm_root_that_is_not_a_folder(tmp_path):
                        capture_output=True, text=True, timeout=60)
     assert p.returncode != 0 and "no such folder" in p.stderr, p.stderr
     assert not (home / "run" / "supervisor.pid").exists()
+
+
+def test_the_run_and_socket_dirs_are_private(tmp_path):
+    import os
+    import stat
+
+    import pytest
+
+    from c2cq.errors import ConfigError
+    from c2cq.rundir import private_dir
+
+    old = os.umask(0o022)
+    try:
+        rd = RunDir.from_env(tmp_path / "home")
+        rd.sock_dir.mkdir(parents=True, mode=0o755)  # left wide by an older version
+        rd.ensure()
+    finally:
+        os.umask(old)
+    for d in (rd.run, rd.log_dir, rd.sock_dir):
+        assert stat.S_IMODE(os.stat(d).st_mode) == 0o700, d
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ConfigError, match="not a folder owned by this user"):
+        private_dir(tmp_path / "file")
+    if os.getuid() == 0:  # root can make a folder another user owns: the /tmp squatting case
+        os.mkdir(tmp_path / "theirs")
+        os.chown(tmp_path / "theirs", 12345, 12345)
+        with pytest.raises(ConfigError, match="not a folder owned by this user"):
+            private_dir(tmp_path / "theirs")
