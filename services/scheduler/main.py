@@ -153,6 +153,7 @@ class Shell:
             if not send_nowait(self.clients, box[0]):
                 if time.monotonic() - self.outbox_since[ident] > OUTBOX_TTL_S:
                     self.drop_outbox(ident)
+                    self.abandon(ident)
                 return
             box.popleft()
         self.drop_outbox(ident)
@@ -162,6 +163,15 @@ class Shell:
         self.outbox_since.pop(ident, None)
         if box:
             self.log.warning("client_unreachable", dropped=len(box))
+
+    def abandon(self, ident: bytes) -> None:
+        """A client unreachable past OUTBOX_TTL_S is gone: cancel what it still has in flight, so no
+        slice keeps working for nobody (logged as CancelAsked, like a cancel it sent itself). A
+        client that comes back later finds those requests finished as cancelled."""
+        rids = [rid for rid, r in self.state.requests.items() if r.client == ident and r.finished is None]
+        if rids:
+            self.log.warning("client_gone_requests_cancelled", requests=len(rids))
+            self.ingest([ev.CancelAsked(at=time.monotonic(), client=ident, request_id=rid) for rid in rids])
 
     # -- the catalog ----------------------------------------------------------------------------
     async def refresh_models(self, force: bool = False) -> None:

@@ -9,6 +9,7 @@ import zmq
 import zmq.asyncio
 
 from c2cq.rundir import RunDir
+from c2cq.services.scheduler import events as ev
 from c2cq.services.scheduler import main as shell_main
 from c2cq.services.scheduler.journal import Journal, log_path
 from c2cq.services.scheduler.state import State
@@ -167,3 +168,26 @@ def test_malformed_frames_on_the_executor_socket_are_throttled(tmp_path):
 
     total, lines = asyncio.run(go())
     assert total == 500 and 1 <= len(lines) <= 3
+
+
+async def test_a_client_gone_past_the_ttl_has_its_requests_cancelled(tmp_path, monkeypatch):
+    """Nothing accepted keeps running for nobody: the slice is told to abort, the log says why."""
+    shell, sent = _shell(tmp_path, monkeypatch, [SENT])
+    monkeypatch.setattr(shell_main, "send_nowait", lambda sock, frames: False)  # the client is unreachable
+    try:
+        shell.ingest([ready("e0", 0.0), submit("r1", 0.1), submit("r2", 0.2, client=b"other")])
+        c1 = next(iter(shell.outbox))
+        assert shell.state.requests["r1"].executor == "e0"
+        shell.flush_outbox(c1)  # within the TTL: kept, nothing cancelled
+        assert "r1" in shell.state.requests and not any(b"abort" in f[1] for f in sent)
+        shell.outbox_since[c1] -= shell_main.OUTBOX_TTL_S + 1
+        shell.flush_outbox(c1)
+        assert "r1" not in shell.state.requests or shell.state.requests["r1"].finished is not None
+        assert "r2" in shell.state.requests and shell.state.requests["r2"].finished is None  # another client's
+        assert any(b"abort" in f[1] and b"r1" in f[1] for f in sent)
+        assert ("client_gone_requests_cancelled", {"requests": 1}) in shell.log.lines
+        logged = [e for _, e in shell.journal.log.replay(0) if isinstance(e, ev.CancelAsked)]
+        assert [(e.client, e.request_id) for e in logged] == [(c1, "r1")]  # durable: a restart replays it
+    finally:
+        shell.close()
+        shell.journal.close()
