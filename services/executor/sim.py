@@ -15,6 +15,8 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
+import numpy as np
+
 from c2cq.schemas.catalog import ModelInfo
 from c2cq.schemas.enums import FinishReason
 from c2cq.schemas.executor import AssignRequest
@@ -81,6 +83,17 @@ def _token(seed: int, index: int, vocab: int) -> int:
     z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK
     z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK
     return (z ^ (z >> 31)) % vocab
+
+
+def _tokens(seed: int, start: int, n: int, vocab: int) -> list[int]:
+    """Tokens ``start`` .. ``start + n - 1`` of the stream ``seed``: ``_token`` of each, with numpy's
+    uint64 arithmetic (it wraps as the masks do) once the run is long enough to pay for it."""
+    if n < 48:
+        return [_token(seed, i, vocab) for i in range(start, start + n)]
+    z = np.uint64(seed) + np.arange(start + 1, start + n + 1, dtype=np.uint64) * np.uint64(_GOLDEN)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return ((z ^ (z >> np.uint64(31))) % np.uint64(vocab)).tolist()
 
 
 def _prompt_len(req: AssignRequest) -> int:
@@ -231,7 +244,7 @@ class SimBackend:
                 continue
             idx, seed = s.produced, s.seed
             assert idx + steps < s.req.max_tokens, "decode_many may not complete a sequence"
-            out[s.rid] = [_token(seed, i, vocab) for i in range(idx, idx + steps)]
+            out[s.rid] = _tokens(seed, idx, steps, vocab)
             s.produced = idx + steps
         return out
 

@@ -2,8 +2,8 @@
 
 Placement reads its candidates from ``st.idle`` and ``st.serving`` and a link's load from
 ``st.links``; every step that changes an executor's state, batch, model or reservation calls
-``reindex``, and every step that changes a member's link figures calls ``relink`` (``reindex``
-calls it too when the member starts or stops reading over the link). Both are pure functions of
+``reindex`` (which also counts the members reading over the link), and every step that changes
+a member's link figures calls ``relink``. Both are pure functions of
 the state, so a replay (or a snapshot plus its tail) rebuilds the same indexes.
 """
 
@@ -36,8 +36,12 @@ def reindex(st: State, x: ExecutorView) -> None:
         if model is not None:
             st.serving.setdefault(model, {})[eid] = None
         x.serving_model = model
-    if x.on_link != _on_link(x):
-        relink(st, x.link_group)
+    on = _on_link(x)
+    if x.on_link != on:  # a count, so a difference is exact (relink recounts it from the members)
+        x.on_link = on
+        link = st.links.get(x.link_group)
+        if link is not None:
+            link.busy += 1 if on else -1
 
 
 def _on_link(x: ExecutorView) -> bool:

@@ -100,7 +100,9 @@ def estimate(st: State, x: ExecutorView, req: RequestView) -> float:
 
 def choose_executor(st: State, req: RequestView) -> tuple[ExecutorView | None, float]:
     """The candidate with the lowest estimated TTFT (ties: the lower executor id), and that estimate;
-    when it would switch, the least recently used of the switching candidates within EVICT_SLACK.
+    when it would switch, of the switching candidates within EVICT_SLACK the one whose model is
+    cheapest to lose (then the least recently used); preferring, throughout, candidates that can
+    meet its TPOT.
     O(candidates), and the order they are met in does not matter. The request's own terms are
     worked out once; each candidate costs the roofline of ``estimate`` (the same floats)."""
     cands = candidates(st, req.submit.model)
@@ -162,9 +164,18 @@ def choose_executor(st: State, req: RequestView) -> tuple[ExecutorView | None, f
         best, best_t = fit, fit_t
     if best is not None and best.model != model and len(switching) > 1:
         near = best_t * (1.0 + EVICT_SLACK)
-        now = req.accepted_at
-        best, best_t = min(((x, t) for t, x, ok in switching if t <= near and (ok or fit is None)),
-                           key=lambda c: (eviction_cost(st, c[0], now), c[0].used_at, c[0].executor_id))
+        now, costs = req.accepted_at, {}  # eviction_cost per model held, worked out once
+        pick = None
+        for t, x, ok in switching:
+            if t > near or not (ok or fit is None):
+                continue
+            c = costs.get(x.model)
+            if c is None:
+                c = costs[x.model] = eviction_cost(st, x, now)
+            k = (c, x.used_at, x.executor_id)
+            if pick is None or k < pick[0]:
+                pick = (k, x, t)
+        best, best_t = pick[1], pick[2]
     return best, best_t
 
 

@@ -265,7 +265,7 @@ class SimExecutor:
             if rid not in running:
                 continue  # aborted while the run went on
             toks = more.get(rid, ())
-            texts = [o.text, *(f" t{x}" for x in toks)]
+            texts = [o.text, " t" + " t".join(map(str, toks))] if toks else [o.text]  # the backend's text of each
             h = held.get(rid)
             if h is None:
                 held[rid] = [o.index, [*o.token_ids, *toks], texts]

@@ -111,9 +111,9 @@ def main(argv: list[str] | None = None) -> int:
     if a.record:
         write_log(record())
     d = digest(read_log())
-    print(json.dumps(d, indent=2))
     if a.write:
         GOLDEN.write_text(json.dumps(d, indent=2) + "\n")
+    print(json.dumps(d, indent=2))
     return 0
 
 
