@@ -66,14 +66,15 @@ def installed() -> dict[str, str]:
     return {normalize(d.metadata["Name"]): d.version for d in metadata.distributions() if d.metadata["Name"]}
 
 
-def drift(locked: dict[str, Pin], have: dict[str, str]) -> tuple[list[str], list[str]]:
+def drift(locked: dict[str, Pin], have: dict[str, str], known: frozenset[str] = frozenset()) -> tuple[list[str], list[str]]:
     """(errors, warnings): a locked package missing or at another version is an error; one
-    installed but in no lock is a warning (installed by hand, or left by an older lock)."""
+    installed but in no lock (``known``: the names the other locks pin, e.g. the test extras in
+    a venv checked for the demo) is a warning (installed by hand, or left by an older lock)."""
     errors = [f"{p.name}=={p.version} is locked but not installed" if p.name not in have else
               f"{p.name} is {have[p.name]}, the lock says {p.version} (changed by another install?)"
               for p in locked.values() if have.get(p.name) != p.version]
     warnings = [f"{name}=={v} is installed but in no lock" for name, v in sorted(have.items())
-                if name not in locked and name not in _OWN]
+                if name not in locked and name not in known and name not in _OWN]
     return errors, warnings
 
 
@@ -85,7 +86,9 @@ def check(paths: list[str]) -> int:
                 print(f"lock: {name} is {locked[name].version} in one lock and {pin.version} in {p}", file=sys.stderr)
                 return 1
             locked[name] = pin
-    errors, warnings = drift(locked, installed())
+    siblings = {f for p in paths for f in Path(p).parent.glob("*.txt")} - {Path(p) for p in paths}
+    known = frozenset(name for f in siblings for name in read(f))
+    errors, warnings = drift(locked, installed(), known)
     for w in warnings:
         print(f"lock: warning: {w}", file=sys.stderr)
     for e in errors:

@@ -111,6 +111,9 @@ def test_drift_names_a_changed_and_a_missing_package_and_warns_of_an_extra():
     assert any("pyzmq==27.3.0 is locked but not installed" in e for e in errors)
     assert warnings == ["ipython==9.0 is installed but in no lock"]
     assert lockcheck.drift(locked, {"msgspec": "0.23.0", "pyzmq": "27.3.0", "torch": "2.13.0+cpu"}) == ([], [])
+    # a package another lock pins (the test extras, checked for the demo) is no surprise
+    assert lockcheck.drift(locked, {**{p.name: p.version for p in locked.values()}, "pytest": "9.2.0"},
+                           known=frozenset({"pytest"})) == ([], [])
 
 
 def test_a_cuda_torch_in_place_of_the_cpu_build_is_an_error():
