@@ -8,12 +8,13 @@ byte a step reads is counted as host bytes.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 
 import torch
 
-from c2cq.errors import RequestError
+from c2cq.errors import ConfigError, RequestError
 from c2cq.schemas.catalog import ModelInfo
 from c2cq.schemas.enums import ErrorCode
 from c2cq.services.catalog.shm import map_shared, prefetch
@@ -21,6 +22,7 @@ from c2cq.services.executor.backend import StepResult
 from c2cq.services.executor.engine_requests import EngineBackend, EngineRequests, TokenizerCache
 from c2cq.services.executor.model import Engine
 from c2cq.services.executor.model.engine import StepStats as EngineStats
+from c2cq.supervisor.discover import CORES_ENV
 
 DEFAULT_KV_BYTES = 512 * 2**20
 BLOCK_SIZE = 16
@@ -45,14 +47,39 @@ def measure_read_bandwidth(nbytes: int = 64 * 2**20, repeats: int = 3) -> float:
     return nbytes / best
 
 
+def slice_cores() -> tuple[int, ...]:
+    """The cores the supervisor gave this slice ($C2CQ_CPU_CORES, "0,1"); () when none were."""
+    spec = os.environ.get(CORES_ENV, "").strip()
+    try:
+        return tuple(int(c) for c in spec.split(",")) if spec else ()
+    except ValueError:
+        raise ConfigError(f"${CORES_ENV}={spec!r}: expected core ids separated by commas") from None
+
+
+def format_cores(cores: tuple[int, ...]) -> str:
+    """"0-3", "5", "0-1,4": runs of consecutive ids."""
+    runs: list[list[int]] = []
+    for c in sorted(cores):
+        if runs and c == runs[-1][1] + 1:
+            runs[-1][1] = c
+        else:
+            runs.append([c, c])
+    return ",".join(f"{a}" if a == b else f"{a}-{b}" for a, b in runs)
+
+
 class CpuBackend(EngineBackend):
     name = "cpu"
     blocking = True
 
-    def __init__(self, device: str = "cpu", threads: int = 1, kv_bytes: int = DEFAULT_KV_BYTES,
-                 max_batch: int = 32) -> None:
-        torch.set_num_threads(max(1, threads))
-        self.device = device
+    def __init__(self, device: str = "cpu", threads: int = 0, kv_bytes: int = DEFAULT_KV_BYTES,
+                 max_batch: int = 32, cores: tuple[int, ...] | None = None) -> None:
+        cores = slice_cores() if cores is None else cores
+        if cores:
+            os.sched_setaffinity(0, cores)  # this slice's share: no core is another CPU slice's
+        threads = threads or len(cores) or 1
+        torch.set_num_threads(threads)
+        self.threads = threads
+        self.device = f"{device} (cores {format_cores(cores)}, {threads} threads)" if cores else device
         self.memory_budget_bytes = kv_bytes
         self.link_bandwidth_bps = measure_read_bandwidth()
         self.max_batch = max_batch
