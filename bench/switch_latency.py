@@ -279,19 +279,22 @@ def main() -> None:
     print(f"switch latency, medians of {args.repeat} switches per model; prompt {args.prompt_tokens} tokens, "
           f"max_tokens=1; {args.slices} cpu slices x {args.threads} torch thread(s), baseline {args.threads} "
           f"thread(s); {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the end")
-    print(f"{'model':14} {'params':>6} {'MiB':>5} {'dtype':>5} | {'c2cq switch':>11} {'resident':>8} {'overhead':>8} | "
+    print(f"{'model':14} {'params':>6} {'MiB':>5} {'dtype':>5} | {'c2cq switch':>11} {'resident':>8} {'overhead':>8} "
+          f"{'sw/warm':>7} | "
           f"{'HF cached':>9} {'load':>6} {'ratio':>6} | {'HF cold':>8} {'load':>6} {'ratio':>6} | {'same 1st':>8}")
     for name in names:
         params, nbytes, dtype = sizes[name]
         r = runs[name]
         sw, res, b, load, bc, loadc = (med(x[i] for x in r) for i in range(6))
         over = med(x[0] - x[1] for x in r)
+        sw_warm = med(x[0] / x[1] for x in r)
         ratio, ratio_cold = med(x[2] / x[0] for x in r), med(x[4] / x[0] for x in r)
         print(f"{name:14} {params / 1e6:5.0f}M {nbytes / 2**20:5.0f} {dtype:>5} | {fmt_ms(sw):>8} ms "
-              f"{fmt_ms(res):>5} ms {fmt_ms(over):>5} ms | {fmt_ms(b):>6} ms {fmt_ms(load):>6} {ratio:5.1f}x | "
+              f"{fmt_ms(res):>5} ms {fmt_ms(over):>5} ms {sw_warm:6.2f}x | {fmt_ms(b):>6} ms {fmt_ms(load):>6} {ratio:5.1f}x | "
               f"{fmt_ms(bc):>5} ms {fmt_ms(loadc):>6} {ratio_cold:5.1f}x | {same_token[name]:>5}/{len(r)}")
     print(f"""c2cq switch: client submit -> first token for a model on no slice (the serving slice held another model);
-  resident: the same request right after, the model held; overhead: median of per-switch (switch - resident).
+  resident: the same request right after, the model held (warm); overhead: median of per-switch (switch - resident);
+  sw/warm: median of per-switch (switch / resident), target <= 1.25.
 HF: AutoModelForCausalLM.from_pretrained + one forward (logits_to_keep=1) + argmax, in this process; load:
   from_pretrained alone. cached: the HF folder in the page cache (read before each run); cold: dropped from it
   first. ratio: median of per-switch (HF / c2cq switch); target >= 10. The c2cq file is in tmpfs either way.

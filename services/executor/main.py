@@ -11,6 +11,10 @@ import uuid
 # read by OpenMP when torch loads (later, in make_backend): threads that sleep between parallel regions
 # instead of spinning on cores other slices need (the supervisor sets it too, with the thread count)
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# oneDNN (torch's bf16 GEMM on CPUs with bf16 instructions) JITs a kernel per GEMM shape, 1-9 ms each the
+# first time, and keeps 1024: a slice serving a few models (5 shapes each) at every batch size from 1 to
+# 32 plus prefill chunks needs more than that, or a switch back pays the JIT again
+os.environ.setdefault("ONEDNN_PRIMARY_CACHE_CAPACITY", "8192")
 
 import zmq
 import zmq.asyncio
