@@ -211,6 +211,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads per executor and for the baseline")
     ap.add_argument("--prompt-tokens", type=int, default=16)
     ap.add_argument("--shm-root", default=None, help="c2cq up --shm-root: e.g. a hugetlbfs mount (default /dev/shm)")
+    ap.add_argument("--no-baseline", action="store_true", help="c2cq only (switch and warm TTFT), no transformers")
     args = ap.parse_args()
     names = args.models.split(",")
     if len(names) <= args.slices:
@@ -251,9 +252,13 @@ def main() -> None:
                     stuck = 0
                     name = min(todo, key=lambda n: done[n])  # the least measured model no slice holds
                     sw, res, prev, tok = await c2cq_once(client, name, ids)
-                    b, load, btok = baseline_once(folders[name], ids, cold=False)
+                    if args.no_baseline:
+                        b = load = bc = loadc = float("nan")
+                        btok = ctok = tok
+                    else:
+                        b, load, btok = baseline_once(folders[name], ids, cold=False)
+                        bc, loadc, ctok = baseline_once(folders[name], ids, cold=True)
                     first_load[:] = first_load or [load]
-                    bc, loadc, ctok = baseline_once(folders[name], ids, cold=True)
                     line = (f"{name}: c2cq switch {fmt_ms(sw)} ms (from {prev}), resident {fmt_ms(res)} ms; "
                             f"transformers {fmt_ms(b)} ms (from_pretrained {fmt_ms(load)} ms), "
                             f"from a cold page cache {fmt_ms(bc)} ms ({fmt_ms(loadc)} ms)")
