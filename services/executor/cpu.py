@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from c2cq.errors import ConfigError, RequestError
+from c2cq.kernels.linear import cpu_has_native
 from c2cq.schemas.catalog import ModelInfo
 from c2cq.schemas.enums import ErrorCode
 from c2cq.services.catalog.layout import ModelFile
@@ -123,6 +124,8 @@ class CpuBackend(EngineBackend):
         self.device = f"{device} (cores {format_cores(cores)}, {threads} threads)" if cores else device
         self.memory_budget_bytes = kv_bytes
         self.link_bandwidth_bps = measure_read_bandwidth()
+        if cpu_has_native(torch.bfloat16):  # oneDNN's first bf16 GEMM sets it up (~50 ms): not in a first request
+            torch.nn.functional.linear(torch.ones(1, 64, dtype=torch.bfloat16), torch.ones(64, 64, dtype=torch.bfloat16))
         self.max_batch = max_batch
         self.model: ModelInfo | None = None
         self.engine: Engine | None = None

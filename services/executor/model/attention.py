@@ -53,25 +53,37 @@ class AttnGroup:
                                                    self.k_seq)))
 
 
-def _group(rows: list[int], blocks: list[list[int]], q_pos: list[list[int]], q_seq: list[list[int]],
-           lengths: list[list[int]], block_size: int) -> AttnGroup:
-    """One group from its entries: per entry the blocks, the queries' positions and sequences, and
-    per sequence of the entry (in block order) its context length."""
+def _long(x) -> torch.Tensor:
+    return torch.tensor(x, dtype=torch.long)
+
+
+def _pad(blocks: list[list[int]]) -> list[list[int]]:
     nb = max(len(b) for b in blocks)
-    padded = [b + [b[0]] * (nb - len(b)) for b in blocks]
-    k_pos, k_seq = [], []
-    for entry_blocks, entry_lengths in zip(padded, lengths, strict=True):
-        pos: list[int] = []
-        seq: list[int] = []
-        for s, ctx in enumerate(entry_lengths):
-            span = -(-ctx // block_size) * block_size
-            pos.extend(range(span))
-            seq.extend([s] * ctx + [-1] * (span - ctx))
-        pad = nb * block_size - len(pos)
-        k_pos.append(pos + [0] * pad)
-        k_seq.append(seq + [-1] * pad)
-    t = lambda x: torch.tensor(x, dtype=torch.long)  # noqa: E731
-    return AttnGroup(t(rows), t(padded), t(q_pos), t(q_seq), t(k_pos), t(k_seq))
+    return [b + [b[0]] * (nb - len(b)) for b in blocks]
+
+
+def _singles(one: list[tuple[int, int, int, list[int]]], block_size: int) -> AttnGroup:
+    """B entries of one query each (at position ctx - 1) over that sequence's blocks."""
+    ctx = _long([c for _, _, c, _ in one])
+    blocks = _pad([b[:-(-c // block_size)] for _, _, c, b in one])
+    slots = torch.arange(len(blocks[0]) * block_size)
+    return AttnGroup(_long([r for r, _, _, _ in one]), _long(blocks), (ctx - 1)[:, None],
+                     torch.zeros((len(one), 1), dtype=torch.long), slots.expand(len(one), -1),
+                     torch.where(slots[None, :] < ctx[:, None], 0, -1))
+
+
+def _packed(many: list[tuple[int, int, int, list[int]]], block_size: int) -> AttnGroup:
+    """One entry: every query of these sequences over all their blocks, back to back."""
+    blocks, k_pos, k_seq = [], [], []
+    for s, (_, _, ctx, b) in enumerate(many):
+        span = -(-ctx // block_size)
+        blocks.extend(b[:span])
+        k_pos.extend(range(span * block_size))
+        k_seq.extend([s] * ctx + [-1] * (span * block_size - ctx))
+    return AttnGroup(_long([r + i for r, n, _, _ in many for i in range(n)]), _long([blocks]),
+                     _long([[c - n + i for _, n, c, _ in many for i in range(n)]]),
+                     _long([[s for s, (_, n, _, _) in enumerate(many) for _ in range(n)]]), _long([k_pos]),
+                     _long([k_seq]))
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,18 +98,7 @@ class AttnMeta:
         """From (first row, new tokens, context length after the step, block ids) per sequence."""
         one = [s for s in spans if s[1] == 1]
         many = [s for s in spans if s[1] > 1]
-        singles = packed = None
-        if one:
-            singles = _group([r for r, _, _, _ in one], [b[:-(-c // block_size)] for _, _, c, b in one],
-                             [[c - 1] for _, _, c, _ in one], [[0] for _ in one], [[c] for _, _, c, _ in one],
-                             block_size)
-        if many:
-            blocks = [x for _, _, c, b in many for x in b[:-(-c // block_size)]]
-            rows = [r + i for r, n, _, _ in many for i in range(n)]
-            q_pos = [c - n + i for _, n, c, _ in many for i in range(n)]
-            q_seq = [s for s, (_, n, _, _) in enumerate(many) for _ in range(n)]
-            packed = _group(rows, [blocks], [q_pos], [q_seq], [[c for _, _, c, _ in many]], block_size)
-        return cls(singles, packed)
+        return cls(_singles(one, block_size) if one else None, _packed(many, block_size) if many else None)
 
     def to(self, device: torch.device) -> "AttnMeta":
         return AttnMeta(*(None if g is None else g.to(device) for g in (self.singles, self.packed)))
