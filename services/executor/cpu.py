@@ -86,6 +86,13 @@ def file_key(path: str) -> tuple:
     return path, st.st_ino, st.st_size, st.st_mtime_ns
 
 
+def _still_published(key: tuple) -> bool:
+    try:
+        return file_key(key[0]) == key
+    except OSError:
+        return False
+
+
 @dataclass(eq=False)
 class Held:
     """A mapped model file, the layers built on it, and the prefetch filling its page tables."""
@@ -162,6 +169,8 @@ class CpuBackend(EngineBackend):
             key, held = self._current
             self._held[key] = held
             self._current = None
+        for key in [k for k in self._held if not _still_published(k)]:  # removed or republished: its memory
+            self._held.pop(key).close()                                   # goes once nothing maps it
         while len(self._held) > HELD_MODELS:
             self._held.popitem(last=False)[1].close()
 

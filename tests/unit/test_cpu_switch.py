@@ -80,3 +80,4 @@ def test_a_republished_model_is_mapped_afresh(shm):
     new = _publish(shm, "m", 5)
     after = _generate(b, new)
     assert b.engine.model is not held and after != before
+    assert all(k[0] != old.shm.path or k == cpu.file_key(new.shm.path) for k in b._held)  # the old one let go
