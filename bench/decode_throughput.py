@@ -140,13 +140,14 @@ def main() -> None:
                     wbytes = step_weight_bytes(model)
                     vocab = model.config.vocab_size
                     await c2cq_run(client, f"smollm2-{d}", prompts(1, args.prompt_tokens, vocab), 4)  # switch, warm
-                    hf_run(model, prompts(1, args.prompt_tokens, vocab), 4)
+                    # transformers runs in a thread: the client's loop keeps hearing the scheduler meanwhile
+                    await asyncio.to_thread(hf_run, model, prompts(1, args.prompt_tokens, vocab), 4)
                     for b in batches:
                         ids = prompts(b, args.prompt_tokens, vocab)
                         ours, theirs = [], []
                         for _ in range(args.repeat):
                             ours.append(await c2cq_run(client, f"smollm2-{d}", ids, args.new))
-                            theirs.append(hf_run(model, ids, args.new))
+                            theirs.append(await asyncio.to_thread(hf_run, model, ids, args.new))
                         bw = measure_read_bandwidth(256 * 2**20)
                         (wall, step), (hwall, hstep) = min(ours), min(theirs)
                         rows.append((d, b, b * args.new / wall, b * args.new / hwall, step, hstep,
