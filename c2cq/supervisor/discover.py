@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from c2cq.errors import ConfigError
 
 LINK_GROUP_ENV = "C2CQ_LINK_GROUP"  # the executor announces it in SliceReady.link_group
+CORES_ENV = "C2CQ_CPU_CORES"  # a CPU slice's share of the host's cores ("0,1"): it pins itself to them
 # sim executor processes each simulate a link of their own (SimBackend shares no bandwidth with
 # another process), so each is its own group: grouping them would make the controller fit a
 # shared capacity that does not exist. (The discrete-event simulator models shared links itself.)
@@ -29,10 +30,43 @@ class Slice:
     # the slices that share one host link: the parent GPU's UUID (MIG slices, or executors standing
     # in for them), "host" for CPU slices. Where the slice sits, not what it is: not compared.
     link_group: str | None = field(default=None, compare=False)
+    cores: tuple[int, ...] = field(default=(), compare=False)  # a CPU slice's cores (none of another's)
 
     def child_env(self) -> tuple[tuple[str, str], ...]:
-        """The environment its executor process gets: ``env`` plus its link group."""
-        return self.env if self.link_group is None else (*self.env, (LINK_GROUP_ENV, self.link_group))
+        """The environment its executor process gets: ``env`` plus its link group, and for a CPU slice its
+        cores and OpenMP's settings for them (read when torch loads: as many threads as cores, threads
+        that sleep rather than spin between parallel regions: spinning threads of one slice stole the
+        cores of the others, 5-10x outliers in 2-thread runs here)."""
+        env = self.env if self.link_group is None else (*self.env, (LINK_GROUP_ENV, self.link_group))
+        if self.cores:
+            env = (*env, (CORES_ENV, ",".join(map(str, self.cores))), ("OMP_NUM_THREADS", str(len(self.cores))),
+                   ("OMP_WAIT_POLICY", "PASSIVE"))
+        return env
+
+
+def split_cores(cores: list[int], slices: int) -> list[tuple[int, ...]]:
+    """Each of ``slices`` slices' cores: contiguous runs of the sorted cores, as equal as they divide (the
+    first ones get one more); with fewer cores than slices, slices share a core round robin."""
+    cores = sorted(cores)
+    if not cores or slices <= 0:
+        return [() for _ in range(max(slices, 0))]
+    if len(cores) < slices:
+        return [(cores[i % len(cores)],) for i in range(slices)]
+    base, extra = divmod(len(cores), slices)
+    out, at = [], 0
+    for i in range(slices):
+        n = base + (1 if i < extra else 0)
+        out.append(tuple(cores[at:at + n]))
+        at += n
+    return out
+
+
+def host_cores() -> list[int]:
+    """The cores this process may run on (its affinity), else all the host's."""
+    try:
+        return sorted(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return list(range(os.cpu_count() or 1))
 
 
 def nvml_devices() -> list[tuple[str, list[str]]]:
@@ -167,6 +201,7 @@ def discover(backend: str | None, slices: int, per_gpu: int = 1) -> list[Slice]:
         if backend == "cuda":
             return []
     kind = backend or "cpu"
+    shares = split_cores(host_cores(), slices) if kind == "cpu" else [() for _ in range(slices)]
     return [Slice(f"exec-{i}", kind, f"{kind}:{i}",
-                  link_group="host" if kind == "cpu" else f"sim-gpu{i // SIM_SLICES_PER_LINK}")
+                  link_group="host" if kind == "cpu" else f"sim-gpu{i // SIM_SLICES_PER_LINK}", cores=shares[i])
             for i in range(slices)]

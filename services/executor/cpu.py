@@ -8,19 +8,27 @@ byte a step reads is counted as host bytes.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
+from collections import OrderedDict
+from dataclasses import dataclass
 
 import torch
 
-from c2cq.errors import RequestError
+from c2cq.errors import ConfigError, RequestError
+from c2cq.kernels.linear import cpu_has_native
 from c2cq.schemas.catalog import ModelInfo
 from c2cq.schemas.enums import ErrorCode
+from c2cq.services.catalog.layout import ModelFile
 from c2cq.services.catalog.shm import map_shared, prefetch
 from c2cq.services.executor.backend import StepResult
 from c2cq.services.executor.engine_requests import EngineBackend, EngineRequests, TokenizerCache
 from c2cq.services.executor.model import Engine
+from c2cq.services.executor.model.config import parse_config
+from c2cq.services.executor.model.model import Model
 from c2cq.services.executor.model.engine import StepStats as EngineStats
+from c2cq.supervisor.discover import CORES_ENV
 
 DEFAULT_KV_BYTES = 512 * 2**20
 BLOCK_SIZE = 16
@@ -45,21 +53,91 @@ def measure_read_bandwidth(nbytes: int = 64 * 2**20, repeats: int = 3) -> float:
     return nbytes / best
 
 
+def slice_cores() -> tuple[int, ...]:
+    """The cores the supervisor gave this slice ($C2CQ_CPU_CORES, "0,1"); () when none were."""
+    spec = os.environ.get(CORES_ENV, "").strip()
+    try:
+        return tuple(int(c) for c in spec.split(",")) if spec else ()
+    except ValueError:
+        raise ConfigError(f"${CORES_ENV}={spec!r}: expected core ids separated by commas") from None
+
+
+def format_cores(cores: tuple[int, ...]) -> str:
+    """"0-3", "5", "0-1,4": runs of consecutive ids."""
+    runs: list[list[int]] = []
+    for c in sorted(cores):
+        if runs and c == runs[-1][1] + 1:
+            runs[-1][1] = c
+        else:
+            runs.append([c, c])
+    return ",".join(f"{a}" if a == b else f"{a}-{b}" for a, b in runs)
+
+
+# Models a slice keeps mapped and built after it switched away (their page tables stay filled, their
+# fused views made): switching back costs an Engine and a KV pool, not a mapping, its page faults
+# (60-135 ms per GB on tmpfs here) and the layers' set-up. They cost no memory but page tables
+# (~2 MB per GB mapped): the pages are the catalog's shared ones.
+HELD_MODELS = 4
+
+
+def file_key(path: str) -> tuple:
+    """A published file's identity: a republished model (a new file renamed over it) is another key."""
+    st = os.stat(path)
+    return path, st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def _still_published(key: tuple) -> bool:
+    try:
+        return file_key(key[0]) == key
+    except OSError:
+        return False
+
+
+@dataclass(eq=False)
+class Held:
+    """A mapped model file, the layers built on it, and the prefetch filling its page tables."""
+
+    file: ModelFile
+    model: Model
+    stop: threading.Event
+    fetching: threading.Thread
+
+    def close(self) -> None:
+        """Unmap once no tensor view is left (and the prefetch has stopped). Unmapping a model's pages
+        takes ~40 ms per GB it touched and munmap releases the GIL: done aside, no step waits for it."""
+        self.stop.set()
+        mf, fetching = self.file, self.fetching
+        del self.model, self.file  # the layers' views of the mapping go with the last reference
+
+        def unmap() -> None:
+            fetching.join()
+            mf.__exit__(None, None, None)
+
+        threading.Thread(target=unmap, name="c2cq-unmap", daemon=True).start()
+
+
 class CpuBackend(EngineBackend):
     name = "cpu"
     blocking = True
 
-    def __init__(self, device: str = "cpu", threads: int = 1, kv_bytes: int = DEFAULT_KV_BYTES,
-                 max_batch: int = 32) -> None:
-        torch.set_num_threads(max(1, threads))
-        self.device = device
+    def __init__(self, device: str = "cpu", threads: int = 0, kv_bytes: int = DEFAULT_KV_BYTES,
+                 max_batch: int = 32, cores: tuple[int, ...] | None = None) -> None:
+        cores = slice_cores() if cores is None else cores
+        if cores:
+            os.sched_setaffinity(0, cores)  # this slice's share: no core is another CPU slice's
+        threads = threads or len(cores) or 1
+        torch.set_num_threads(threads)
+        self.threads = threads
+        self.device = f"{device} (cores {format_cores(cores)}, {threads} threads)" if cores else device
         self.memory_budget_bytes = kv_bytes
         self.link_bandwidth_bps = measure_read_bandwidth()
+        if cpu_has_native(torch.bfloat16):  # oneDNN's first bf16 GEMM sets it up (~50 ms): not in a first request
+            torch.nn.functional.linear(torch.ones(1, 64, dtype=torch.bfloat16), torch.ones(64, 64, dtype=torch.bfloat16))
         self.max_batch = max_batch
         self.model: ModelInfo | None = None
         self.engine: Engine | None = None
-        self._file = None
-        self._prefetching: tuple[threading.Event, threading.Thread] | None = None
+        self._current: tuple[tuple, Held] | None = None
+        self._held: OrderedDict[tuple, Held] = OrderedDict()  # least recently served first
         self.requests = EngineRequests()
         self._alpha_plan = 0.0
         self.tokenizers = TokenizerCache()
@@ -69,32 +147,32 @@ class CpuBackend(EngineBackend):
         if info.shm is None:
             raise RequestError(ErrorCode.BAD_MODEL, f"{info.name!r} has no weights in shared memory "
                                "(a simulated model? use --backend sim)")
+        key = file_key(info.shm.path)
+        held = self._held.pop(key, None)  # before the current model joins the held ones (which may let one go)
         self._release()
-        mf = map_shared(info.shm.path)
-        stop = threading.Event()
-        self._prefetching = (stop, prefetch(mf, stop))  # page tables filled on another core meanwhile
-        itemsize = mf.tensor("model.embed_tokens.weight").element_size()
-        blocks = max(1, self.memory_budget_bytes // (BLOCK_SIZE * kv_bytes_per_token(mf.config, itemsize)))
-        self.engine = Engine(mf.config, mf.tensors(), None, kv_blocks=blocks, block_size=BLOCK_SIZE)
+        if held is None:  # not held: map it, fill its page tables on another core, build its layers
+            mf = map_shared(info.shm.path)
+            stop = threading.Event()
+            fetching = prefetch(mf, stop)
+            held = Held(mf, Model(parse_config(mf.config), mf.tensors()), stop, fetching)
+        mf, model = held.file, held.model
+        blocks = max(1, self.memory_budget_bytes // (BLOCK_SIZE * kv_bytes_per_token(mf.config, model.dtype.itemsize)))
+        self.engine = Engine(mf.config, {}, None, kv_blocks=blocks, block_size=BLOCK_SIZE, model=model)
         self.engine.tokenizer = self.tokenizers.get(mf.tokenizer_json)
-        self._file, self.model = mf, info
+        self._current, self.model = (key, held), info
 
     def _release(self) -> None:
+        """Stop serving the current model; it stays held (mapped, built) among the last ``HELD_MODELS``."""
         self.engine, self.model = None, None
         self.requests.clear()
-        if self._file is not None:
-            # unmaps once no tensor view is left (and the prefetch has stopped). Unmapping a model's
-            # pages from this process takes ~40 ms per GB it touched, and munmap releases the GIL:
-            # done aside, the next model's first step does not wait for it
-            stop, fetching = self._prefetching
-            stop.set()
-
-            def unmap(mf=self._file) -> None:
-                fetching.join()
-                mf.__exit__(None, None, None)
-
-            threading.Thread(target=unmap, name="c2cq-unmap", daemon=True).start()
-            self._file = None
+        if self._current is not None:
+            key, held = self._current
+            self._held[key] = held
+            self._current = None
+        for key in [k for k in self._held if not _still_published(k)]:  # removed or republished: its memory
+            self._held.pop(key).close()                                   # goes once nothing maps it
+        while len(self._held) > HELD_MODELS:
+            self._held.popitem(last=False)[1].close()
 
     def alpha(self) -> float:
         return 0.0

@@ -8,6 +8,14 @@ import os
 import time
 import uuid
 
+# read by OpenMP when torch loads (later, in make_backend): threads that sleep between parallel regions
+# instead of spinning on cores other slices need (the supervisor sets it too, with the thread count)
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# oneDNN (torch's bf16 GEMM on CPUs with bf16 instructions) JITs a kernel per GEMM shape, 1-9 ms each the
+# first time, and keeps 1024: a slice serving a few models (5 shapes each) at every batch size from 1 to
+# 32 plus prefill chunks needs more than that, or a switch back pays the JIT again
+os.environ.setdefault("ONEDNN_PRIMARY_CACHE_CAPACITY", "8192")
+
 import zmq
 import zmq.asyncio
 
@@ -248,7 +256,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--id", required=True)
     p.add_argument("--backend", choices=("sim", "cpu", "cuda"), default="sim")
     p.add_argument("--device", default=None)
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--threads", type=int, default=0, help="cpu: torch threads (0: one per core of $C2CQ_CPU_CORES)")
     p.add_argument("--sim-time-scale", type=float, default=1.0)
     p.add_argument("--link-group", default=os.environ.get("C2CQ_LINK_GROUP"),
                    help="slices of one group share a host link (the supervisor passes C2CQ_LINK_GROUP)")

@@ -48,9 +48,11 @@ class Engine:
 
     def __init__(self, config: Mapping[str, Any], tensors: Mapping[str, torch.Tensor],
                  tokenizer_json: bytes | None, *, kv_blocks: int, block_size: int,
-                 make_linear: MakeLinear = host_only) -> None:
-        self.config = parse_config(config)
-        self.model = Model(self.config, tensors, make_linear)
+                 make_linear: MakeLinear = host_only, model: Model | None = None) -> None:
+        """``model``: layers already built on these tensors (kept by a backend across switches), used as
+        they are (``config`` must be theirs; ``tensors`` and ``make_linear`` are then not read)."""
+        self.config = parse_config(config) if model is None else model.cfg
+        self.model = Model(self.config, tensors, make_linear) if model is None else model
         self.cache = self.model.new_cache(kv_blocks, block_size)
         self.tokenizer = load_tokenizer(tokenizer_json) if tokenizer_json is not None else None
         self._seqs: dict[str, Sequence] = {}

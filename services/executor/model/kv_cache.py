@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from c2cq.services.executor.model.errors import OutOfKVBlocks
@@ -10,11 +12,13 @@ from c2cq.services.executor.model.errors import OutOfKVBlocks
 class BlockAllocator:
     """Hands out block ids from a fixed pool; raises OutOfKVBlocks when it cannot."""
 
-    def __init__(self, num_blocks: int) -> None:
+    def __init__(self, num_blocks: int, on_first_use: Callable[[list[int]], None] | None = None) -> None:
         if num_blocks <= 0:
             raise ValueError(f"num_blocks must be positive, got {num_blocks}")
         self.num_blocks = num_blocks
         self._free = list(range(num_blocks - 1, -1, -1))  # pop() hands out low ids first
+        self._on_first_use = on_first_use
+        self._used = 0  # blocks [0, _used) have been handed out at least once
 
     @property
     def num_free(self) -> int:
@@ -23,7 +27,13 @@ class BlockAllocator:
     def allocate(self, n: int) -> list[int]:
         if n > len(self._free):
             raise OutOfKVBlocks(f"need {n} KV blocks, {len(self._free)} of {self.num_blocks} free")
-        return [self._free.pop() for _ in range(n)]
+        got = [self._free.pop() for _ in range(n)]
+        fresh = [b for b in got if b >= self._used]
+        if fresh:
+            self._used = max(fresh) + 1
+            if self._on_first_use is not None:
+                self._on_first_use(fresh)
+        return got
 
     def free(self, blocks: list[int]) -> None:
         self._free.extend(reversed(blocks))
@@ -55,27 +65,36 @@ class BlockTable:
 
 
 class KVCache:
-    """Per layer, a K pool and a V pool of [num_blocks, block_size, kv_heads, head_dim]."""
+    """Per layer one pool of [num_blocks, block_size, 2, kv_heads, head_dim] (K then V of each slot side by
+    side: a step writes both with one indexed copy and gathers both with one); ``k``/``v`` are its halves."""
 
     def __init__(self, num_layers: int, num_blocks: int, block_size: int, kv_heads: int, head_dim: int,
                  dtype: torch.dtype, device: torch.device | str | None = None) -> None:
         if block_size <= 0:
             raise ValueError(f"block_size must be positive, got {block_size}")
         self.block_size = block_size
-        self.allocator = BlockAllocator(num_blocks)
-        shape = (num_blocks, block_size, kv_heads, head_dim)
-        # empty, not zeros: a slot is only ever read after it was written (read() keeps [0, length)), and
-        # untouched pages cost no memory, so the pool's resident size follows the tokens actually cached
-        self.k = [torch.empty(shape, dtype=dtype, device=device) for _ in range(num_layers)]
-        self.v = [torch.empty(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        self.allocator = BlockAllocator(num_blocks, on_first_use=self._zero)
+        shape = (num_blocks, block_size, 2, kv_heads, head_dim)
+        # empty, not zeros: untouched pages cost no memory, so the pool's resident size follows the tokens
+        # actually cached. Attention gathers whole blocks and masks the slots past a sequence's length, and
+        # a masked score or value must still be finite (0 · NaN is NaN): a block is zeroed when it is first
+        # handed out, after which its slots only ever hold values some sequence wrote.
+        self.pools = [torch.empty(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        self.k = [p[:, :, 0] for p in self.pools]
+        self.v = [p[:, :, 1] for p in self.pools]
+
+    def _zero(self, blocks: list[int]) -> None:
+        ids = torch.tensor(blocks, dtype=torch.long, device=self.pools[0].device)
+        for pool in self.pools:
+            pool.index_fill_(0, ids, 0)
 
     def new_table(self) -> BlockTable:
         return BlockTable(self.block_size)
 
     def write(self, layer: int, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         """Store k, v [tokens, kv_heads, head_dim] at flat ``slots``."""
-        self.k[layer].view(-1, *k.shape[1:]).index_copy_(0, slots, k)
-        self.v[layer].view(-1, *v.shape[1:]).index_copy_(0, slots, v)
+        pool = self.pools[layer]
+        pool.view(-1, *pool.shape[2:]).index_copy_(0, slots, torch.stack((k, v), dim=1))
 
     def read(self, layer: int, table: BlockTable, length: int) -> tuple[torch.Tensor, torch.Tensor]:
         """K, V of positions [0, length) of one sequence, each [length, kv_heads, head_dim]."""

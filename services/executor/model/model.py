@@ -29,9 +29,13 @@ class DecoderLayer:
         return h + self.mlp(rms_norm(h, self.post_norm, self.eps))
 
 
-def _mlp(w: LinearWeights, prefix: str, hidden: int, inter: int, act: str) -> Mlp:
-    return Mlp(w.linear(f"{prefix}.gate_proj", inter, hidden), w.linear(f"{prefix}.up_proj", inter, hidden),
-               w.linear(f"{prefix}.down_proj", hidden, inter), act)
+def _mlp(w: LinearWeights, prefix: str, hidden: int, inter: int, act: str, names: tuple[str, str, str] =
+         ("gate_proj", "up_proj", "down_proj"), gate_up: torch.Tensor | None = None,
+         down: torch.Tensor | None = None) -> Mlp:
+    gate, up, down_name = (f"{prefix}.{n}" for n in names)
+    halves = (None, None) if gate_up is None else (gate_up[:inter], gate_up[inter:])
+    return Mlp(w.projection([(gate, inter, halves[0]), (up, inter, halves[1])], hidden),
+               w.linear(down_name, hidden, inter, down), act)
 
 
 def _experts(w: LinearWeights, cfg: ModelConfig, p: str) -> list[Mlp]:
@@ -45,14 +49,9 @@ def _experts(w: LinearWeights, cfg: ModelConfig, p: str) -> list[Mlp]:
         if w.has(fused):
             gate_up = w.tensor(fused, (moe.num_experts, 2 * inter, hidden))[e]
             down = w.tensor(f"{p}.mlp.experts.down_proj", (moe.num_experts, hidden, inter))[e]
-            q = f"{p}.mlp.experts.{e}"
-            experts.append(Mlp(w.linear(f"{q}.gate_proj", inter, hidden, gate_up[:inter]),
-                               w.linear(f"{q}.up_proj", inter, hidden, gate_up[inter:]),
-                               w.linear(f"{q}.down_proj", hidden, inter, down), act))
+            experts.append(_mlp(w, f"{p}.mlp.experts.{e}", hidden, inter, act, gate_up=gate_up, down=down))
         elif mixtral:
-            q = f"{p}.block_sparse_moe.experts.{e}"
-            experts.append(Mlp(w.linear(f"{q}.w1", inter, hidden), w.linear(f"{q}.w3", inter, hidden),
-                               w.linear(f"{q}.w2", hidden, inter), act))
+            experts.append(_mlp(w, f"{p}.block_sparse_moe.experts.{e}", hidden, inter, act, ("w1", "w3", "w2")))
         else:
             experts.append(_mlp(w, f"{p}.mlp.experts.{e}", hidden, inter, act))
     return experts
@@ -75,9 +74,10 @@ def _moe_block(w: LinearWeights, cfg: ModelConfig, p: str) -> MoeBlock:
 def _layer(w: LinearWeights, cfg: ModelConfig, i: int) -> DecoderLayer:
     p, h, d = f"model.layers.{i}", cfg.hidden_size, cfg.head_dim
     a = f"{p}.self_attn"
+    qkv = w.projection([(f"{a}.q_proj", cfg.num_heads * d, None), (f"{a}.k_proj", cfg.num_kv_heads * d, None),
+                        (f"{a}.v_proj", cfg.num_kv_heads * d, None)], h)
     attn = Attention(
-        i, w.linear(f"{a}.q_proj", cfg.num_heads * d, h), w.linear(f"{a}.k_proj", cfg.num_kv_heads * d, h),
-        w.linear(f"{a}.v_proj", cfg.num_kv_heads * d, h), w.linear(f"{a}.o_proj", h, cfg.num_heads * d),
+        i, qkv, w.linear(f"{a}.o_proj", h, cfg.num_heads * d),
         num_heads=cfg.num_heads, num_kv_heads=cfg.num_kv_heads, head_dim=d, eps=cfg.rms_norm_eps,
         window=cfg.sliding_windows[i],
         q_norm=w.tensor(f"{a}.q_norm.weight", (d,)) if cfg.qk_norm else None,
