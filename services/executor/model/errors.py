@@ -19,3 +19,12 @@ class UnsupportedArchitecture(ModelConfigError):
 
 class OutOfKVBlocks(CapacityError):
     """The paged KV cache has no free block left."""
+
+
+class OutOfHostKVBlocks(CapacityError):
+    """The host KV pool has no room for the blocks a rotation would copy out."""
+
+
+class KVRotationError(ModelError):
+    """A rotation was asked for something the pools' accounting forbids: a block freed twice, a block used
+    before its copy completed, a request in both tiers at once."""

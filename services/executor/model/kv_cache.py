@@ -35,6 +35,10 @@ class BlockAllocator:
                 self._on_first_use(fresh)
         return got
 
+    def free_set(self) -> frozenset[int]:
+        """The ids free now (a copy; for checks that a block handed to someone is really in use)."""
+        return frozenset(self._free)
+
     def free(self, blocks: list[int]) -> None:
         self._free.extend(reversed(blocks))
 

@@ -1,0 +1,215 @@
+"""The host tier of a slice's KV: a fixed-size pool that whole requests' KV is rotated out to and back from.
+
+Block-first layout: the pool is one tensor [num_blocks, num_layers, block_size, 2, kv_heads, head_dim],
+so one block of one request, all layers, is one contiguous region and rotating a request is one large
+copy per block (the device pool is layer-first, one tensor per layer, so the device side gathers each
+layer's blocks into a staging tensor of the same block-first shape first).
+
+Copies are batched per step and *pending* until ``complete()``: the blocks a copy reads stay owned by
+the copy (a device block copied out goes back to the device allocator only when its copy completes; a
+host block copied in goes back to the host pool then), so no block is reused before its copy is done.
+A request is in at most one tier: copying out takes its device blocks from the caller (whose block
+table must drop them), copying in hands new device blocks back only on completion. On a CPU slice the
+copies are synchronous and ``complete()`` only does the accounting; on cuda it waits for the copies.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from c2cq.services.executor.model.errors import KVRotationError, OutOfHostKVBlocks, OutOfKVBlocks
+from c2cq.services.executor.model.kv_cache import KVCache
+
+
+class Tier(enum.Enum):
+    OUT_PENDING = "copying out"  # host blocks being written; its device blocks held by the copy
+    HOST = "on host"  # the KV lives in host blocks only
+    IN_PENDING = "copying in"  # new device blocks being written; its host blocks held by the copy
+
+
+@dataclass(slots=True)
+class _Entry:
+    tier: Tier
+    host: list[int]
+    device: list[int] = field(default_factory=list)  # the blocks a pending copy holds (out: read, in: written)
+
+
+@dataclass(frozen=True, slots=True)
+class Completed:
+    """What one ``complete()`` finished: requests now on host, and requests back on device with their
+    new device blocks (in position order, for their block tables)."""
+
+    out: tuple[str, ...]
+    back: dict[str, list[int]]
+
+
+class HostKVPool:
+    def __init__(self, num_blocks: int, *, num_layers: int, block_size: int, kv_heads: int, head_dim: int,
+                 dtype: torch.dtype, pin: bool = False) -> None:
+        if num_blocks <= 0:
+            raise ValueError(f"num_blocks must be positive, got {num_blocks}")
+        self.num_blocks = num_blocks
+        # pinned (page-locked) only in a cuda executor: CPU-only torch cannot pin
+        self.data = torch.zeros((num_blocks, num_layers, block_size, 2, kv_heads, head_dim), dtype=dtype,
+                                pin_memory=pin)
+        self._free = list(range(num_blocks - 1, -1, -1))
+        self._entries: dict[str, _Entry] = {}
+        self._fence: torch.cuda.Event | None = None
+        self.bytes_out = 0  # since start
+        self.bytes_in = 0
+
+    @classmethod
+    def like(cls, cache: KVCache, num_blocks: int) -> HostKVPool:
+        """A host pool whose blocks hold exactly what one of ``cache``'s blocks holds, in every layer."""
+        pool = cache.pools[0]
+        return cls(num_blocks, num_layers=len(cache.pools), block_size=pool.shape[1], kv_heads=pool.shape[3],
+                   head_dim=pool.shape[4], dtype=pool.dtype, pin=pool.device.type == "cuda")
+
+    # -- accounting -------------------------------------------------------------------------------
+    @property
+    def num_free(self) -> int:
+        return len(self._free)
+
+    @property
+    def block_nbytes(self) -> int:
+        """Bytes of one block, all layers (what rotating one block moves)."""
+        return self.data[0].numel() * self.data.element_size()
+
+    @property
+    def pending(self) -> bool:
+        return any(e.tier is not Tier.HOST for e in self._entries.values())
+
+    def tier(self, request_id: str) -> Tier | None:
+        entry = self._entries.get(request_id)
+        return None if entry is None else entry.tier
+
+    def blocks_of(self, request_id: str) -> int:
+        """Host blocks a request holds (0 when it is not here)."""
+        entry = self._entries.get(request_id)
+        return 0 if entry is None else len(entry.host)
+
+    def _check_cache(self, cache: KVCache) -> None:
+        pool = cache.pools[0]
+        if (len(cache.pools), *pool.shape[1:]) != tuple(self.data.shape[1:]) or pool.dtype != self.data.dtype:
+            raise KVRotationError(f"device pool of {len(cache.pools)} x {tuple(pool.shape)} {pool.dtype} does not "
+                                  f"match host blocks of {tuple(self.data.shape[1:])} {self.data.dtype}")
+
+    # -- copies -----------------------------------------------------------------------------------
+    def copy_out(self, cache: KVCache, seq_blocks: Mapping[str, Sequence[int]]) -> dict[str, list[int]]:
+        """Start copying each request's device blocks (in position order) to host blocks; returns the host
+        blocks per request. The device blocks now belong to the copy: the caller's tables must drop them;
+        they return to the device allocator on ``complete()``."""
+        self._check_cache(cache)
+        want = sum(len(b) for b in seq_blocks.values())
+        in_flight = {b for e in self._entries.values() for b in e.device}
+        free_dev = cache.allocator.free_set()
+        seen: set[int] = set()
+        for rid, blocks in seq_blocks.items():
+            if rid in self._entries:
+                raise KVRotationError(f"request {rid!r} is already {self._entries[rid].tier.value}")
+            for b in blocks:
+                if not 0 <= b < cache.allocator.num_blocks:
+                    raise KVRotationError(f"request {rid!r}: device block {b} is outside the pool")
+                if b in free_dev:
+                    raise KVRotationError(f"request {rid!r}: device block {b} is free, not a table's")
+                if b in in_flight:
+                    raise KVRotationError(f"request {rid!r}: device block {b} is in a copy not yet complete")
+                if b in seen:
+                    raise KVRotationError(f"request {rid!r}: device block {b} is in two tables")
+                seen.add(b)
+        if want > len(self._free):
+            raise OutOfHostKVBlocks(f"need {want} host KV blocks, {len(self._free)} of {self.num_blocks} free")
+        out: dict[str, list[int]] = {}
+        dev_ids = [b for blocks in seq_blocks.values() for b in blocks]
+        if not dev_ids:
+            return {rid: [] for rid in seq_blocks}
+        host_ids = [self._free.pop() for _ in dev_ids]
+        ids = torch.tensor(dev_ids, dtype=torch.long, device=cache.pools[0].device)
+        staging = torch.stack([p.index_select(0, ids) for p in cache.pools], dim=1)  # block-first
+        for i, h in enumerate(host_ids):
+            self.data[h].copy_(staging[i], non_blocking=True)
+        at = 0
+        for rid, blocks in seq_blocks.items():
+            out[rid] = host_ids[at:at + len(blocks)]
+            self._entries[rid] = _Entry(Tier.OUT_PENDING, out[rid], list(blocks))
+            at += len(blocks)
+        self.bytes_out += len(host_ids) * self.block_nbytes
+        self._record(staging.device)
+        return out
+
+    def copy_in(self, cache: KVCache, request_ids: Iterable[str]) -> dict[str, list[int]]:
+        """Start copying rotated requests back into newly allocated device blocks; returns them per request.
+        They must not be read before ``complete()``, which hands them back for the requests' tables."""
+        self._check_cache(cache)
+        rids = list(request_ids)
+        for rid in rids:
+            entry = self._entries.get(rid)
+            if entry is None:
+                raise KVRotationError(f"request {rid!r} has no KV on host")
+            if entry.tier is not Tier.HOST:
+                raise KVRotationError(f"request {rid!r} is {entry.tier.value}: its copy is not complete")
+        if len(set(rids)) != len(rids):
+            raise KVRotationError("a request is asked back twice in one copy")
+        want = sum(len(self._entries[r].host) for r in rids)
+        if want > cache.allocator.num_free:
+            raise OutOfKVBlocks(f"need {want} KV blocks to rotate in, {cache.allocator.num_free} of "
+                                f"{cache.allocator.num_blocks} free")
+        dev = cache.allocator.allocate(want)
+        out: dict[str, list[int]] = {}
+        at = 0
+        for rid in rids:
+            entry = self._entries[rid]
+            out[rid] = dev[at:at + len(entry.host)]
+            entry.tier, entry.device = Tier.IN_PENDING, out[rid]
+            at += len(entry.host)
+        if not dev:
+            return out
+        device = cache.pools[0].device
+        host_ids = [h for rid in rids for h in self._entries[rid].host]
+        staging = torch.empty((len(dev), *self.data.shape[1:]), dtype=self.data.dtype, device=device)
+        for i, h in enumerate(host_ids):
+            staging[i].copy_(self.data[h], non_blocking=True)
+        ids = torch.tensor(dev, dtype=torch.long, device=device)
+        for layer, pool in enumerate(cache.pools):
+            pool.index_copy_(0, ids, staging[:, layer])
+        self.bytes_in += len(dev) * self.block_nbytes
+        self._record(device)
+        return out
+
+    def _record(self, device: torch.device) -> None:
+        if device.type == "cuda":
+            self._fence = torch.cuda.Event()
+            self._fence.record()
+
+    def complete(self, cache: KVCache) -> Completed:
+        """Finish every pending copy: blocks copied out return to the device allocator, blocks copied in
+        return to the host pool, and the requests copied in get their device blocks."""
+        if self._fence is not None:
+            self._fence.synchronize()
+            self._fence = None
+        out: list[str] = []
+        back: dict[str, list[int]] = {}
+        for rid, entry in list(self._entries.items()):
+            if entry.tier is Tier.OUT_PENDING:
+                cache.allocator.free(entry.device)
+                entry.tier, entry.device = Tier.HOST, []
+                out.append(rid)
+            elif entry.tier is Tier.IN_PENDING:
+                self._free.extend(reversed(entry.host))
+                back[rid] = entry.device
+                del self._entries[rid]
+        return Completed(tuple(out), back)
+
+    def drop(self, request_id: str) -> None:
+        """Free a rotated request's host blocks (it was aborted or will be recomputed)."""
+        entry = self._entries.get(request_id)
+        if entry is None:
+            raise KVRotationError(f"request {request_id!r} has no KV on host (dropped twice?)")
+        if entry.tier is not Tier.HOST:
+            raise KVRotationError(f"request {request_id!r} is {entry.tier.value}: complete the copy first")
+        del self._entries[request_id]
+        self._free.extend(reversed(entry.host))
