@@ -1,0 +1,165 @@
+"""The per-step KV rotation policy (SuperInfer's RotaSched, simplified): pure, time passed in.
+
+When the head waiting request cannot get its blocks and its TTFT slack (deadline − now − estimated
+prefill) runs low, running requests that already have their first token make room, the ones with the
+most TPOT slack (next token's deadline − now) first: under ``rotate`` their KV goes to the host pool,
+under ``recompute`` it is freed and re-prefilled later, under ``block`` (today's behaviour) nothing
+moves and the head waits. Rotated requests come back when their inter-token deadline nears, the one
+lagging most first (and as room allows when nothing waits). At most ``max_blocks_per_step`` blocks
+change tier per step. With no memory pressure (the head fits, nothing rotated) the decision is empty.
+Every decision carries the slack figures that explain it (``log_fields``).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from c2cq.errors import ConfigError
+
+
+class KVPolicy(enum.StrEnum):
+    ROTATE = "rotate"
+    RECOMPUTE = "recompute"
+    BLOCK = "block"
+
+
+@dataclass(frozen=True, slots=True)
+class RotationConfig:
+    policy: KVPolicy = KVPolicy.ROTATE
+    max_blocks_per_step: int = 64  # blocks moved (or freed, under recompute) per step, at most
+    ttft_slack_s: float = 0.5  # the head waiting request gets room once its TTFT slack is below this
+    victim_min_slack_s: float = 0.2  # a running request makes room only with more TPOT slack than this
+    return_slack_s: float = 0.05  # a rotated request comes back once its TPOT slack is below this
+    copy_s_per_block: float = 0.0  # estimated time to copy one block in (taken off a rotated request's slack)
+
+    def __post_init__(self) -> None:
+        if self.max_blocks_per_step < 1:
+            raise ConfigError(f"max_blocks_per_step must be >= 1, got {self.max_blocks_per_step}")
+        if self.copy_s_per_block < 0:
+            raise ConfigError(f"copy_s_per_block must be >= 0, got {self.copy_s_per_block}")
+        if self.return_slack_s >= self.victim_min_slack_s:  # else a request could go out and back every step
+            raise ConfigError(f"return_slack_s ({self.return_slack_s}) must be below victim_min_slack_s "
+                              f"({self.victim_min_slack_s})")
+
+
+@dataclass(frozen=True, slots=True)
+class Waiting:
+    request_id: str
+    blocks_needed: int  # device blocks it needs to start (its next prefill chunk)
+    ttft_deadline: float  # when its first token is due
+    est_prefill_s: float  # estimated time to its first token once it runs
+
+
+@dataclass(frozen=True, slots=True)
+class Running:
+    request_id: str
+    blocks: int  # device blocks it holds
+    first_token: bool  # it has emitted its first token (only those make room)
+    token_deadline: float  # when its next token is due (last token + TPOT target)
+
+
+@dataclass(frozen=True, slots=True)
+class Rotated:
+    request_id: str
+    blocks: int  # host blocks it holds (what it needs on device to come back)
+    token_deadline: float
+
+
+@dataclass(frozen=True, slots=True)
+class FreeBlocks:
+    device: int
+    host: int
+
+
+@dataclass(frozen=True, slots=True)
+class Move:
+    request_id: str
+    blocks: int
+    slack_s: float  # the slack that chose it: TPOT slack of a victim, lag-adjusted slack of a return
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    policy: KVPolicy
+    reason: str
+    rotate_out: tuple[Move, ...] = ()  # copy to the host pool (rotate)
+    recompute: tuple[Move, ...] = ()  # free; re-prefill later (recompute)
+    rotate_in: tuple[Move, ...] = ()  # copy back from the host pool (rotate)
+    head: str | None = None
+    head_ttft_slack_s: float | None = None
+    head_short: int = 0  # device blocks the head waiting request lacked
+    free: FreeBlocks = field(default_factory=lambda: FreeBlocks(0, 0))
+
+    @property
+    def empty(self) -> bool:
+        return not (self.rotate_out or self.recompute or self.rotate_in)
+
+    @property
+    def blocks_moved(self) -> int:
+        return sum(m.blocks for m in (*self.rotate_out, *self.recompute, *self.rotate_in))
+
+    def log_fields(self) -> dict[str, Any]:
+        moves = lambda ms: [(m.request_id, m.blocks, round(m.slack_s, 4)) for m in ms]  # noqa: E731
+        return {"kv_policy": str(self.policy), "reason": self.reason, "head": self.head,
+                "head_ttft_slack_s": None if self.head_ttft_slack_s is None else round(self.head_ttft_slack_s, 4),
+                "head_short": self.head_short, "free_device": self.free.device, "free_host": self.free.host,
+                "rotate_out": moves(self.rotate_out), "recompute": moves(self.recompute),
+                "rotate_in": moves(self.rotate_in)}
+
+
+def decide(now: float, waiting: Sequence[Waiting], running: Sequence[Running], rotated: Sequence[Rotated],
+           free_blocks: FreeBlocks, cfg: RotationConfig) -> Decision:
+    """What moves between the tiers this step; ``waiting`` in queue order, head first."""
+    head = waiting[0] if waiting else None
+    short = max(0, head.blocks_needed - free_blocks.device) if head is not None else 0
+    head_slack = None if head is None else head.ttft_deadline - now - head.est_prefill_s
+    base = dict(policy=cfg.policy, head=None if head is None else head.request_id, head_ttft_slack_s=head_slack,
+                head_short=short, free=free_blocks)
+    if short == 0 and not rotated:
+        return Decision(reason="no pressure", **base)
+    if cfg.policy is KVPolicy.BLOCK:
+        return Decision(reason="block: the head waits", **base)
+    head_urgent = short > 0 and head_slack is not None and head_slack <= cfg.ttft_slack_s
+
+    # returns: most lag first (lowest slack), strictly in that order so a big lagging one is not starved
+    lag_order = sorted(((r.token_deadline - now - r.blocks * cfg.copy_s_per_block, r) for r in rotated),
+                       key=lambda sr: (sr[0], sr[1].request_id))
+    due = [(s, r) for s, r in lag_order if s <= cfg.return_slack_s or head is None]
+    if due and not (head_urgent and head_slack < due[0][0]):
+        back, room, budget = [], free_blocks.device, cfg.max_blocks_per_step
+        for s, r in due:
+            if r.blocks > room or r.blocks > budget:
+                break
+            back.append(Move(r.request_id, r.blocks, s))
+            room -= r.blocks
+            budget -= r.blocks
+        if back:
+            reason = "return: inter-token deadline near" if head is not None else "return: nothing waits"
+            return Decision(reason=reason, rotate_in=tuple(back), **base)
+
+    if not head_urgent:
+        if short:
+            return Decision(reason="head has TTFT slack", **base)
+        return Decision(reason="no room to return" if due else "rotated requests not due", **base)
+    victims = sorted(((r.token_deadline - now, r) for r in running
+                      if r.first_token and r.blocks > 0 and r.token_deadline - now > cfg.victim_min_slack_s),
+                     key=lambda sr: (-sr[0], sr[1].request_id))
+    moves, freed, budget, host_room = [], 0, cfg.max_blocks_per_step, free_blocks.host
+    rotate = cfg.policy is KVPolicy.ROTATE
+    for s, r in victims:
+        if freed >= short:
+            break
+        if r.blocks > budget or (rotate and r.blocks > host_room):
+            continue
+        moves.append(Move(r.request_id, r.blocks, s))
+        freed += r.blocks
+        budget -= r.blocks
+        host_room -= r.blocks if rotate else 0
+    if not moves:
+        return Decision(reason="head short of blocks, no request can make room", **base)
+    if rotate:
+        return Decision(reason="make room: rotate out", rotate_out=tuple(moves), **base)
+    return Decision(reason="make room: recompute", recompute=tuple(moves), **base)
