@@ -91,6 +91,13 @@ class StepStats(Event, frozen=True, kw_only=True, tag="step_stats"):
     bytes_hbm: int  # weight bytes read from device memory in the step
     bytes_host: int  # weight bytes read from host memory in the step
     model: str | None = None
+    # KV in two tiers, at the end of the window (None: the slice does not report it)
+    kv_device_used: int | None = None  # device KV blocks held by requests
+    kv_device_free: int | None = None
+    kv_host_used: int | None = None  # host KV blocks held by rotated requests
+    kv_host_free: int | None = None
+    kv_rotations: int = 0  # requests rotated out or back in over the window
+    kv_bytes_rotated: int = 0  # bytes copied between the tiers over the window, both directions
 
 
 class ModelResident(Event, frozen=True, kw_only=True, tag="model_resident"):
