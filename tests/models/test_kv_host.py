@@ -169,3 +169,13 @@ def test_pools_that_are_full_refuse_without_changing_anything():
         host.copy_in(cache, ["a"])
     assert host.tier("a") is Tier.HOST and cache.allocator.num_free == 2
     cache.allocator.free(hog)
+
+
+def test_a_request_with_no_blocks_yet_goes_out_and_back_too():
+    cache = KVCache(LAYERS, 4, BS, HEADS, DIM, torch.float32)
+    host = HostKVPool.like(cache, num_blocks=2)
+    assert host.copy_out(cache, {"new": []}) == {"new": []} and host.tier("new") is Tier.OUT_PENDING
+    assert host.complete(cache).out == ("new",)
+    assert host.copy_in(cache, ["new"]) == {"new": []}
+    assert host.complete(cache).back == {"new": []} and host.tier("new") is None
+    assert host.bytes_out == host.bytes_in == 0 and host.num_free == 2 and cache.allocator.num_free == 4

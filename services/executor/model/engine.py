@@ -14,6 +14,8 @@ from c2cq.schemas.enums import ErrorCode, FinishReason
 from c2cq.services.executor.model.batch import FlatBatch
 from c2cq.services.executor.model.config import parse_config
 from c2cq.services.executor.model.detokenizer import IncrementalDetokenizer, load_tokenizer
+from c2cq.services.executor.model.errors import KVRotationError
+from c2cq.services.executor.model.kv_host import HostKVPool
 from c2cq.services.executor.model.model import Model
 from c2cq.services.executor.model.sampler import SamplingParams, new_generator, sample
 from c2cq.services.executor.model.sequence import Sequence
@@ -48,12 +50,15 @@ class Engine:
 
     def __init__(self, config: Mapping[str, Any], tensors: Mapping[str, torch.Tensor],
                  tokenizer_json: bytes | None, *, kv_blocks: int, block_size: int,
-                 make_linear: MakeLinear = host_only, model: Model | None = None) -> None:
+                 make_linear: MakeLinear = host_only, model: Model | None = None, host_kv_blocks: int = 0) -> None:
         """``model``: layers already built on these tensors (kept by a backend across switches), used as
-        they are (``config`` must be theirs; ``tensors`` and ``make_linear`` are then not read)."""
+        they are (``config`` must be theirs; ``tensors`` and ``make_linear`` are then not read).
+        ``host_kv_blocks``: size of the host KV pool requests can be rotated to (0: none)."""
         self.config = parse_config(config) if model is None else model.cfg
         self.model = Model(self.config, tensors, make_linear) if model is None else model
         self.cache = self.model.new_cache(kv_blocks, block_size)
+        self.host = HostKVPool.like(self.cache, host_kv_blocks) if host_kv_blocks else None
+        self._rotated: set[str] = set()  # requests whose KV is on host or on its way (skipped by the schedule)
         self.tokenizer = load_tokenizer(tokenizer_json) if tokenizer_json is not None else None
         self._seqs: dict[str, Sequence] = {}
         self._arrivals = itertools.count()
@@ -82,11 +87,52 @@ class Engine:
 
     def abort(self, request_id: str) -> bool:
         """Drop a request and free its KV blocks; False when it is not (or no longer) here."""
-        seq = self._seqs.pop(request_id, None)
-        if seq is None:
+        if request_id not in self._seqs:
             return False
+        if request_id in self._rotated:
+            self._settle()  # its copy must finish before its blocks can be freed
+        seq = self._seqs.pop(request_id)
+        if request_id in self._rotated:
+            self.host.drop(request_id)
+            self._rotated.discard(request_id)
         seq.table.release(self.cache.allocator)
         return True
+
+    # -- rotation to the host KV pool -------------------------------------------------------------
+    def rotate_out(self, request_ids: list[str]) -> None:
+        """Copy these requests' KV to the host pool (batched); they skip steps until rotated back in."""
+        if self.host is None:
+            raise KVRotationError("this engine has no host KV pool")
+        for rid in request_ids:
+            if rid not in self._seqs or rid in self._rotated:
+                raise KVRotationError(f"request {rid!r} is not running here")
+        self.host.copy_out(self.cache, {rid: self._seqs[rid].table.blocks for rid in request_ids})
+        for rid in request_ids:
+            self._seqs[rid].table.blocks = []
+            self._rotated.add(rid)
+
+    def rotate_in(self, request_ids: list[str]) -> None:
+        """Copy rotated requests' KV back to the device pool; they run again from the next step."""
+        if self.host is None:
+            raise KVRotationError("this engine has no host KV pool")
+        self.host.copy_in(self.cache, request_ids)
+
+    def _settle(self) -> None:
+        """Finish the pending copies; requests copied back in get their blocks and run again."""
+        if self.host is None:
+            return
+        for rid, blocks in self.host.complete(self.cache).back.items():
+            self._seqs[rid].table.blocks = blocks
+            self._rotated.discard(rid)
+
+    @property
+    def request_ids(self) -> frozenset[str]:
+        return frozenset(self._seqs)
+
+    @property
+    def rotated(self) -> frozenset[str]:
+        """Requests whose KV is on host (or being copied there or back)."""
+        return frozenset(self._rotated)
 
     @property
     def num_requests(self) -> int:
@@ -140,7 +186,7 @@ class Engine:
         budget = chunk_tokens
         preempted: set[str] = set()
         for i, seq in enumerate(order):
-            if seq.request_id in preempted:
+            if seq.request_id in preempted or seq.request_id in self._rotated:
                 continue
             decoding = seq.pending == 1 and seq.num_cached > 0
             if not decoding and budget == 0:
@@ -163,6 +209,7 @@ class Engine:
         """Run one forward over every scheduled sequence; ``chunk_tokens`` caps this step's prefill tokens."""
         if chunk_tokens < 1:
             raise ValueError(f"chunk_tokens must be >= 1, got {chunk_tokens}")
+        self._settle()
         plan = self._schedule(chunk_tokens)
         if not plan:
             self.last_stats = StepStats(0, 0, 0, 0)

@@ -123,22 +123,21 @@ class HostKVPool:
                 seen.add(b)
         if want > len(self._free):
             raise OutOfHostKVBlocks(f"need {want} host KV blocks, {len(self._free)} of {self.num_blocks} free")
-        out: dict[str, list[int]] = {}
         dev_ids = [b for blocks in seq_blocks.values() for b in blocks]
-        if not dev_ids:
-            return {rid: [] for rid in seq_blocks}
         host_ids = [self._free.pop() for _ in dev_ids]
-        ids = torch.tensor(dev_ids, dtype=torch.long, device=cache.pools[0].device)
-        staging = torch.stack([p.index_select(0, ids) for p in cache.pools], dim=1)  # block-first
-        for i, h in enumerate(host_ids):
-            self.data[h].copy_(staging[i], non_blocking=True)
+        out: dict[str, list[int]] = {}
         at = 0
         for rid, blocks in seq_blocks.items():
             out[rid] = host_ids[at:at + len(blocks)]
             self._entries[rid] = _Entry(Tier.OUT_PENDING, out[rid], list(blocks))
             at += len(blocks)
-        self.bytes_out += len(host_ids) * self.block_nbytes
-        self._record(staging.device)
+        if dev_ids:
+            ids = torch.tensor(dev_ids, dtype=torch.long, device=cache.pools[0].device)
+            staging = torch.stack([p.index_select(0, ids) for p in cache.pools], dim=1)  # block-first
+            for i, h in enumerate(host_ids):
+                self.data[h].copy_(staging[i], non_blocking=True)
+            self.bytes_out += len(host_ids) * self.block_nbytes
+            self._record(staging.device)
         return out
 
     def copy_in(self, cache: KVCache, request_ids: Iterable[str]) -> dict[str, list[int]]:

@@ -1,0 +1,84 @@
+"""Requests rotated to the host KV pool and back give the tokens of a run that never rotated."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from c2cq.services.executor.model.engine import Engine
+from c2cq.services.executor.model.errors import KVRotationError
+from c2cq.services.executor.model.sampler import SamplingParams
+
+from .conftest import prompt
+
+
+def run(ck, arrivals, *, kv_blocks, host_kv_blocks=0, rotate_every=0, seed=0):
+    """Step the engine with requests arriving at given steps; every ``rotate_every`` steps rotate a random
+    running request out and, the step after, the longest-rotated one back in."""
+    engine = Engine(ck.config, ck.tensors, None, kv_blocks=kv_blocks, block_size=4, host_kv_blocks=host_kv_blocks)
+    pick = torch.Generator().manual_seed(seed)
+    got: dict[str, list[int]] = {}
+    out_order: list[str] = []
+    rotations = 0
+    for step in range(2000):
+        for rid, ids, params in arrivals.get(step, []):
+            engine.add(rid, ids, params)
+        if step > max(arrivals) and not engine.num_requests:
+            break
+        if rotate_every and step % rotate_every == 0:
+            running = sorted(engine.request_ids - engine.rotated)
+            if running:
+                rid = running[int(torch.randint(len(running), (1,), generator=pick))]
+                engine.rotate_out([rid])
+                out_order.append(rid)
+                rotations += 1
+        elif out_order and engine.free_blocks >= engine.host.blocks_of(out_order[0]):
+            engine.rotate_in([out_order.pop(0)])
+        for out in engine.step(chunk_tokens=5):
+            got.setdefault(out.request_id, []).extend(out.new_token_ids)
+    else:
+        raise AssertionError("requests did not finish")
+    return got, engine, rotations
+
+
+@pytest.mark.parametrize("name", ["llama", "qwen2_moe"])
+def test_rotation_every_k_steps_keeps_greedy_tokens(checkpoints, name):
+    ck = checkpoints(name)
+    arrivals_at = torch.Generator().manual_seed(13)
+    arrivals: dict[int, list] = {}
+    for i in range(6):
+        step = int(torch.randint(0, 12, (1,), generator=arrivals_at))
+        arrivals.setdefault(step, []).append((f"r{i}", prompt(40 + i, 5 + 4 * i), SamplingParams(max_tokens=10 + i)))
+    expected, _, _ = run(ck, arrivals, kv_blocks=256)
+    for k in (2, 3):
+        got, engine, rotations = run(ck, arrivals, kv_blocks=64, host_kv_blocks=64, rotate_every=k, seed=k)
+        assert rotations >= 5 and got == expected
+        assert engine.free_blocks == 64 and engine.host.num_free == 64 and not engine.rotated
+        assert engine.host.bytes_out == engine.host.bytes_in > 0
+
+
+def test_aborting_a_rotated_request_frees_its_host_blocks(checkpoints):
+    ck = checkpoints("llama")
+    engine = Engine(ck.config, ck.tensors, None, kv_blocks=32, block_size=4, host_kv_blocks=16)
+    engine.add("a", prompt(1, 9), SamplingParams(max_tokens=6))
+    engine.add("b", prompt(2, 9), SamplingParams(max_tokens=6))
+    engine.step(chunk_tokens=32)
+    engine.rotate_out(["a"])
+    assert engine.abort("a") and not engine.abort("a")  # the pending copy is completed, then dropped
+    assert engine.host.num_free == 16 and engine.free_blocks == 32 - 3
+    with pytest.raises(KVRotationError, match="not running here"):
+        engine.rotate_out(["a"])
+    engine.rotate_out(["b"])
+    engine.step(chunk_tokens=32)  # b skips steps while rotated
+    assert engine.rotated == {"b"} and engine.free_blocks == 32
+    engine.rotate_in(["b"])
+    assert engine.abort("b")
+    assert engine.host.num_free == 16 and engine.free_blocks == 32
+
+
+def test_an_engine_without_a_host_pool_refuses_to_rotate(checkpoints):
+    ck = checkpoints("llama")
+    engine = Engine(ck.config, ck.tensors, None, kv_blocks=8, block_size=4)
+    engine.add("a", prompt(1, 5), SamplingParams(max_tokens=2))
+    with pytest.raises(KVRotationError, match="no host KV pool"):
+        engine.rotate_out(["a"])
