@@ -45,6 +45,16 @@ class StepStats:
         return self.prefill_tokens + self.decode_tokens
 
 
+@dataclass(frozen=True, slots=True)
+class KVState:
+    request_id: str
+    device_blocks: int
+    pending: int  # tokens still to run before its next token can be sampled
+    has_output: bool
+    rotated: bool
+    host_blocks: int
+
+
 class Engine:
     """Runs many requests of one model, a step at a time; no I/O, no threads."""
 
@@ -128,6 +138,21 @@ class Engine:
     @property
     def request_ids(self) -> frozenset[str]:
         return frozenset(self._seqs)
+
+    def kv_states(self) -> list[KVState]:
+        """Each request's KV standing, oldest arrival first (what a rotation policy reads)."""
+        order = sorted(self._seqs.values(), key=lambda s: s.arrival)
+        host = self.host
+        return [KVState(s.request_id, len(s.table.blocks), s.pending, s.num_output > 0,
+                        s.request_id in self._rotated,
+                        host.blocks_of(s.request_id) if host is not None else 0) for s in order]
+
+    def preempt(self, request_id: str) -> None:
+        """Free a running request's blocks; it recomputes its KV (prompt + output so far) later."""
+        seq = self._seqs.get(request_id)
+        if seq is None or request_id in self._rotated:
+            raise KVRotationError(f"request {request_id!r} is not running here")
+        self._preempt(seq)
 
     @property
     def rotated(self) -> frozenset[str]:

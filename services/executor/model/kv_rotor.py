@@ -1,0 +1,82 @@
+"""The rotation policy over an Engine: before each step, ``decide`` is fed from the engine's requests
+and their SLO targets (clock passed in), and its decision applied — rotate out/in through the host
+pool, or preempt for recompute. Counts what moved and logs every non-empty decision with its slack
+figures. Off the engine's path unless a backend calls ``before_step``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from c2cq import log
+from c2cq.services.executor.model.engine import Engine
+from c2cq.services.executor.model.kv_host import Tier
+from c2cq.services.executor.model.rotation import (
+    Decision, FreeBlocks, Rotated, RotationConfig, Running, Waiting, decide,
+)
+
+
+@dataclass(slots=True)
+class _Clock:
+    ttft_deadline: float
+    tpot_s: float
+    last_token: float | None = None
+
+
+class KVRotor:
+    def __init__(self, engine: Engine, cfg: RotationConfig, *, prefill_s_per_token: float) -> None:
+        self.engine, self.cfg = engine, cfg
+        self.prefill_s_per_token = prefill_s_per_token
+        self._clocks: dict[str, _Clock] = {}
+        self.rotations = 0  # requests moved out or in, since start
+        self.recomputes = 0
+        self.last: Decision | None = None
+        self.log = log.get()
+
+    def track(self, request_id: str, now: float, *, ttft_s: float, tpot_s: float) -> None:
+        """A request was added at ``now`` with these targets."""
+        self._clocks[request_id] = _Clock(now + ttft_s, tpot_s)
+
+    def token(self, request_id: str, now: float) -> None:
+        clock = self._clocks.get(request_id)
+        if clock is not None:
+            clock.last_token = now
+
+    def forget(self, request_id: str) -> None:
+        self._clocks.pop(request_id, None)
+
+    def _deadline(self, rid: str, now: float) -> float:
+        clock = self._clocks.get(rid)
+        if clock is None:  # not tracked: never urgent, never a victim worth its copy
+            return now
+        return (clock.last_token if clock.last_token is not None else now) + clock.tpot_s
+
+    def before_step(self, now: float, chunk_tokens: int) -> Decision:
+        eng = self.engine
+        bs = eng.cache.block_size
+        waiting, running, rotated = [], [], []
+        for st in eng.kv_states():
+            clock = self._clocks.get(st.request_id)
+            if st.rotated:
+                if eng.host is not None and eng.host.tier(st.request_id) is Tier.HOST:
+                    rotated.append(Rotated(st.request_id, st.host_blocks, self._deadline(st.request_id, now)))
+            elif st.device_blocks == 0 and not st.has_output:
+                need = -(-min(st.pending, chunk_tokens) // bs)
+                deadline = clock.ttft_deadline if clock is not None else float("inf")
+                waiting.append(Waiting(st.request_id, need, deadline, st.pending * self.prefill_s_per_token))
+            elif st.device_blocks:
+                running.append(Running(st.request_id, st.device_blocks, st.has_output,
+                                       self._deadline(st.request_id, now)))
+        host_free = eng.host.num_free if eng.host is not None else 0
+        d = decide(now, waiting, running, rotated, FreeBlocks(eng.free_blocks, host_free), self.cfg)
+        if d.rotate_out:
+            eng.rotate_out([m.request_id for m in d.rotate_out])
+        if d.rotate_in:
+            eng.rotate_in([m.request_id for m in d.rotate_in])
+        for m in d.recompute:
+            eng.preempt(m.request_id)
+        self.rotations += len(d.rotate_out) + len(d.rotate_in)
+        self.recomputes += len(d.recompute)
+        self.last = d
+        if not d.empty:
+            self.log.info("kv rotation", **d.log_fields())
+        return d

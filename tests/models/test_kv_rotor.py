@@ -1,0 +1,67 @@
+"""The rotation policy driving an Engine on a fake clock: a late request with a tight TTFT target gets
+its first token sooner by rotating a long decode out, and every request's greedy tokens are unchanged."""
+
+from __future__ import annotations
+
+import pytest
+
+from c2cq.services.executor.model.engine import Engine
+from c2cq.services.executor.model.kv_rotor import KVRotor
+from c2cq.services.executor.model.rotation import KVPolicy, RotationConfig
+from c2cq.services.executor.model.sampler import SamplingParams
+
+from .conftest import prompt
+
+DT = 0.1  # fake seconds per step
+LONG = SamplingParams(max_tokens=24)
+LATE_AT = 20
+
+
+def serve(ck, policy: KVPolicy | None, kv_blocks: int):
+    """(tokens per request, step of the late request's first token, the engine, the rotor)."""
+    engine = Engine(ck.config, ck.tensors, None, kv_blocks=kv_blocks, block_size=4, host_kv_blocks=16)
+    rotor = KVRotor(engine, RotationConfig(policy=policy or KVPolicy.BLOCK), prefill_s_per_token=0.01)
+    arrivals = {0: [("a", prompt(1, 8), LONG), ("b", prompt(2, 8), LONG)],
+                LATE_AT: [("late", prompt(3, 12), SamplingParams(max_tokens=4))]}
+    got: dict[str, list[int]] = {}
+    first = None
+    for step in range(400):
+        now = step * DT
+        for rid, ids, params in arrivals.get(step, []):
+            engine.add(rid, ids, params)
+            rotor.track(rid, now, ttft_s=0.5, tpot_s=1.0)
+        if step > LATE_AT and not engine.num_requests:
+            break
+        if policy is not None:
+            rotor.before_step(now, chunk_tokens=16)
+        for out in engine.step(chunk_tokens=16):
+            got.setdefault(out.request_id, []).extend(out.new_token_ids)
+            rotor.token(out.request_id, now + DT)
+            if out.request_id == "late" and first is None:
+                first = step
+            if out.finished:
+                rotor.forget(out.request_id)
+    else:
+        raise AssertionError("requests did not finish")
+    return got, first, engine, rotor
+
+
+def test_rotation_serves_a_late_request_sooner_with_the_same_tokens(checkpoints):
+    ck = checkpoints("llama")
+    expected, _, _, _ = serve(ck, None, kv_blocks=256)
+    blocked, first_blocked, _, idle = serve(ck, KVPolicy.BLOCK, kv_blocks=16)
+    rotated, first_rotated, engine, rotor = serve(ck, KVPolicy.ROTATE, kv_blocks=16)
+    assert blocked == expected and rotated == expected
+    assert idle.rotations == 0
+    assert rotor.rotations >= 2  # out, and back in
+    assert first_rotated <= LATE_AT + 2 < first_blocked
+    assert engine.free_blocks == 16 and engine.host.num_free == 16 and not engine.rotated
+
+
+@pytest.mark.parametrize("policy", list(KVPolicy))
+def test_without_pressure_the_rotor_changes_nothing(checkpoints, policy):
+    ck = checkpoints("llama")
+    expected, first, _, _ = serve(ck, None, kv_blocks=256)
+    got, first_p, _, rotor = serve(ck, policy, kv_blocks=256)
+    assert got == expected and first_p == first and rotor.rotations == rotor.recomputes == 0
+    assert rotor.last is not None and rotor.last.empty
