@@ -30,6 +30,9 @@ class StepResult:
     decode_tokens: int = 0
     bytes_hbm: int = 0
     bytes_host: int = 0
+    kv_blocks: tuple[int, int, int, int] | None = None  # (device used, free, host used, free) after the step
+    kv_rotations: int = 0
+    kv_bytes_rotated: int = 0
 
     def accumulate(self, other: "StepResult") -> None:
         """Add another step's time, tokens and bytes to this window's totals (outputs are not kept)."""
@@ -38,6 +41,16 @@ class StepResult:
         self.decode_tokens += other.decode_tokens
         self.bytes_hbm += other.bytes_hbm
         self.bytes_host += other.bytes_host
+        self.kv_blocks = other.kv_blocks if other.kv_blocks is not None else self.kv_blocks
+        self.kv_rotations += other.kv_rotations
+        self.kv_bytes_rotated += other.kv_bytes_rotated
+
+    def kv_stats(self) -> dict[str, int | None]:
+        """The StepStats KV fields of this window (block counts None where the backend has no KV pool)."""
+        used, free, host_used, host_free = self.kv_blocks if self.kv_blocks is not None else (None,) * 4
+        return {"kv_device_used": used, "kv_device_free": free, "kv_host_used": host_used,
+                "kv_host_free": host_free, "kv_rotations": self.kv_rotations,
+                "kv_bytes_rotated": self.kv_bytes_rotated}
 
 
 class Backend(Protocol):

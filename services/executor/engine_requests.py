@@ -163,6 +163,8 @@ class EngineBackend:
         res.busy_s = time.perf_counter() - t0
         stats = self.engine.last_stats
         res.prefill_tokens, res.decode_tokens = stats.prefill_tokens, stats.decode_tokens
+        res.kv_blocks, res.kv_rotations, res.kv_bytes_rotated = (self.engine.kv_blocks, stats.kv_rotations,
+                                                                 stats.kv_bytes_rotated)
         self._count_bytes(res, stats)
         res.outputs.extend(self.requests.outputs(outs))
         return res

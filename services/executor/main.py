@@ -186,7 +186,8 @@ class Executor:
         if time.monotonic() - self._stats_since >= STATS_S:
             self.emit(m.StepStats, step_s=s.busy_s / self._stats_steps, tokens=s.prefill_tokens + s.decode_tokens,
                       prefill_tokens=s.prefill_tokens, decode_tokens=s.decode_tokens, batch=len(self.queue.running),
-                      bytes_hbm=s.bytes_hbm, bytes_host=s.bytes_host, model=self.queue.model)
+                      bytes_hbm=s.bytes_hbm, bytes_host=s.bytes_host, model=self.queue.model,
+                      **s.kv_stats())
             self._stats, self._stats_steps, self._stats_since = StepResult(), 0, time.monotonic()
 
     async def heartbeat_loop(self) -> None:

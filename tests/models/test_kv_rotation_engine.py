@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from c2cq.schemas.executor import StepStats
+from c2cq.services.executor.backend import StepResult
 from c2cq.services.executor.model.engine import Engine
 from c2cq.services.executor.model.errors import KVRotationError
 from c2cq.services.executor.model.sampler import SamplingParams
@@ -57,12 +59,17 @@ def test_rotation_every_k_steps_keeps_greedy_tokens(checkpoints, name):
         assert engine.host.bytes_out == engine.host.bytes_in > 0
 
 
-def test_aborting_a_rotated_request_frees_its_host_blocks(checkpoints):
-    ck = checkpoints("llama")
+def two_started(ck, b_len: int) -> Engine:
+    """An engine with a host pool and two requests past their first step: "a" (9 tokens), "b"."""
     engine = Engine(ck.config, ck.tensors, None, kv_blocks=32, block_size=4, host_kv_blocks=16)
     engine.add("a", prompt(1, 9), SamplingParams(max_tokens=6))
-    engine.add("b", prompt(2, 9), SamplingParams(max_tokens=6))
+    engine.add("b", prompt(2, b_len), SamplingParams(max_tokens=6))
     engine.step(chunk_tokens=32)
+    return engine
+
+
+def test_aborting_a_rotated_request_frees_its_host_blocks(checkpoints):
+    engine = two_started(checkpoints("llama"), 9)
     engine.rotate_out(["a"])
     assert engine.abort("a") and not engine.abort("a")  # the pending copy is completed, then dropped
     assert engine.host.num_free == 16 and engine.free_blocks == 32 - 3
@@ -82,3 +89,25 @@ def test_an_engine_without_a_host_pool_refuses_to_rotate(checkpoints):
     engine.add("a", prompt(1, 5), SamplingParams(max_tokens=2))
     with pytest.raises(KVRotationError, match="no host KV pool"):
         engine.rotate_out(["a"])
+
+
+def test_step_stats_report_both_tiers_and_what_rotated(checkpoints):
+    engine = two_started(checkpoints("llama"), 5)
+    assert engine.kv_blocks == (3 + 2, 27, 0, 16) and engine.last_stats.kv_rotations == 0
+    engine.rotate_out(["a"])
+    engine.step(chunk_tokens=32)
+    moved = engine.last_stats
+    assert moved.kv_rotations == 1 and moved.kv_bytes_rotated == 3 * engine.host.block_nbytes
+    assert engine.kv_blocks == (2, 30, 3, 13)
+    engine.step(chunk_tokens=32)
+    assert engine.last_stats.kv_rotations == engine.last_stats.kv_bytes_rotated == 0
+
+    window = StepResult()
+    window.accumulate(StepResult(kv_blocks=(5, 27, 0, 16)))
+    window.accumulate(StepResult(kv_blocks=(2, 30, 3, 13), kv_rotations=1, kv_bytes_rotated=100))
+    window.accumulate(StepResult(kv_rotations=1, kv_bytes_rotated=50))  # no pool figures: the last stand
+    msg = StepStats(source="e", seq=0, ts_ns=0, step_s=0.1, tokens=1, prefill_tokens=0, decode_tokens=1,
+                    batch=1, bytes_hbm=0, bytes_host=0, **window.kv_stats())
+    assert (msg.kv_device_used, msg.kv_device_free, msg.kv_host_used, msg.kv_host_free) == (2, 30, 3, 13)
+    assert msg.kv_rotations == 2 and msg.kv_bytes_rotated == 150
+    assert StepResult().kv_stats()["kv_device_free"] is None

@@ -39,6 +39,8 @@ class StepStats:
     num_seqs: int
     weight_bytes: int  # bytes of weights the step's forward read (routed experts only)
     weight_bytes_host: int = 0  # of which read from host memory (the non-resident rows of split weights)
+    kv_rotations: int = 0  # requests rotated out or in since the step before
+    kv_bytes_rotated: int = 0  # bytes those rotations copied, both directions
 
     @property
     def tokens(self) -> int:
@@ -74,6 +76,8 @@ class Engine:
         self._arrivals = itertools.count()
         self.last_stats = StepStats(0, 0, 0, 0)
         self.preemptions = 0  # sequences whose KV was dropped for recompute, since start
+        self._rotations = 0  # rotations (out or in) not yet reported in a step's stats
+        self._bytes_reported = 0  # host pool bytes (out + in) already reported
 
     # -- requests ---------------------------------------------------------------------------------
     def add(self, request_id: str, prompt_ids: list[int], params: SamplingParams) -> None:
@@ -120,12 +124,14 @@ class Engine:
         for rid in request_ids:
             self._seqs[rid].table.blocks = []
             self._rotated.add(rid)
+        self._rotations += len(request_ids)
 
     def rotate_in(self, request_ids: list[str]) -> None:
         """Copy rotated requests' KV back to the device pool; they run again from the next step."""
         if self.host is None:
             raise KVRotationError("this engine has no host KV pool")
         self.host.copy_in(self.cache, request_ids)
+        self._rotations += len(request_ids)
 
     def _settle(self) -> None:
         """Finish the pending copies; requests copied back in get their blocks and run again."""
@@ -134,6 +140,20 @@ class Engine:
         for rid, blocks in self.host.complete(self.cache).back.items():
             self._seqs[rid].table.blocks = blocks
             self._rotated.discard(rid)
+
+    def _rotated_bytes(self) -> int:
+        """Bytes copied between the tiers since the last step's stats."""
+        host = self.host
+        return 0 if host is None else host.bytes_out + host.bytes_in - self._bytes_reported
+
+    @property
+    def kv_blocks(self) -> tuple[int, int, int, int]:
+        """(device used, device free, host used, host free) KV blocks now; blocks held by a pending copy
+        count as used."""
+        alloc, host = self.cache.allocator, self.host
+        free_host = 0 if host is None else host.num_free
+        return (alloc.num_blocks - alloc.num_free, alloc.num_free,
+                0 if host is None else host.num_blocks - free_host, free_host)
 
     @property
     def request_ids(self) -> frozenset[str]:
@@ -235,9 +255,11 @@ class Engine:
         if chunk_tokens < 1:
             raise ValueError(f"chunk_tokens must be >= 1, got {chunk_tokens}")
         self._settle()
+        rotations, moved = self._rotations, self._rotated_bytes()
+        self._rotations, self._bytes_reported = 0, self._bytes_reported + moved
         plan = self._schedule(chunk_tokens)
         if not plan:
-            self.last_stats = StepStats(0, 0, 0, 0)
+            self.last_stats = StepStats(0, 0, 0, 0, kv_rotations=rotations, kv_bytes_rotated=moved)
             return []
         chunks = [(seq.tokens[seq.num_cached:seq.num_cached + n], seq.num_cached, seq.table) for seq, n in plan]
         want = [seq.num_cached + n == len(seq.tokens) for seq, n in plan]
@@ -248,7 +270,8 @@ class Engine:
         logits = self.model.forward(batch, self.cache)
         host = counter.host_bytes
         self.last_stats = StepStats(prefill_tokens=sum(n for _, n in plan) - decode, decode_tokens=decode,
-                                    num_seqs=len(plan), weight_bytes=counter.reset(), weight_bytes_host=host)
+                                    num_seqs=len(plan), weight_bytes=counter.reset(), weight_bytes_host=host,
+                                    kv_rotations=rotations, kv_bytes_rotated=moved)
         outputs = []
         row = 0
         for (seq, n), wanted in zip(plan, want, strict=True):
