@@ -12,11 +12,13 @@ from c2cq.services.executor.model.kv_host import HostKVPool, Tier
 
 LAYERS, BLOCKS, BS, HEADS, DIM = 3, 12, 4, 2, 8
 BITS = {torch.float32: torch.int32, torch.bfloat16: torch.int16}
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
+                                                                reason="needs a CUDA device (pinned host pool)"))]
 
 
-def fragmented(dtype: torch.dtype, gen: torch.Generator):
+def fragmented(dtype: torch.dtype, gen: torch.Generator, device: str = "cpu"):
     """A cache whose three sequences hold interleaved, non-contiguous blocks of random K/V."""
-    cache = KVCache(LAYERS, BLOCKS, BS, HEADS, DIM, dtype)
+    cache = KVCache(LAYERS, BLOCKS, BS, HEADS, DIM, dtype, device)
     tables = {r: cache.new_table() for r in ("a", "b", "c")}
     spacer = cache.new_table()
     for n in range(1, 4):  # grow in turns so the tables interleave
@@ -29,9 +31,9 @@ def fragmented(dtype: torch.dtype, gen: torch.Generator):
     for layer in range(LAYERS):
         for rid, t in tables.items():
             shape = (lengths[rid], HEADS, DIM)
-            k = torch.randn(shape, generator=gen).to(dtype)
-            v = torch.randn(shape, generator=gen).to(dtype)
-            cache.write(layer, t.slots(0, lengths[rid]), k, v)
+            k = torch.randn(shape, generator=gen).to(device, dtype)
+            v = torch.randn(shape, generator=gen).to(device, dtype)
+            cache.write(layer, t.slots(0, lengths[rid]).to(device), k, v)
     return cache, tables, lengths
 
 
@@ -44,12 +46,14 @@ def bitwise_equal(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
     return all(torch.equal(x.view(bits), y.view(bits)) for x, y in zip(a, b, strict=True))
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_rotated_out_and_back_blocks_are_bitwise_equal(dtype):
+def test_rotated_out_and_back_blocks_are_bitwise_equal(dtype, device):
     gen = torch.Generator().manual_seed(7)
-    cache, tables, lengths = fragmented(dtype, gen)
+    cache, tables, lengths = fragmented(dtype, gen, device)
     assert any(b - a != 1 for a, b in zip(tables["a"].blocks, tables["a"].blocks[1:]))  # really fragmented
     host = HostKVPool.like(cache, num_blocks=8)
+    assert host.data.device.type == "cpu" and host.data.is_pinned() == (device == "cuda")
     before = {r: snapshot(cache, t, lengths[r]) for r, t in tables.items()}
     free_before = cache.allocator.num_free
 
@@ -66,8 +70,8 @@ def test_rotated_out_and_back_blocks_are_bitwise_equal(dtype):
     other.grow(cache.allocator, cache.allocator.num_free * BS)
     for layer in range(LAYERS):
         n = len(other.blocks) * BS
-        cache.write(layer, other.slots(0, n), torch.full((n, HEADS, DIM), 9.0, dtype=dtype),
-                    torch.full((n, HEADS, DIM), -9.0, dtype=dtype))
+        cache.write(layer, other.slots(0, n).to(device), torch.full((n, HEADS, DIM), 9.0, dtype=dtype, device=device),
+                    torch.full((n, HEADS, DIM), -9.0, dtype=dtype, device=device))
     other.release(cache.allocator)
 
     new = host.copy_in(cache, ["c", "a"])
