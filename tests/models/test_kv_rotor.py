@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from c2cq.errors import ConfigError
 from c2cq.services.executor.model.engine import Engine
 from c2cq.services.executor.model.kv_rotor import KVRotor
 from c2cq.services.executor.model.rotation import KVPolicy, RotationConfig
@@ -65,3 +66,11 @@ def test_without_pressure_the_rotor_changes_nothing(checkpoints, policy):
     got, first_p, _, rotor = serve(ck, policy, kv_blocks=256)
     assert got == expected and first_p == first and rotor.rotations == rotor.recomputes == 0
     assert rotor.last is not None and rotor.last.empty
+
+
+def test_rotate_without_a_host_pool_is_refused(checkpoints):
+    ck = checkpoints("llama")
+    engine = Engine(ck.config, ck.tensors, None, kv_blocks=8, block_size=4)
+    with pytest.raises(ConfigError, match="needs a host KV pool"):
+        KVRotor(engine, RotationConfig(policy=KVPolicy.ROTATE), prefill_s_per_token=0.01)
+    KVRotor(engine, RotationConfig(policy=KVPolicy.RECOMPUTE), prefill_s_per_token=0.01)  # needs none

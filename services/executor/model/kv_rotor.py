@@ -8,10 +8,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from c2cq import log
+from c2cq.errors import ConfigError
 from c2cq.services.executor.model.engine import Engine
 from c2cq.services.executor.model.kv_host import Tier
 from c2cq.services.executor.model.rotation import (
-    Decision, FreeBlocks, Rotated, RotationConfig, Running, Waiting, decide,
+    Decision, FreeBlocks, KVPolicy, Rotated, RotationConfig, Running, Waiting, decide,
 )
 
 
@@ -24,6 +25,8 @@ class _Clock:
 
 class KVRotor:
     def __init__(self, engine: Engine, cfg: RotationConfig, *, prefill_s_per_token: float) -> None:
+        if cfg.policy is KVPolicy.ROTATE and engine.host is None:
+            raise ConfigError("kv policy 'rotate' needs a host KV pool (the engine has none)")
         self.engine, self.cfg = engine, cfg
         self.prefill_s_per_token = prefill_s_per_token
         self._clocks: dict[str, _Clock] = {}
