@@ -74,3 +74,11 @@ def test_rotate_without_a_host_pool_is_refused(checkpoints):
     with pytest.raises(ConfigError, match="needs a host KV pool"):
         KVRotor(engine, RotationConfig(policy=KVPolicy.ROTATE), prefill_s_per_token=0.01)
     KVRotor(engine, RotationConfig(policy=KVPolicy.RECOMPUTE), prefill_s_per_token=0.01)  # needs none
+
+
+def test_recompute_under_pressure_keeps_tokens(checkpoints):
+    ck = checkpoints("llama")
+    expected, _, _, _ = serve(ck, None, kv_blocks=256)
+    got, first, engine, rotor = serve(ck, KVPolicy.RECOMPUTE, kv_blocks=16)
+    assert got == expected and rotor.recomputes >= 1 and rotor.rotations == 0
+    assert engine.free_blocks == 16 and engine.host.num_free == 16
