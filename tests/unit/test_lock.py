@@ -45,6 +45,10 @@ def test_every_test_extra_is_locked_within_its_range():
     assert unlocked(requirements(PYPROJECT["project"]["optional-dependencies"]["test"]), TEST) == []
 
 
+def test_the_demo_extra_is_in_what_make_demo_installs():
+    assert unlocked(requirements(PYPROJECT["project"]["optional-dependencies"]["demo"]), RUNTIME) == []
+
+
 def test_the_build_requirements_are_locked_for_the_isolation_free_editable_install():
     reqs = requirements(PYPROJECT["build-system"]["requires"])
     assert unlocked(reqs, RUNTIME) == []
