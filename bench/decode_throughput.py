@@ -40,7 +40,7 @@ from c2cq.client import AsyncClient  # noqa: E402
 from c2cq.rundir import RunDir  # noqa: E402
 from c2cq.services.catalog.cli_add import add_path  # noqa: E402
 from c2cq.services.executor.cpu import measure_read_bandwidth  # noqa: E402
-from c2cq.testing import Instance, instance_pids  # noqa: E402
+from c2cq.testing import Instance  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 from switch_latency import build_smollm2  # noqa: E402
@@ -158,9 +158,7 @@ def main() -> None:
 
         asyncio.run(run())
     finally:
-        inst.down()
-        for pid in instance_pids(home):
-            os.kill(pid, 9)
+        inst.stop()
         shutil.rmtree(home, ignore_errors=True)
 
     print(f"SmolLM2-135M-Instruct, {args.prompt_tokens} prompt + {args.new} new tokens per request; 1 cpu slice x "

@@ -58,7 +58,7 @@ from c2cq.services.catalog.describe import describe_file
 from c2cq.services.catalog.fs import drop_page_cache
 from c2cq.services.catalog.layout import EXTENSION
 from c2cq.services.catalog.presets import PRESETS
-from c2cq.testing import Instance, instance_pids
+from c2cq.testing import Instance
 
 SMOL = "smollm2-135m"
 # name -> (preset, vocab size or None for SmolLM2's, dtype)
@@ -274,9 +274,7 @@ def main() -> None:
 
         asyncio.run(run())
     finally:
-        inst.down()
-        for pid in instance_pids(home):
-            os.kill(pid, 9)
+        inst.stop()
         shutil.rmtree(home, ignore_errors=True)
 
     med = statistics.median

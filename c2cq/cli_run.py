@@ -254,11 +254,11 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_generate(args: argparse.Namespace) -> int:
     from c2cq.client import AsyncClient
 
-    require_instance(RunDir.from_env(args.home))
-    if args.chat:
+    if args.chat:  # `c2cq chat` checks for an instance itself
         from c2cq.cli_chat import generate_chat
 
         return generate_chat(args)
+    require_instance(RunDir.from_env(args.home))
 
     async def run() -> None:
         async with AsyncClient(home=args.home) as c:

@@ -74,11 +74,16 @@ class Instance:
     def cli(self, *args: str, **kw) -> subprocess.CompletedProcess:
         return c2cq(self.home, *args, **kw)
 
-    def teardown(self) -> None:
-        """`c2cq down` if it still runs; then no process of this home may be left (any left is killed)."""
+    def stop(self) -> set[int]:
+        """`c2cq down` if it still runs, then kill -9 every process of this home still left; returns those."""
         if (self.home / "run" / "supervisor.pid").exists():
             self.down()
         leftovers = instance_pids(self.home)
         for pid in leftovers:
             os.kill(pid, 9)
+        return leftovers
+
+    def teardown(self) -> None:
+        """`c2cq down` if it still runs; then no process of this home may be left (any left is killed)."""
+        leftovers = self.stop()
         assert not leftovers, f"processes left after c2cq down: {leftovers}"

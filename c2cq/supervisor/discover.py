@@ -176,13 +176,17 @@ def visible_slices(value: str | None, gpus: list[tuple[str, list[str]]], per_gpu
     return _cuda_slices(list(dict.fromkeys(pairs)) if per_gpu == 1 else pairs)
 
 
+def cuda_slices(value: str | None, gpus: list[tuple[str, list[str]]], per_gpu: int = 1) -> list[Slice]:
+    """The slices NVIDIA_VISIBLE_DEVICES=``value`` exposes or, where it says nothing, every one NVML sees."""
+    found = visible_slices(value, gpus, per_gpu)
+    return _every_slice(gpus, per_gpu) if found is None else found
+
+
 def executor_slice(environ=os.environ, nvml=None) -> Slice:
     """The one slice an executor container runs on (a pod per MIG slice): from NVIDIA_VISIBLE_DEVICES,
     else the first NVML finds. ConfigError when there is none."""
     gpus = (nvml or nvml_devices)()
-    found = visible_slices(environ.get(VISIBLE_ENV), gpus)
-    if found is None:
-        found = _every_slice(gpus, 1)
+    found = cuda_slices(environ.get(VISIBLE_ENV), gpus)
     if not found:
         raise ConfigError(f"no GPU slice visible ({VISIBLE_ENV}={environ.get(VISIBLE_ENV)!r}, NVML sees {len(gpus)})")
     return found[0]
@@ -192,10 +196,7 @@ def discover(backend: str | None, slices: int, per_gpu: int = 1) -> list[Slice]:
     """The executors to start. ``backend`` None: cuda where GPUs exist, else cpu. In a container,
     NVIDIA_VISIBLE_DEVICES says which GPUs are ours (``visible_slices``)."""
     if backend in (None, "cuda"):
-        gpus = nvml_devices()
-        found = visible_slices(os.environ.get(VISIBLE_ENV), gpus, per_gpu)
-        if found is None:
-            found = _every_slice(gpus, per_gpu)
+        found = cuda_slices(os.environ.get(VISIBLE_ENV), nvml_devices(), per_gpu)
         if found:
             return found
         if backend == "cuda":
