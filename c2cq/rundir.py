@@ -8,6 +8,7 @@ any local user who can open an ipc socket can speak to the service behind it.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import stat
 from dataclasses import dataclass
@@ -110,6 +111,13 @@ class RunDir:
         self.catalog_dir.mkdir(parents=True, exist_ok=True)
         for d in (self.run, self.log_dir, self.sock_dir):
             private_dir(d)
+
+
+def write_json(path: Path, doc, **dump) -> None:
+    """Replace ``path`` with ``doc`` as JSON in one rename: a reader sees the old file or the new one."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(doc, **dump))
+    os.replace(tmp, path)
 
 
 def private_dir(d: Path) -> None:

@@ -6,7 +6,6 @@ State lives in memory and is written to ``run/state.json`` on every change (``c2
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import shutil
 import signal
@@ -16,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from c2cq import lifecycle, log
-from c2cq.rundir import RunDir
+from c2cq.rundir import RunDir, write_json
 from c2cq.supervisor.policy import RestartHistory, RestartPolicy
 
 
@@ -62,9 +61,7 @@ class Supervisor:
                 {k: v for k, v in asdict(c).items() if k != "history"} for c in self.children.values()
             ],
         }
-        tmp = self.rd.state_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(doc, indent=2))
-        os.replace(tmp, self.rd.state_file)
+        write_json(self.rd.state_file, doc, indent=2)
 
     # -- one child ------------------------------------------------------------------------------
     async def _spawn(self, spec: ChildSpec) -> bool:

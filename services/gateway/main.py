@@ -11,7 +11,6 @@ import argparse
 import asyncio
 import contextlib
 import ipaddress
-import json
 import os
 import sys
 from pathlib import Path
@@ -19,7 +18,7 @@ from pathlib import Path
 from c2cq import lifecycle, log
 from c2cq.client import AsyncClient
 from c2cq.errors import ConfigError
-from c2cq.rundir import RunDir
+from c2cq.rundir import RunDir, write_json
 from c2cq.services.gateway.app import Config, build_app
 from c2cq.services.gateway.models import Catalog
 from c2cq.services.gateway.protocol import Limits
@@ -94,9 +93,7 @@ async def amain(args: argparse.Namespace) -> None:
         await asyncio.sleep(0.02)
     bound = server.servers[0].sockets[0].getsockname()
     url = f"http://{host if ':' not in host else f'[{host}]'}:{bound[1]}"
-    tmp = http_file(rd, args).with_suffix(".tmp")
-    tmp.write_text(json.dumps({"url": url, "pid": os.getpid(), "auth": bool(key)}))
-    os.replace(tmp, http_file(rd, args))
+    write_json(http_file(rd, args), {"url": url, "pid": os.getpid(), "auth": bool(key)})
     lifecycle.signal_ready()
     logger.info("ready", url=url, auth=bool(key))
     stopper = asyncio.create_task(stop.wait())
