@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from c2cq.errors import ConfigError
-from c2cq.services.executor.model.rotation import (
+from c2cq.services.executor.rotation import (
     Decision, FreeBlocks, KVPolicy, Rotated, RotationConfig, Running, Waiting, decide,
 )
 

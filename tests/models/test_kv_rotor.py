@@ -8,7 +8,7 @@ import pytest
 from c2cq.errors import ConfigError
 from c2cq.services.executor.model.engine import Engine
 from c2cq.services.executor.model.kv_rotor import KVRotor
-from c2cq.services.executor.model.rotation import KVPolicy, RotationConfig
+from c2cq.services.executor.rotation import KVPolicy, RotationConfig
 from c2cq.services.executor.model.sampler import SamplingParams
 
 from .conftest import prompt

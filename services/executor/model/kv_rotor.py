@@ -11,7 +11,7 @@ from c2cq import log
 from c2cq.errors import ConfigError
 from c2cq.services.executor.model.engine import Engine
 from c2cq.services.executor.model.kv_host import Tier
-from c2cq.services.executor.model.rotation import (
+from c2cq.services.executor.rotation import (
     Decision, FreeBlocks, KVPolicy, Rotated, RotationConfig, Running, Waiting, decide,
 )
 
