@@ -50,6 +50,26 @@ class RemoveModel(Message, frozen=True, kw_only=True, tag="remove"):
     name: str
 
 
+class ListFiles(Message, frozen=True, kw_only=True, tag="list_files"):
+    """The registry's model files (the control plane's catalog), for the nodes' catalogs to publish."""
+
+
+class ModelFiles(Message, frozen=True, kw_only=True, tag="model_files"):
+    """Every registered model: a RegisterModel each, ``path`` relative to the model store when the file
+    lies in one (each node resolves it in its own mount of the store), None for a description."""
+
+    files: tuple[RegisterModel, ...]
+
+
+class HostModels(Message, frozen=True, kw_only=True, tag="host_models"):
+    """A node's catalog to the control plane, at start, on a change and every few seconds: which
+    models its host has published in shared memory, and which it is publishing now."""
+
+    host: str
+    published: tuple[str, ...] = ()
+    publishing: tuple[str, ...] = ()
+
+
 class ModelInfoReply(Message, frozen=True, kw_only=True, tag="model_info"):
     info: ModelInfo
 
@@ -72,6 +92,8 @@ class ModelRemoved(Event, frozen=True, kw_only=True, tag="model_removed"):
     name: str
 
 
-ToCatalog = Union[DescribeModel, ListModels, RegisterModel, RemoveModel]
-FromCatalog = Union[ModelInfoReply, ModelListReply, CatalogError, ModelRegistered, ModelRemoved]
+ToCatalog = Union[DescribeModel, ListModels, RegisterModel, RemoveModel, ListFiles]
+FromCatalog = Union[ModelInfoReply, ModelListReply, CatalogError, ModelRegistered, ModelRemoved, ModelFiles]
 CatalogEvent = Union[ModelRegistered, ModelRemoved]
+NodeCatalogToScheduler = HostModels  # a node's catalog, on the control plane's catalogs socket
+SchedulerToNodeCatalog = ModelFiles  # the answer: the registry's files

@@ -29,6 +29,8 @@ SOCKETS: dict[str, Any] = {
     "executor_to_scheduler": ex.ExecutorToScheduler,
     "to_catalog": cat.ToCatalog,
     "from_catalog": cat.FromCatalog,
+    "node_catalog_to_scheduler": cat.NodeCatalogToScheduler,
+    "scheduler_to_node_catalog": cat.SchedulerToNodeCatalog,
 }
 
 _EV = dict(source="exec-0", seq=7, ts_ns=123456789)
@@ -75,7 +77,7 @@ def samples() -> dict[str, msgspec.Struct]:
         ex.Drain(),
         ex.SliceReady(**_EV, executor_id="exec-0", boot_id="b00t", backend="sim", device="sim:0",
                       memory_budget_bytes=10 * 2**30, link_bandwidth_bps=55e9, max_batch=64,
-                      link_group="GPU-0"),
+                      link_group="GPU-0", host="node-a"),
         ex.TokensProduced(**_EV, request_id="r1", index=0, token_ids=(5,), text=" a"),
         ex.RequestCompleted(**_EV, request_id="r1", finish_reason=FinishReason.STOP, prompt_tokens=2,
                             completion_tokens=1),
@@ -89,6 +91,9 @@ def samples() -> dict[str, msgspec.Struct]:
         cat.RegisterModel(info=_INFO, path="/home/u/.c2cq/catalog/models/smollm2-135m.c2cqm",
                           staged="/dev/shm/c2cq-0123abcd/.staged-4242-smollm2-135m.c2cqm"),
         cat.RemoveModel(name="m"),
+        cat.ListFiles(),
+        cat.ModelFiles(files=(cat.RegisterModel(info=_INFO, path="smollm2-135m.c2cqm"),)),
+        cat.HostModels(host="node-a", published=("m",), publishing=("smollm2-135m",)),
         cat.ModelInfoReply(info=_INFO),
         cat.ModelListReply(models=(_INFO,)),
         cat.CatalogError(code=ErrorCode.MODEL_IN_USE, message="in use"),

@@ -64,6 +64,7 @@ class SliceReady(Event, frozen=True, kw_only=True, tag="slice_ready"):
     # slices with the same link group share one host link (the MIG slices of one GPU: its UUID;
     # CPU slices: "host"); None: a link of its own. Set by the supervisor, which knows the parents.
     link_group: str | None = None
+    host: str | None = None  # the host (node) it runs on: placement needs its catalog there to publish the model
 
 
 class TokensProduced(Event, frozen=True, kw_only=True, tag="tokens_produced"):

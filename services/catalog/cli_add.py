@@ -31,7 +31,13 @@ def register(msub) -> None:
     add.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"),
                      help="dtype of a dequantised GGUF (HF checkpoints keep their own dtype)")
     add.add_argument("--quiet", action="store_true", help="no progress bar")
+    add.add_argument("--store", action="store_true",
+                     help="convert into the model store every node reads ($C2CQ_MODEL_STORE), not the catalog's folder")
     add.set_defaults(func=cmd_add)
+    reg = msub.add_parser("register", help="register a model file already converted (e.g. in the model store)")
+    reg.add_argument("path", help="a .c2cqm file under the catalog's folder or the model store")
+    reg.add_argument("--name", help="catalog name (default: the file name)")
+    reg.set_defaults(func=cmd_register)
     rnd = msub.add_parser("add-random", help="generate and register a random-weight model of a preset shape")
     from c2cq.services.catalog.presets import PRESETS
 
@@ -50,7 +56,7 @@ def default_name(src: Path) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", stem).strip("-.") or "model"
 
 
-def _target(rd: RunDir, name: str) -> tuple[Path, Path | None]:
+def _target(rd: RunDir, name: str, store: bool = False) -> tuple[Path, Path | None]:
     """Where to write the model file, and its copy for the running catalog (None: no catalog runs)."""
     from c2cq.services.catalog.shm import published_path, staged_path
 
@@ -62,6 +68,10 @@ def _target(rd: RunDir, name: str) -> tuple[Path, Path | None]:
     else:
         raise ConfigError(f"a model named {name!r} is already registered (c2cq models rm {name} first)")
     folder = rd.catalog_dir / "models"
+    if store:
+        if len(rd.model_roots) < 2:
+            raise ConfigError("--store: no model store ($C2CQ_MODEL_STORE is not set)")
+        folder = rd.model_roots[1]
     folder.mkdir(parents=True, exist_ok=True)
     running = read_pid(rd) is not None and rd.shm_dir.is_dir()
     return folder / f"{name}{EXTENSION}", staged_path(rd.shm_dir, name) if running else None
@@ -91,7 +101,8 @@ def _register(rd: RunDir, name: str, dst: Path, staged: Path | None) -> None:
           f"{info.bytes / 2**20:.1f} MiB {info.dtype}")
 
 
-def add_path(rd: RunDir, src: Path, name: str | None = None, *, dtype: str = "fp32", progress: bool = True) -> str:
+def add_path(rd: RunDir, src: Path, name: str | None = None, *, dtype: str = "fp32", progress: bool = True,
+             store: bool = False) -> str:
     from c2cq.services.catalog.convert import convert_hf
     from c2cq.services.catalog.gguf_import import convert_gguf
 
@@ -101,7 +112,7 @@ def add_path(rd: RunDir, src: Path, name: str | None = None, *, dtype: str = "fp
     gguf = src.is_file() and src.suffix.lower() == ".gguf"
     if not (gguf or src.is_dir()):
         raise ConfigError(f"{src}: expected a Hugging Face model folder or a .gguf file")
-    dst, staged = _target(rd, name)
+    dst, staged = _target(rd, name, store)
     try:
         if gguf:
             convert_gguf(src, dst, dtype=dtype, progress=progress, also=staged)
@@ -141,7 +152,21 @@ def add_random(rd: RunDir, preset: str, name: str, tokenizer_from: str, *, dtype
 
 
 def cmd_add(args: argparse.Namespace) -> int:
-    add_path(RunDir.from_env(args.home), Path(args.path), args.name, dtype=args.dtype, progress=not args.quiet)
+    add_path(RunDir.from_env(args.home), Path(args.path), args.name, dtype=args.dtype, progress=not args.quiet,
+             store=args.store)
+    return 0
+
+
+def cmd_register(args: argparse.Namespace) -> int:
+    """The file stays where it is (a refused registration leaves it), and is checked by the catalog."""
+    from c2cq.services.catalog.describe import describe_file
+
+    rd, path = RunDir.from_env(args.home), Path(args.path).resolve()
+    name = args.name or default_name(path)
+    info = describe_file(name, path)
+    catalog_client.call(rd, RegisterModel(info=info, path=str(path)), timeout_s=register_timeout(info.bytes))
+    print(f"registered {name}: {info.architecture}, {info.parameters / 1e6:.1f}M parameters, "
+          f"{info.bytes / 2**20:.1f} MiB {info.dtype}")
     return 0
 
 

@@ -21,7 +21,15 @@ import msgspec
 
 from c2cq import log
 from c2cq.errors import ModelError
-from c2cq.schemas.catalog import CatalogError, ModelInfo, ModelInfoReply, ModelListReply, RegisterModel, RemoveModel
+from c2cq.schemas.catalog import (
+    CatalogError,
+    ModelFiles,
+    ModelInfo,
+    ModelInfoReply,
+    ModelListReply,
+    RegisterModel,
+    RemoveModel,
+)
 from c2cq.schemas.enums import ErrorCode
 from c2cq.schemas.refs import ShmRef
 from c2cq.services.catalog import shm
@@ -46,13 +54,19 @@ def inside(path: str, roots: tuple[Path, ...]) -> bool:
 
 
 class Publisher:
-    def __init__(self, store: CatalogStore, shm_dir: Path, roots: tuple[Path, ...]) -> None:
-        self.store, self.shm_dir = store, Path(shm_dir)
+    """``publish=False``: a registry only (the control plane's catalog, on a host without slices): files
+    are checked and registered, never copied into shared memory; a model's ``shm`` then names its file
+    where it lies (the gateway reads its tokenizer and chat template from there)."""
+
+    def __init__(self, store: CatalogStore, shm_dir: Path, roots: tuple[Path, ...], publish: bool = True) -> None:
+        self.store, self.shm_dir, self.publish = store, Path(shm_dir), publish
         self.roots = tuple(Path(r) for r in roots)  # the only folders it reads model files from
         self.published: dict[str, ShmRef] = {}
         self.log = log.get()
 
     def _publish(self, name: str, path: str, staged: str | None = None) -> ShmRef:
+        if not self.publish:
+            return ShmRef(path=os.path.realpath(path), size=os.stat(path).st_size)
         self.shm_dir.mkdir(parents=True, exist_ok=True)
         keep = staged is not None and shm.is_staged(self.shm_dir, Path(staged))  # never anything outside the folder
         inode = os.lstat(staged).st_ino if keep else None
@@ -65,8 +79,9 @@ class Publisher:
     def publish_all(self) -> None:
         """At start: the folder exists (clients write staged copies into it), holds nothing stale, and
         every registered model file is published."""
-        self.shm_dir.mkdir(parents=True, exist_ok=True)
-        if gone := shm.sweep(self.shm_dir):
+        if self.publish:
+            self.shm_dir.mkdir(parents=True, exist_ok=True)
+        if self.publish and (gone := shm.sweep(self.shm_dir)):
             self.log.info("swept_stale_files", files=gone[:20], count=len(gone))
         for name, e in self.store.reg.models.items():
             if e.path is None:
@@ -80,12 +95,14 @@ class Publisher:
                 self.log.error("publish_failed", model=name, path=e.path, error=str(err))
 
     def unpublish(self, name: str) -> None:
-        if self.published.pop(name, None) is not None:
+        if self.published.pop(name, None) is not None and self.publish:
             shm.unpublish(self.shm_dir, name)
 
     def unpublish_all(self) -> None:
         for name in list(self.published):
             self.unpublish(name)
+        if not self.publish:
+            return
         shm.sweep(self.shm_dir)
         try:
             self.shm_dir.rmdir()
@@ -132,10 +149,34 @@ class Publisher:
             if isinstance(reply, ModelInfoReply):
                 self.published[msg.info.name] = prepared
             else:  # taken meanwhile by a registration without a file
-                shm.unpublish(self.shm_dir, msg.info.name)
+                if self.publish:
+                    shm.unpublish(self.shm_dir, msg.info.name)
         return self._decorate(reply)
 
+    def store_relative(self, path: str | None) -> str | None:
+        """A model file's path as the nodes name it: relative to the model store it lies in (each node
+        mounts the store where it will); a path in no store stays as it is (a node refuses it)."""
+        if path is None:
+            return None
+        real = Path(os.path.realpath(path))
+        for root in self.roots[1:]:  # roots[0] is the catalog's own folder, which no node can read
+            if real.is_relative_to(os.path.realpath(root)):
+                return str(real.relative_to(os.path.realpath(root)))
+        return path
+
+    def in_store(self, path: str) -> str:
+        """A path from the registry's ModelFiles, on this host: under the first model store holding it."""
+        if os.path.isabs(path):
+            return path
+        for root in self.roots[1:]:
+            if (root / path).exists():
+                return str(root / path)
+        return str(self.roots[-1] / path)
+
     def _decorate(self, reply):
+        if isinstance(reply, ModelFiles):
+            return ModelFiles(files=tuple(msgspec.structs.replace(f, path=self.store_relative(f.path))
+                                          for f in reply.files))
         if isinstance(reply, ModelInfoReply):
             return ModelInfoReply(info=self._with_shm(reply.info))
         if isinstance(reply, ModelListReply) and reply.models:

@@ -10,7 +10,9 @@ import msgspec
 from c2cq.schemas.catalog import (
     CatalogError,
     DescribeModel,
+    ListFiles,
     ListModels,
+    ModelFiles,
     ModelInfo,
     ModelInfoReply,
     ModelListReply,
@@ -57,6 +59,9 @@ def handle(reg: Registry, msg, *, source: str, seq: int, ts_ns: int):
         return [], (ModelInfoReply(info=e.info) if e else _err(ErrorCode.UNKNOWN_MODEL, f"unknown model {msg.name!r}"))
     if isinstance(msg, ListModels):
         return [], ModelListReply(models=tuple(e.info for _, e in sorted(reg.models.items())))
+    if isinstance(msg, ListFiles):
+        return [], ModelFiles(files=tuple(RegisterModel(info=_bare(e.info), path=e.path)
+                                          for _, e in sorted(reg.models.items())))
     if isinstance(msg, RegisterModel):
         bad = check_info(msg.info)
         if bad:
@@ -77,7 +82,7 @@ def handle(reg: Registry, msg, *, source: str, seq: int, ts_ns: int):
     raise TypeError(f"no handler for {type(msg).__name__}")
 
 
-HANDLED = (DescribeModel, ListModels, RegisterModel, RemoveModel)
+HANDLED = (DescribeModel, ListModels, RegisterModel, RemoveModel, ListFiles)
 
 
 def check_info(info: ModelInfo) -> str | None:

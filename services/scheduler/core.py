@@ -12,6 +12,7 @@ answer, each module one idea:
 - client_inputs.py   Submitted, CancelAsked; the read-only queries
 - executor_inputs.py what executors say: SliceReady, TokensProduced, RequestCompleted,
                      ModelResident, Heartbeat, StepStats
+- hosts.py           HostReported: which models each node's host has published (many hosts)
 - endings.py         finish, detach, migrate from a lost executor; ExecutorUnreachable,
                      Recovered, Stopped
 - tick.py            Ticked: timeouts, expiry, the starvation guard, dispatch, the plan
@@ -39,6 +40,7 @@ from c2cq.services.scheduler.executor_inputs import (
     step_stats,
     tokens_produced,
 )
+from c2cq.services.scheduler.hosts import host_reported
 from c2cq.services.scheduler.indexes import check_indexes, rebuild_indexes
 from c2cq.services.scheduler.placement import choose_executor
 from c2cq.services.scheduler.state import Command, RequestView, State
@@ -74,6 +76,7 @@ EVENT_HANDLERS = {
     ev.Recovered: recovered,
     ev.Stopped: stopped,
     ev.PlanStepped: lambda st, e: [],  # derived: the tick that caused it computes it again
+    ev.HostReported: host_reported,
 }
 QUERIES = (Ping, StatusQuery, MetricsQuery)
 

@@ -51,17 +51,21 @@ def dispatch(st: State, now: float, touched=None) -> Out:
     started: list[ExecutorView] = []  # idle executors that took a request: their batches may take more
     for k in CLASSES:
         q = st.queues.get(k)
+        passed: list[str] = []  # no idle executor's host has its model published: they keep their turn
         while st.idle and q:
             req = first_waiting(st, q)
             if req is None:
                 break
             x, _ = choose_executor(st, req)
-            if x is None:  # cannot happen while an executor is idle; guard the loop regardless
-                break
+            if x is None:
+                passed.append(q.pop(0))
+                continue
             q.pop(0)
             if x.in_idle:
                 started.append(x)
             out += place(st, req, x, now)
+        if passed:
+            q[:0] = passed
     for x in started:
         fill(st, x, now, out)
     return out

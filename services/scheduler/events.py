@@ -73,6 +73,15 @@ class PlanStepped(SchedEvent, frozen=True, kw_only=True, tag="plan_stepped"):
     link_scale: float  # < 1: the streamed share was scaled down to fit the shared link
 
 
+class HostReported(SchedEvent, frozen=True, kw_only=True, tag="host_reported"):
+    """A node's catalog said which models its host has published in shared memory, and which it is
+    publishing (catalog.HostModels)."""
+
+    host: str
+    published: tuple[str, ...] = ()
+    publishing: tuple[str, ...] = ()
+
+
 SchedulerEvent = Union[Submitted, CancelAsked, ExecutorSaid, ExecutorUnreachable, Ticked, Recovered, Stopped,
-                       PlanStepped]
+                       PlanStepped, HostReported]
 EVENT_TYPES: tuple[type, ...] = SchedulerEvent.__args__

@@ -29,12 +29,14 @@ def slice_ready(st: State, eid: str, m: ex_msgs.SliceReady, now: float) -> Out:
         st.groups[old.link_group].remove(eid)
         relink(st, old.link_group)
     group = m.link_group or link_group(m.device)
+    if m.host:  # slices share a link only on one host: "host" (CPU slices) or a GPU's UUID, per host
+        group = f"{m.host}:{group}"
     st.groups.setdefault(group, []).append(eid)
     est = costmodel.Estimates(link_bps=m.link_bandwidth_bps, hbm_bps=st.cfg.hbm_bps_prior, flops=st.cfg.flops_prior)
     x = st.executors[eid] = ExecutorView(
         executor_id=eid, boot_id=m.boot_id, backend=m.backend, device=m.device, max_batch=m.max_batch,
         memory_budget_bytes=m.memory_budget_bytes, link_bandwidth_bps=m.link_bandwidth_bps, last_seen=now,
-        link_group=group, est=est, chunk_tokens=st.cfg.base_chunk_tokens)
+        link_group=group, est=est, chunk_tokens=st.cfg.base_chunk_tokens, host=m.host or "")
     reindex(st, x)
     relink(st, group)
     return out + dispatch(st, now, (x,))

@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 
 from c2cq.services.scheduler import costmodel
+from c2cq.services.scheduler.hosts import startup_s
 from c2cq.services.scheduler.state import ExecutorView, RequestView, State
 
 MIN_LINK_SHARE = 0.05  # a saturated link still gives a new stream this share in the estimate
@@ -119,6 +120,9 @@ def choose_executor(st: State, req: RequestView) -> tuple[ExecutorView | None, f
     fit, fit_t = None, float("inf")  # the best of the candidates that can meet its TPOT
     switching: list[tuple[float, ExecutorView, bool]] = []
     for x in cands:  # max() spelled as conditionals: this loop is the hot path of placement
+        start = startup_s(st, x, model, w)
+        if start is None:  # its host has not published the model (hosts.py)
+            continue
         e = x.est
         same = x.model == model
         alpha = x.alpha if same else 0.0
@@ -150,7 +154,7 @@ def choose_executor(st: State, req: RequestView) -> tuple[ExecutorView | None, f
         if rest:
             t_r = flop * rest / e.flops
             t += t_mem if t_mem >= t_r else t_r
-        t += (e.step_s if x.active else 0.0) if same else e.switch_s
+        t += ((e.step_s if x.active else 0.0) if same else e.switch_s) + start
         # TPOT: a model larger than the slice may hold streams its rest at every decode step
         room = share * x.memory_budget_bytes
         ok = w <= room or (w - room) / (left if left >= 1.0 else 1.0) <= tpot

@@ -120,6 +120,7 @@ class ExecutorView(msgspec.Struct, kw_only=True):
     ttft_s: float = 0.0  # measured TTFT of its requests (EWMA, from assignment)
     used_at: float = 0.0  # when a request of its model was last assigned to it or left it (eviction: LRU)
     on_link: bool = False  # counted in its link's ``busy`` (kept in step by indexes.reindex / relink)
+    host: str = ""  # the host it runs on (SliceReady.host); "" on one host
 
 
 class LinkLoad(msgspec.Struct, kw_only=True):
@@ -129,6 +130,14 @@ class LinkLoad(msgspec.Struct, kw_only=True):
     cap_bps: float = 0.0  # the best link bandwidth measured by any member
     used_bps: float = 0.0  # what the members draw now
     busy: int = 0  # members serving with α < 1: each reads over the link at every step (streams or copies)
+
+
+class HostView(msgspec.Struct, kw_only=True):
+    """What a node's catalog last said of its host (hosts.host_reported)."""
+
+    published: dict[str, None] = {}
+    publishing: dict[str, None] = {}
+    at: float = 0.0
 
 
 class RequestView(msgspec.Struct, kw_only=True):
@@ -182,6 +191,7 @@ class State(msgspec.Struct, kw_only=True):
     reserved: dict[str, str] = {}  # executor → the starved request it is held for (starvation guard)
     # model → (requests, decayed by cfg.demand_tau_s, as of when): how much each model is asked for
     demand: dict[str, tuple[float, float]] = {}
+    hosts: dict[str, HostView] = {}  # host → its catalog's last report; empty on one host (hosts.py)
     total: int = 0
     applied: int = 0  # events folded so far
     metrics: Metrics = msgspec.field(default_factory=Metrics)  # folded by core.apply (metrics.observe)
