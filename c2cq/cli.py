@@ -12,10 +12,10 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="c2cq", description="Serverless LLM serving without cold starts.")
     p.add_argument("--home", default=None, help="instance directory (default $C2CQ_HOME or ~/.c2cq)")
     sub = p.add_subparsers(dest="cmd", required=True)
-    from c2cq import cli_chat, cli_events, cli_keys, cli_models, cli_run, cli_sim
+    from c2cq import cli_chat, cli_events, cli_keys, cli_models, cli_run, cli_service, cli_sim
     from c2cq.loadgen import cli as loadgen_cli
 
-    for module in (cli_run, cli_chat, cli_models, cli_events, loadgen_cli, cli_sim, cli_keys):
+    for module in (cli_run, cli_service, cli_chat, cli_models, cli_events, loadgen_cli, cli_sim, cli_keys):
         module.register(sub)
     args = p.parse_args(argv)
     try:

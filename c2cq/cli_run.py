@@ -15,6 +15,7 @@ from pathlib import Path
 from c2cq import log
 from c2cq.errors import C2CQError, ConfigError
 from c2cq.rundir import RunDir
+from c2cq.supervisor import roles
 from c2cq.supervisor.discover import discover
 from c2cq.supervisor.manager import ChildSpec, read_pid, service_argv, supervise
 from c2cq.supervisor.policy import RestartPolicy
@@ -45,6 +46,7 @@ def register(sub) -> None:
     up.add_argument("--detach", action="store_true", help="return once every service is ready")
     up.add_argument("--print-config", action="store_true")
     up.add_argument("--notify-fd", type=int, default=None, help=argparse.SUPPRESS)
+    roles.add_args(up)
     up.set_defaults(func=cmd_up)
 
     down = sub.add_parser("down", help="stop a running instance and reap everything")
@@ -69,6 +71,10 @@ def register(sub) -> None:
 
 
 def _specs(args: argparse.Namespace, rd: RunDir) -> tuple[list[ChildSpec], list]:
+    if args.role == "control":
+        return roles.control_specs(args, rd, gateway_spec), []
+    if args.role == "node":
+        return roles.node_specs(args, rd)
     home = ["--home", str(rd.home)]
     slices = discover(args.backend, args.slices, args.per_gpu)
     if not slices:

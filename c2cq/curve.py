@@ -38,6 +38,7 @@ ZAP_DOMAIN = "c2cq"
 Z85_KEY_LEN = 40  # a 32-byte key in z85
 _HANDSHAKE_EVENTS = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
                      | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
+HANDSHAKE_EVENTS = _HANDSHAKE_EVENTS  # what ``handshake`` waits on (transport watches every tcp connect)
 
 
 def keys_dir(home: Path) -> Path:
@@ -250,7 +251,7 @@ async def handshake(sock: zmq.asyncio.Socket, endpoint: str, timeout_s: float = 
                 raise AuthError(f"{endpoint} refused this client's key (not in its allowed keys)")
             if event in (zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL, zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL):
                 raise AuthError(f"CURVE handshake with {endpoint} failed ({zmq.Event(event).name}): a wrong server "
-                                "key, or a server without CURVE")
+                                "key, or one end without CURVE (a plain peer, or a server started --insecure)")
     finally:
         sock.disable_monitor()
         mon.close(linger=0)

@@ -46,8 +46,15 @@ def shutdown_flag() -> asyncio.Event:
 
 
 def run(coro_factory) -> None:
-    """Run a service's async main on uvloop."""
+    """Run a service's async main on uvloop; a configuration or CURVE error ends it with one clear
+    line on stderr (exit status 2), not a traceback."""
     import uvloop
 
+    from c2cq.errors import AuthError, ConfigError
+
     die_with_parent()
-    uvloop.run(coro_factory())
+    try:
+        uvloop.run(coro_factory())
+    except (AuthError, ConfigError) as e:
+        print(f"c2cq: error: {e}", file=sys.stderr, flush=True)
+        sys.exit(2)

@@ -16,7 +16,7 @@ from pathlib import Path
 import zmq
 import zmq.asyncio
 
-from c2cq.curve import CurveClient, CurveServer
+from c2cq.curve import HANDSHAKE_EVENTS, CurveClient, CurveServer
 from c2cq.errors import ConfigError
 
 DEFAULT_HWM = 20_000
@@ -59,6 +59,8 @@ def make_socket(
         except ConfigError:
             sock.close(linger=0)
             raise
+    elif connect is not None and connect.startswith("tcp://"):
+        sock.get_monitor_socket(HANDSHAKE_EVENTS)  # curve.handshake can then tell a plain peer refused too
     if bind is not None:
         if bind.startswith("ipc://"):
             Path(bind[len("ipc://"):]).parent.mkdir(parents=True, exist_ok=True)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import socket
 
 import zmq
 import zmq.asyncio
 
-from c2cq import lifecycle, log
+from c2cq import curve, lifecycle, links, log
 from c2cq.codec import Codec, encode
 from c2cq.errors import WireError
 from c2cq.rundir import RunDir
@@ -16,6 +18,7 @@ from c2cq.schemas.catalog import CatalogError, ToCatalog
 from c2cq.schemas.enums import ErrorCode
 from c2cq.services.catalog.publish import Publisher
 from c2cq.services.catalog.store import CatalogStore
+from c2cq.services.catalog.uplink import Uplink
 from c2cq.transport import Throttled, make_socket, recv_batch, send_nowait
 
 
@@ -23,10 +26,15 @@ async def amain(args: argparse.Namespace) -> None:
     logger = log.configure("catalog")
     rd = RunDir.from_env(args.home)
     store = CatalogStore(rd.catalog_dir)
-    publisher = Publisher(store, rd.shm_dir, rd.model_roots)
+    publisher = Publisher(store, rd.shm_dir, rd.model_roots, publish=not args.no_publish)
     publisher.publish_all()
     ctx = zmq.asyncio.Context()
     sock = make_socket(ctx, zmq.ROUTER, bind=rd.catalog_addr)
+    up = None
+    if args.join:
+        up = make_socket(ctx, zmq.DEALER, connect=args.join, identity=f"catalog-{args.host}".encode(),
+                         curve=links.client(rd, args, args.join), insecure=args.insecure)
+        await curve.handshake(up, args.join, args.handshake_timeout)  # a refused key: a clear error, now
     codec: Codec = Codec(ToCatalog)
     stop = lifecycle.shutdown_flag()
     lifecycle.signal_ready()
@@ -43,15 +51,17 @@ async def amain(args: argparse.Namespace) -> None:
             logger.exception("catalog_error", msg=type(msg).__name__)
             return CatalogError(code=ErrorCode.BAD_MODEL, message=f"{type(e).__name__}: {e}")
 
-    async def register(ident: bytes, msg) -> None:
+    async def registration(msg):
         """Check and publish the file on a thread (it may copy gigabytes), register it on the loop."""
         async with registering:
             try:
-                reply = publisher.commit(msg, await asyncio.to_thread(publisher.prepare, msg))
+                return publisher.commit(msg, await asyncio.to_thread(publisher.prepare, msg))
             except Exception as e:
                 logger.exception("catalog_error", msg=type(msg).__name__)
-                reply = CatalogError(code=ErrorCode.BAD_MODEL, message=f"{type(e).__name__}: {e}")
-        send_nowait(sock, [ident, encode(reply)])
+                return CatalogError(code=ErrorCode.BAD_MODEL, message=f"{type(e).__name__}: {e}")
+
+    async def register(ident: bytes, msg) -> None:
+        send_nowait(sock, [ident, encode(await registration(msg))])
 
     async def serve() -> None:
         while True:
@@ -72,24 +82,39 @@ async def amain(args: argparse.Namespace) -> None:
                     continue
                 send_nowait(sock, [ident, encode(answer(msg))])
 
-    task = asyncio.create_task(serve())
+    tasks = [asyncio.create_task(serve())]
+    if up is not None:
+        link = Uplink(publisher, up, args.host, registration)
+        tasks += [asyncio.create_task(link.reporter()), asyncio.create_task(link.receiver())]
     stopper = asyncio.create_task(stop.wait())
-    done, _ = await asyncio.wait([task, stopper], return_when=asyncio.FIRST_COMPLETED)
-    task.cancel()
+    done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
+    for task in tasks:
+        task.cancel()
     if pending:  # a registration's copy cannot be interrupted: let it finish and answer
         await asyncio.wait(pending)
-    sock.close(linger=0)
+    for s in (sock, up):
+        if s is not None:
+            s.close(linger=0)
     ctx.term()
     publisher.unpublish_all()
     store.close()
-    if task in done and task.exception():
-        raise task.exception()
+    for task in done:
+        if task is not stopper and task.exception():
+            raise task.exception()
     logger.info("stopped")
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="c2cq-catalog")
     p.add_argument("--home", default=None)
+    p.add_argument("--join", default=os.environ.get("C2CQ_JOIN_CATALOGS"), metavar="tcp://HOST:PORT",
+                   help="a node's catalog: publish the control plane's registry, reporting to its scheduler")
+    p.add_argument("--host", default=os.environ.get("C2CQ_NODE_NAME") or socket.gethostname(),
+                   help="this host's name, as its executors announce it (default $C2CQ_NODE_NAME or the hostname)")
+    p.add_argument("--no-publish", action="store_true",
+                   help="a registry only (the control plane's): check and register files, publish none")
+    p.add_argument("--handshake-timeout", type=float, default=10.0)
+    links.add_args(p, links.CLIENT_ROLE)
     args = p.parse_args(argv)
     lifecycle.run(lambda: amain(args))
 

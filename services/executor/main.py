@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import socket
 import time
 import uuid
 
@@ -19,7 +20,7 @@ os.environ.setdefault("ONEDNN_PRIMARY_CACHE_CAPACITY", "8192")
 import zmq
 import zmq.asyncio
 
-from c2cq import lifecycle, log
+from c2cq import curve, lifecycle, links, log
 from c2cq.codec import Codec, encode
 from c2cq.errors import WireError
 from c2cq.rundir import RunDir
@@ -36,13 +37,18 @@ STATS_S = 0.1
 
 
 class Executor:
-    def __init__(self, rd: RunDir, executor_id: str, backend: Backend, link_group: str | None = None) -> None:
+    def __init__(self, rd: RunDir, executor_id: str, backend: Backend, link_group: str | None = None,
+                 args: argparse.Namespace | None = None) -> None:
         self.id, self.backend = executor_id, backend
+        self.host = getattr(args, "host", None)  # announced when it joined a control plane on another host
         self.link_group = link_group  # slices of one group share a host link (announced in SliceReady)
         self.boot_id = uuid.uuid4().hex[:12]
         self.log = log.get(executor=executor_id)
         self.ctx = zmq.asyncio.Context()
-        self.sched = make_socket(self.ctx, zmq.DEALER, connect=rd.executor_addr, identity=executor_id.encode())
+        self.join = getattr(args, "join", None) or rd.executor_addr
+        self.sched = make_socket(self.ctx, zmq.DEALER, connect=self.join, identity=executor_id.encode(),
+                                 curve=links.client(rd, args, self.join) if args is not None else None,
+                                 insecure=getattr(args, "insecure", False))
         self.catalog = make_socket(self.ctx, zmq.DEALER, connect=rd.catalog_addr)
         self.codec: Codec = Codec(m.SchedulerToExecutor)
         self.malformed = Throttled(self.log, "malformed_frames")  # a flood of bad frames: one line a second
@@ -68,7 +74,7 @@ class Executor:
         b = self.backend
         self.emit(m.SliceReady, executor_id=self.id, boot_id=self.boot_id, backend=b.name, device=b.device,
                   memory_budget_bytes=b.memory_budget_bytes, link_bandwidth_bps=b.link_bandwidth_bps,
-                  max_batch=b.max_batch, link_group=self.link_group)
+                  max_batch=b.max_batch, link_group=self.link_group, host=self.host)
 
     def fail(self, req_id: str, code: ErrorCode, message: str) -> None:
         self.emit(m.RequestCompleted, request_id=req_id, finish_reason=FinishReason.ERROR, prompt_tokens=0,
@@ -235,7 +241,13 @@ def _visible_slice(args: argparse.Namespace):
 async def amain(args: argparse.Namespace) -> None:
     log.configure(f"executor-{args.id}")
     rd = RunDir.from_env(args.home)
-    ex = Executor(rd, args.id, make_backend(args), link_group=args.link_group or None)
+    if not args.id:
+        raise SystemExit("c2cq executor: error: no --id (or $C2CQ_EXECUTOR_ID)")
+    if not args.join:
+        args.host = None  # one host: the supervisor's executors announce none
+    ex = Executor(rd, args.id, make_backend(args), link_group=args.link_group or None, args=args)
+    if links.is_tcp(ex.join):
+        await curve.handshake(ex.sched, ex.join, args.handshake_timeout)  # a refused key: a clear error, now
     stop = lifecycle.shutdown_flag()
     ex.announce()
     tasks = [asyncio.create_task(c) for c in (ex.recv_loop(), ex.work_loop(), ex.heartbeat_loop())]
@@ -254,7 +266,14 @@ async def amain(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="c2cq-executor")
     p.add_argument("--home", default=None)
-    p.add_argument("--id", required=True)
+    p.add_argument("--id", default=os.environ.get("C2CQ_EXECUTOR_ID"),
+                   help="its name at the scheduler (default $C2CQ_EXECUTOR_ID: a pod's name)")
+    p.add_argument("--join", default=os.environ.get("C2CQ_JOIN"), metavar="tcp://HOST:PORT",
+                   help="the scheduler's executors socket on the control plane (default: this host's ipc socket)")
+    p.add_argument("--host", default=os.environ.get("C2CQ_NODE_NAME") or socket.gethostname(),
+                   help="this host's name, as its catalog reports it (default $C2CQ_NODE_NAME or the hostname)")
+    p.add_argument("--handshake-timeout", type=float, default=10.0)
+    links.add_args(p, links.CLIENT_ROLE)
     p.add_argument("--backend", choices=("sim", "cpu", "cuda"), default="sim")
     p.add_argument("--device", default=None)
     p.add_argument("--threads", type=int, default=0, help="cpu: torch threads (0: one per core of $C2CQ_CPU_CORES)")

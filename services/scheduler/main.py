@@ -16,11 +16,20 @@ from collections import deque
 import zmq
 import zmq.asyncio
 
-from c2cq import lifecycle, log
+from c2cq import lifecycle, links, log
 from c2cq.codec import Codec, encode
 from c2cq.errors import WireError
 from c2cq.rundir import RunDir
-from c2cq.schemas.catalog import CatalogError, FromCatalog, ListModels, ModelInfo, ModelListReply
+from c2cq.schemas.catalog import (
+    CatalogError,
+    FromCatalog,
+    ListFiles,
+    ListModels,
+    ModelFiles,
+    ModelInfo,
+    ModelListReply,
+    NodeCatalogToScheduler,
+)
 from c2cq.schemas.client import CancelRequest, ClientToScheduler, RequestRejected, SubmitRequest
 from c2cq.schemas.enums import ErrorCode
 from c2cq.schemas.executor import ExecutorToScheduler
@@ -42,13 +51,23 @@ EXEC_OUTBOX_MAX = 50_000
 
 
 class Shell:
-    def __init__(self, rd: RunDir, state: State, journal: Journal) -> None:
+    def __init__(self, rd: RunDir, state: State, journal: Journal, args: argparse.Namespace | None = None) -> None:
         self.rd, self.state, self.journal = rd, state, journal
         self.log = log.get()
         self.ctx = zmq.asyncio.Context()
-        self.clients = make_socket(self.ctx, zmq.ROUTER, bind=rd.client_addr, hwm=200_000)
-        self.executors = make_socket(self.ctx, zmq.ROUTER, bind=rd.executor_addr, hwm=200_000)
+        args = args or parse([])
+        self.clients = make_socket(self.ctx, zmq.ROUTER, bind=args.clients or rd.client_addr, hwm=200_000,
+                                   curve=links.server(rd, args, args.clients), insecure=args.insecure)
+        exec_addr = args.executors or rd.executor_addr
+        self.executors = make_socket(self.ctx, zmq.ROUTER, bind=exec_addr, hwm=200_000,
+                                     curve=links.server(rd, args, exec_addr), insecure=args.insecure)
         self.catalog = make_socket(self.ctx, zmq.DEALER, connect=rd.catalog_addr)
+        # the nodes' catalogs (many hosts): they report what their host has published, and hear the registry
+        self.node_catalogs = None if not args.catalogs else make_socket(
+            self.ctx, zmq.ROUTER, bind=args.catalogs, curve=links.server(rd, args, args.catalogs),
+            insecure=args.insecure)
+        self.node_codec: Codec = Codec(NodeCatalogToScheduler)
+        self.files = ModelFiles(files=())
         self.client_codec: Codec = Codec(ClientToScheduler)
         self.exec_codec: Codec = Codec(ExecutorToScheduler)
         self.catalog_codec: Codec = Codec(FromCatalog)
@@ -58,7 +77,7 @@ class Shell:
         self.outbox_since: dict[bytes, float] = {}
         # commands for congested executors, in order: executor id → (its boot when queued, frames)
         self.exec_outbox: dict[str, tuple[str, deque[list[bytes]]]] = {}
-        self.malformed = {name: Throttled(self.log, "malformed_frames", socket=name) for name in ("client", "executor")}
+        self.malformed = {name: Throttled(self.log, "malformed_frames", socket=name) for name in ("client", "executor", "catalog")}
         self._last_refresh = 0.0
         self._catalog_lock = asyncio.Lock()
 
@@ -179,18 +198,23 @@ class Shell:
             if not force and time.monotonic() - self._last_refresh < 0.2:
                 return
             self._last_refresh = time.monotonic()
-            await self.catalog.send(encode(ListModels()))
             try:
-                while True:  # skip stale replies of an earlier timed-out query
-                    frame = await asyncio.wait_for(self.catalog.recv(), timeout=2.0)
-                    reply = self.catalog_codec.decode(frame)
-                    if isinstance(reply, (ModelListReply, CatalogError)):
-                        break
+                reply = await self._ask(ListModels(), ModelListReply)
+                files = await self._ask(ListFiles(), ModelFiles) if self.node_catalogs is not None else None
             except (TimeoutError, WireError) as e:
                 self.log.warning("catalog_unavailable", error=str(e) or type(e).__name__)
                 return
             if isinstance(reply, ModelListReply):
                 self.models = {m.name: m for m in reply.models}
+            if isinstance(files, ModelFiles):
+                self.files = files
+
+    async def _ask(self, msg, kind: type):
+        await self.catalog.send(encode(msg))
+        while True:  # skip stale replies of an earlier timed-out query
+            reply = self.catalog_codec.decode(await asyncio.wait_for(self.catalog.recv(), timeout=2.0))
+            if isinstance(reply, (kind, CatalogError)):
+                return reply
 
     async def resolve(self, name: str) -> ModelInfo | None:
         if name not in self.models:
@@ -226,23 +250,40 @@ class Shell:
                     self.emit(core.query(self.state, ident, msg))
             self.ingest(batch)
 
+    async def messages(self, sock: zmq.asyncio.Socket, codec: Codec, name: str) -> list[tuple[str, bytes, object]]:
+        """What arrived on a peer-facing ROUTER socket: (peer name, routing id, message); frames that do
+        not decode (or a routing id that is not UTF-8) are counted as malformed and dropped."""
+        out = []
+        for frames in await recv_batch(sock):
+            if len(frames) != 2:
+                continue
+            ident, frame = frames
+            try:
+                out.append((ident.decode(), ident, codec.decode(frame)))
+            except (WireError, UnicodeDecodeError) as e:
+                self.malformed[name](str(e)[:200])
+        return out
+
     async def executor_loop(self) -> None:
         while True:
-            batch: list[ev.SchedEvent] = []
-            for frames in await recv_batch(self.executors):
-                if len(frames) != 2:
-                    continue
-                ident, frame = frames
-                try:
-                    msg = self.exec_codec.decode(frame)
-                    eid = ident.decode()
-                except (WireError, UnicodeDecodeError) as e:
-                    self.malformed["executor"](str(e)[:200])
-                    continue
-                batch.append(ev.ExecutorSaid(at=time.monotonic(), executor_id=eid, msg=msg))
+            batch: list[ev.SchedEvent] = [ev.ExecutorSaid(at=time.monotonic(), executor_id=eid, msg=msg)
+                                          for eid, _, msg in await self.messages(self.executors, self.exec_codec,
+                                                                                 "executor")]
             self.ingest(batch)  # first: a restarted executor's SliceReady voids what was queued for the old one
             if self.exec_outbox:  # an executor that speaks may have made room
                 self.flush_executors()
+
+    async def node_catalog_loop(self) -> None:
+        """Each report (HostModels) is logged as HostReported and answered with the registry's files."""
+        while True:
+            batch: list[ev.SchedEvent] = []
+            for _, ident, msg in await self.messages(self.node_catalogs, self.node_codec, "catalog"):
+                h = self.state.hosts.get(msg.host)
+                if h is None or (tuple(h.published), tuple(h.publishing)) != (msg.published, msg.publishing):
+                    batch.append(ev.HostReported(at=time.monotonic(), host=msg.host, published=msg.published,
+                                                 publishing=msg.publishing))
+                send_nowait(self.node_catalogs, [ident, encode(self.files)])
+            self.ingest(batch)
 
     async def tick_loop(self) -> None:
         while True:
@@ -257,8 +298,9 @@ class Shell:
                 await self.refresh_models(force=True)
 
     def close(self) -> None:
-        for s in (self.clients, self.executors, self.catalog):
-            s.close(linger=0)
+        for s in (self.clients, self.executors, self.catalog, self.node_catalogs):
+            if s is not None:
+                s.close(linger=0)
         self.ctx.term()
 
 
@@ -270,13 +312,16 @@ async def amain(args: argparse.Namespace) -> None:
     journal = Journal(log_path(rd), snapshot_every=args.snapshot_every)
     t0 = time.monotonic()
     state, replayed = journal.load(cfg)
-    shell = Shell(rd, state, journal)
+    shell = Shell(rd, state, journal, args)
     shell.log.info("replayed", events=replayed, requests=len(state.requests), seconds=round(time.monotonic() - t0, 3))
     if state.applied:
         shell.ingest([ev.Recovered(at=time.monotonic())])
     stop = lifecycle.shutdown_flag()
     await shell.refresh_models(force=True)
-    tasks = [asyncio.create_task(c) for c in (shell.client_loop(), shell.executor_loop(), shell.tick_loop())]
+    loops = [shell.client_loop(), shell.executor_loop(), shell.tick_loop()]
+    if shell.node_catalogs is not None:
+        loops.append(shell.node_catalog_loop())
+    tasks = [asyncio.create_task(c) for c in loops]
     lifecycle.signal_ready()
     shell.log.info("ready", client=rd.client_addr, executors=rd.executor_addr, log=str(journal.log.path))
     stopper = asyncio.create_task(stop.wait())
@@ -302,6 +347,13 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-migrations", type=int, default=3,
                    help="times a request may move to another executor when its executor is lost")
     p.add_argument("--snapshot-every", type=int, default=20_000, help="events between state snapshots")
+    p.add_argument("--executors", default=None, metavar="ADDR",
+                   help="where executors connect (default: the run dir's ipc socket; tcp://HOST:PORT for other hosts)")
+    p.add_argument("--catalogs", default=None, metavar="ADDR",
+                   help="where the nodes' catalogs connect (tcp://HOST:PORT; default none: one host)")
+    p.add_argument("--clients", default=None, metavar="ADDR",
+                   help="where clients connect (default: $C2CQ_CLIENT_ADDR, else the run dir's ipc socket)")
+    links.add_args(p, links.SERVER_ROLE)
     return p.parse_args(argv)
 
 
