@@ -87,3 +87,56 @@ class Instance:
         """`c2cq down` if it still runs; then no process of this home may be left (any left is killed)."""
         leftovers = self.stop()
         assert not leftovers, f"processes left after c2cq down: {leftovers}"
+
+
+class Tap:
+    """Every frame a client (c2cq.client.AsyncClient) decodes, as (arrival time, message): what was
+    really on the wire, duplicates included (the client drops those)."""
+
+    def __init__(self, client) -> None:
+        self.frames: list[tuple[float, object]] = []
+        decode = client._codec.decode
+
+        def tapped(frame):
+            msg = decode(frame)
+            self.frames.append((time.monotonic(), msg))
+            return msg
+
+        client._codec.decode = tapped
+
+
+async def consume(stream) -> dict:
+    """A stream to its end: the (seq, count) of each token batch, the token ids, the end (RequestFinished)."""
+    seqs, toks = [], []
+    async for t in stream:
+        seqs.append((t.seq, len(t.token_ids)))
+        toks += t.token_ids
+    return {"seqs": seqs, "tokens": tuple(toks), "finished": stream.finished}
+
+
+def check_exactly_once(results: dict[str, dict], frames: list[tuple[float, object]], max_tokens: int) -> int:
+    """Every request (``consume``'s results, by id) finished once, by length, with all its tokens,
+    contiguous and in order; on the wire (a ``Tap``'s frames) a batch sent again is the batch sent
+    before, never another, and each request has one end. Returns how many batches came again."""
+    import msgspec
+
+    from c2cq.schemas.client import RequestFinished, TokensEmitted
+
+    for rid, r in results.items():
+        assert r["finished"] is not None and r["finished"].finish_reason == "length", (rid, r["finished"])
+        pos = 0
+        for seq, n in r["seqs"]:
+            assert seq == pos, (rid, r["seqs"])
+            pos += n
+        assert pos == max_tokens == r["finished"].usage.completion_tokens
+    batches: dict[tuple[str, int], tuple] = {}
+    finished: dict[str, RequestFinished] = {}
+    again = 0
+    for _, m in frames:
+        if isinstance(m, TokensEmitted):
+            again += (m.request_id, m.seq) in batches
+            assert batches.setdefault((m.request_id, m.seq), m.token_ids) == m.token_ids
+        elif isinstance(m, RequestFinished):
+            assert msgspec.structs.replace(finished.setdefault(m.request_id, m)) == m
+    assert set(finished) == set(results)
+    return again

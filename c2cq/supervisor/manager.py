@@ -188,13 +188,17 @@ def service_argv(module: str, *args: str) -> tuple[str, ...]:
 
 
 def pid_alive(pid: int) -> bool:
+    """Whether ``pid`` runs: a zombie (killed, not yet reaped by whoever inherited it) does not."""
     try:
         os.kill(pid, 0)
-        return True
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True  # no /proc to tell: it answered the signal
 
 
 def read_pid(rd: RunDir) -> int | None:

@@ -12,16 +12,14 @@ import os
 import signal
 import time
 
-import msgspec
-
 from c2cq.client import AsyncClient
 from c2cq.eventlog import EventLog
 from c2cq.rundir import RunDir
-from c2cq.schemas.client import RequestAccepted, RequestFinished, TokensEmitted
+from c2cq.schemas.client import RequestAccepted, TokensEmitted
 from c2cq.schemas.executor import TokensProduced
 from c2cq.services.scheduler.events import ExecutorSaid, SchedulerEvent
 from c2cq.services.scheduler.journal import log_path
-from c2cq.testing import wait_for
+from c2cq.testing import Tap, check_exactly_once, consume, wait_for
 
 RATE_HZ = 25  # open-loop submissions per second
 MAX_TOKENS = 120
@@ -30,28 +28,6 @@ MAX_TOKENS = 120
 def services(home) -> dict[str, dict]:
     doc = json.loads((home / "run" / "state.json").read_text())
     return {s["name"]: s for s in doc["services"]}
-
-
-class Tap:
-    """Every frame the client decodes, as (arrival time, message): what was really on the wire."""
-
-    def __init__(self, client: AsyncClient) -> None:
-        self.frames: list[tuple[float, object]] = []
-        decode = client._codec.decode
-
-        def tapped(frame):
-            msg = decode(frame)
-            self.frames.append((time.monotonic(), msg))
-            return msg
-
-        client._codec.decode = tapped
-
-
-async def consume(stream) -> dict:
-    seqs = []
-    async for t in stream:
-        seqs.append((t.seq, len(t.token_ids)))
-    return {"seqs": seqs, "finished": stream.finished}
 
 
 def test_kill_scheduler_then_executor_under_load(sim_instance):
@@ -95,23 +71,8 @@ def test_kill_scheduler_then_executor_under_load(sim_instance):
 
     results, frames, marks, sent, victims = asyncio.run(run())
     assert len(results) > 100
-    # every request finished exactly once, with all its tokens, contiguous and in order
-    for rid, r in results.items():
-        assert r["finished"] is not None and r["finished"].finish_reason == "length", (rid, r["finished"])
-        pos = 0
-        for seq, n in r["seqs"]:
-            assert seq == pos, (rid, r["seqs"])
-            pos += n
-        assert pos == MAX_TOKENS == r["finished"].usage.completion_tokens
-    # on the wire: a batch sent again after the restart is the batch sent before it, never a new one
-    batches: dict[tuple[str, int], tuple] = {}
-    finished = {}
-    for _, m in frames:
-        if isinstance(m, TokensEmitted):
-            assert batches.setdefault((m.request_id, m.seq), m.token_ids) == m.token_ids
-        elif isinstance(m, RequestFinished):
-            assert msgspec.structs.replace(finished.setdefault(m.request_id, m)) == m
-    assert set(finished) == set(results)
+    # every request finished exactly once, with all its tokens, in order; a batch sent again is the same batch
+    check_exactly_once(results, frames, MAX_TOKENS)
     # the faults really hit requests in flight: streams spanned the scheduler's death
     spanning = {m.request_id for t, m in frames if isinstance(m, TokensEmitted) and t < marks["kill_scheduler"]} & {
         m.request_id for t, m in frames if isinstance(m, TokensEmitted) and t > marks["kill_scheduler"] + 0.1}

@@ -6,13 +6,15 @@ Every process of every host is stopped afterwards (`c2cq down`, then kill -9 wha
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 from c2cq import curve
 from c2cq.services.catalog.synth import write_random
-from c2cq.testing import instance_pids
+from c2cq.supervisor.manager import pid_alive
+from c2cq.testing import instance_pids, wait_for
 from netns import Host, control_addr
 
 TINY = {"architectures": ["LlamaForCausalLM"], "hidden_size": 64, "intermediate_size": 136, "num_hidden_layers": 2,
@@ -68,13 +70,16 @@ class Cluster:
                   "--threads", "1", "--detach")
 
     def kill(self, h: Host) -> set[int]:
-        """kill -9 every process of the host (its supervisor first: nothing restarts them)."""
+        """kill -9 every process of the host, all stopped first: the supervisor restarts nothing, and no
+        child hears of its parent's death (PR_SET_PDEATHSIG) in time to shut down cleanly."""
         pids = instance_pids(self.home(h))
-        for pid in sorted(pids):
-            try:
-                os.kill(pid, 9)
-            except ProcessLookupError:
-                pass
+        for sig in (signal.SIGSTOP, signal.SIGKILL):
+            for pid in pids:
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
+        wait_for(lambda: not any(pid_alive(p) for p in pids), 30, f"the processes of {h.ns} to die")
         return pids
 
     def stop(self) -> set[int]:
