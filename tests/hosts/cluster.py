@@ -5,6 +5,7 @@ Every process of every host is stopped afterwards (`c2cq down`, then kill -9 wha
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -38,9 +39,15 @@ class Cluster:
             write_random(self.store / f"{name}.c2cqm", TINY, {}, dtype="fp32", seed=i, progress=False)
 
     def register_models(self) -> None:
-        """Register the store's files with the running control plane: the nodes publish them from there."""
+        """Register the store's files with the running control plane: the nodes publish them from there;
+        returns once every node's shared-memory root holds them (its catalog reports at once after)."""
         for name in MODELS:
             self.c2cq(self.control, "models", "register", str(self.store / f"{name}.c2cqm"))
+        for n in self.nodes:
+            wait_for(lambda: sorted(p.stem for p in self.published(n)) == sorted(MODELS), 60, f"{n.ns} to publish")
+
+    def published(self, node: Host) -> list[Path]:
+        return list((self.root / f"shm-{node.ns[-2:]}").glob("c2cq-*/*.c2cqm"))
 
     def home(self, h: Host) -> Path:
         return self.homes[h.ns]
@@ -62,8 +69,13 @@ class Cluster:
     def join(self, node: Host) -> str:
         return f"tcp://{control_addr(node)}:{EXEC_PORT}"
 
-    def up_control(self) -> None:
-        self.c2cq(self.control, "up", "--role", "control", "--listen", "tcp://0.0.0.0", "--no-http", "--detach")
+    def up_control(self, http: bool = False) -> None:
+        web = ("--http", "127.0.0.1:0") if http else ("--no-http",)  # loopback of the control host's namespace
+        self.c2cq(self.control, "up", "--role", "control", "--listen", "tcp://0.0.0.0", *web, "--detach")
+
+    @property
+    def http_url(self) -> str:
+        return json.loads((self.home(self.control) / "run" / "http.json").read_text())["url"]
 
     def up_node(self, node: Host) -> None:
         self.c2cq(node, "up", "--role", "node", "--join", self.join(node), "--backend", "cpu", "--slices", "1",

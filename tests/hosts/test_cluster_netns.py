@@ -8,6 +8,10 @@ process is removed, also on failure."""
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
+import sys
+import textwrap
 
 import pytest
 
@@ -19,13 +23,13 @@ pytestmark = pytest.mark.timeout(300)
 PROMPTS = [[1, 2, 3, 4, 5], list(range(10, 30)), [7, 8], [40, 41, 42]]
 
 
-@pytest.fixture
-def cluster(tmp_path):
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
     need_netns()
     with host_star("q") as (control, nodes):
-        c = Cluster(tmp_path, control, nodes)
+        c = Cluster(tmp_path_factory.mktemp("cluster"), control, nodes)
         try:
-            c.up_control()
+            c.up_control(http=True)
             for n in nodes:
                 c.up_node(n)
             c.register_models()  # with everything running: the nodes learn of them from the control plane
@@ -59,9 +63,22 @@ def test_two_nodes_serve_the_models_published_on_both(cluster):
         by_prompt.setdefault((m, i), set()).add(toks)
     assert all(len(v) == 1 for v in by_prompt.values()), by_prompt  # greedy: one answer whichever host
     assert by_prompt[(MODELS[0], 0)] != by_prompt[(MODELS[1], 0)]  # two models, two answers
-    for n in c.nodes:  # each host published both models into its own shared-memory root
-        shm = list((c.root / f"shm-{n.ns[-2:]}").glob("c2cq-*/*.c2cqm"))
-        assert sorted(p.stem for p in shm) == sorted(MODELS), shm
+    assert not c.published(c.control)  # the control plane holds the registry, and publishes nothing
+
+
+def test_the_control_planes_http_gateway_serves_from_the_nodes(cluster):
+    """The real openai client, run on the control host (the gateway listens on its loopback)."""
+    c = cluster
+    script = textwrap.dedent(f"""
+        import json, openai
+        api = openai.OpenAI(base_url={c.http_url + '/v1'!r}, api_key="unused", max_retries=0, timeout=120)
+        names = sorted(m.id for m in api.models.list())
+        r = api.completions.create(model="tiny-b", prompt=[1, 2, 3, 4, 5], max_tokens=8, extra_body={{"ignore_eos": True}})
+        print(json.dumps({{"models": names, "tokens": r.usage.completion_tokens, "finish": r.choices[0].finish_reason}}))
+    """)
+    p = subprocess.run(c.control.argv(sys.executable, "-c", script), capture_output=True, text=True, timeout=180)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert json.loads(p.stdout.splitlines()[-1]) == {"models": sorted(MODELS), "tokens": 8, "finish": "length"}
 
 
 def test_unlisted_plain_and_misled_peers_are_refused_in_bounded_time(cluster):
