@@ -104,7 +104,7 @@ async def amain(args: argparse.Namespace) -> None:
     logger.info("stopped")
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="c2cq-catalog")
     p.add_argument("--home", default=None)
     p.add_argument("--join", default=os.environ.get("C2CQ_JOIN_CATALOGS"), metavar="tcp://HOST:PORT",
@@ -115,7 +115,11 @@ def main(argv: list[str] | None = None) -> None:
                    help="a registry only (the control plane's): check and register files, publish none")
     p.add_argument("--handshake-timeout", type=float, default=10.0)
     links.add_args(p, links.CLIENT_ROLE)
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse(argv)
     lifecycle.run(lambda: amain(args))
 
 

@@ -263,7 +263,7 @@ async def amain(args: argparse.Namespace) -> None:
             raise t.exception()
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="c2cq-executor")
     p.add_argument("--home", default=None)
     p.add_argument("--id", default=os.environ.get("C2CQ_EXECUTOR_ID"),
@@ -280,7 +280,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--sim-time-scale", type=float, default=1.0)
     p.add_argument("--link-group", default=os.environ.get("C2CQ_LINK_GROUP"),
                    help="slices of one group share a host link (the supervisor passes C2CQ_LINK_GROUP)")
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse(argv)
     lifecycle.run(lambda: amain(args))
 
 
