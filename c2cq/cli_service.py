@@ -2,7 +2,8 @@
 
 The arguments after the service's name are the service's own (`c2cq run executor --help`): the
 same the supervisor passes it, plus where it joins or listens for other hosts. The run dir is made
-private (0700) first, as `c2cq up` does; SIGTERM stops the service as it stops under `c2cq up`.
+private (0700) first, as `c2cq up` does (not by an executor, which binds nothing); SIGTERM stops
+the service as it stops under `c2cq up`.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     argv = list(args.args)
     if args.home and "--home" not in argv:
         argv = ["--home", args.home, *argv]
-    if "--help" not in argv and "-h" not in argv:
-        RunDir.from_env(args.home).ensure()
+    if args.service != "executor" and "--help" not in argv and "-h" not in argv:
+        RunDir.from_env(args.home).ensure()  # the executor binds nothing: it uses its catalog's run dir
     importlib.import_module(SERVICES[args.service]).main(argv)
     return 0
