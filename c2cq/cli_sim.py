@@ -53,6 +53,8 @@ def register(sub) -> None:
     mod.add_argument("--models-from", choices=("auto", "trace", "zipf", "rank"), default="auto")
     mod.add_argument("--map", action="append", default=[], metavar="TRACE=MODEL")
     mod.add_argument("--zipf", type=float, default=1.0, metavar="S")
+    mod.add_argument("--max-context", type=int, default=8192, metavar="N",
+                     help="context length of the generated models (default 8192; a longer prompt is rejected)")
     mod.add_argument("--lengths-trace", type=Path, metavar="PATH")
     mod.add_argument("--lengths-format", choices=LENGTH_FORMATS, default="azure")
     mod.add_argument("--prompt-tokens", type=int, default=512, metavar="N")
@@ -70,7 +72,8 @@ def register(sub) -> None:
     hw.add_argument("--policies", default=",".join(POLICIES), help=f"comma-separated (default {','.join(POLICIES)})")
     hw.add_argument("--kv-policy", choices=("off", "rotate", "recompute", "block", "compare"), default="off",
                     help="model each slice's KV tiers (services/sim/kv.py) with this rotation policy; compare: c2cq "
-                         "once per policy, side by side (the baselines keep an unbounded KV). Default off")
+                         "once per policy and once unbounded, side by side (the baselines keep an unbounded KV). "
+                         "Default off")
     hw.add_argument("--slo-margin", type=float, default=None, metavar="F",
                     help="the scheduler's controller aims at this share of each SLO (default: its config's)")
     fm = p.add_argument_group("the fewest slices")
@@ -97,7 +100,9 @@ def scenario(args: argparse.Namespace):
         raise ConfigError("--models must be >= 1")
     prof = load_profile(args.profile)
     specs = build_cluster(prof, args.gpu, parse_layout(args.layout, prof), args.slices)
-    infos = generate(args.models)
+    if args.max_context < 1:
+        raise ConfigError("--max-context must be >= 1")
+    infos = generate(args.models, max_context=args.max_context)
     models = {m.name: m for m in infos}
     requests = source_requests(args)
     lw = argparse.Namespace(**{**vars(args), "models": None})  # loadgen's --models names catalog models
@@ -138,7 +143,8 @@ def kv_table(results: dict) -> str:
 
 
 def run_kv(sc, policies: list[str], kv_policy: str, progress) -> dict:
-    """Each policy once; with --kv-policy compare, c2cq once per KV policy (named c2cq/POLICY)."""
+    """Each policy once; with --kv-policy compare, c2cq once per KV policy (named c2cq/POLICY), then
+    without the KV model (c2cq/unbounded: a KV pool that never fills, the reference)."""
     import dataclasses
 
     from c2cq.services.sim.kv import KV_POLICIES
@@ -153,6 +159,7 @@ def run_kv(sc, policies: list[str], kv_policy: str, progress) -> dict:
             continue
         for kv in KV_POLICIES:
             results[f"c2cq/{kv}"] = run_all(dataclasses.replace(sc, kv_policy=kv), ["c2cq"], progress)["c2cq"]
+        results["c2cq/unbounded"] = run_all(dataclasses.replace(sc, kv_policy=None), ["c2cq"], progress)["c2cq"]
     return results
 
 

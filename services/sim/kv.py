@@ -63,7 +63,7 @@ class KVSetup:
     policy: KVPolicy
     block_tokens: int = 16
     kv_dim_share: float = 0.25
-    host_bytes: float = 16e9
+    host_bytes: float = 32e9
     d2h_ratio: float = 0.79
     max_blocks_per_step: int = 4096
     # a request's SLO targets, by executor-side id: (TTFT deadline in virtual time, TPOT target s)

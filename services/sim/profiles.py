@@ -42,7 +42,7 @@ class Profile:
     # the KV model (services/sim/kv.py; profiles.toml [kv]), used when a run sets a KV policy
     kv_block_tokens: int = 16
     kv_dim_share: float = 0.25
-    kv_host_bytes: float = 16e9
+    kv_host_bytes: float = 32e9
     kv_d2h_ratio: float = 0.79
     kv_max_blocks_per_step: int = 4096
 
@@ -118,7 +118,7 @@ def load_profile(path: Path | None = None) -> Profile:
                    c2cq_register_on_switch=reg,
                    kv_block_tokens=int(_opt(kv, "block_tokens", "kv", 16, hi=4096) or 16),
                    kv_dim_share=_opt(kv, "kv_dim_share", "kv", 0.25, hi=1.0) or 0.25,
-                   kv_host_bytes=_opt(kv, "host_bytes", "kv", 16e9),
+                   kv_host_bytes=_opt(kv, "host_bytes", "kv", 32e9),
                    kv_d2h_ratio=_opt(kv, "d2h_ratio", "kv", 0.79, hi=1.0) or 0.79,
                    kv_max_blocks_per_step=int(_opt(kv, "max_blocks_per_step", "kv", 4096) or 4096))
 

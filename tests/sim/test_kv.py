@@ -133,8 +133,8 @@ def test_the_cli_compares_the_three_kv_policies_side_by_side(tmp_path, capsys):
                    "compare", "--out", str(out)])
     assert rc == 0
     res = json.loads(out.read_text())["results"]
-    assert set(res) == {"c2cq/rotate", "c2cq/recompute", "c2cq/block", "load-then-serve"}
+    assert set(res) == {"c2cq/rotate", "c2cq/recompute", "c2cq/block", "c2cq/unbounded", "load-then-serve"}
     assert all(res[f"c2cq/{p}"]["kv"]["policy"] == p for p in ("rotate", "recompute", "block"))
-    assert "kv" not in res["load-then-serve"]
+    assert "kv" not in res["load-then-serve"] and "kv" not in res["c2cq/unbounded"]
     printed = capsys.readouterr().out
     assert "GB rotated" in printed and "c2cq/recompute" in printed
