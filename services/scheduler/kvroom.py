@@ -15,8 +15,9 @@ own admission asks for); an idle slice always has room (both pools return to ful
 
 A slice without room for a request is not priced as if it were free: its TTFT estimate gains the
 time until room appears — its soonest-ending request's remaining decode at its measured step time
-— so a slice with room wins unless that wait is short; and a running batch's free slots stop taking
-waiting requests of its model until room is reported (``dispatch.fill``).
+— so a slice with room wins unless that wait is short; a slice whose whole pool cannot hold the
+prompt is not a candidate at all; and a running batch's free slots stop taking waiting requests of
+its model until room is reported (``dispatch.fill``).
 """
 
 from __future__ import annotations
@@ -96,10 +97,13 @@ def completed(st: "State", x: "ExecutorView", req: "RequestView") -> None:
 
 
 def wait_s(st: "State", x: "ExecutorView", req: "RequestView") -> float:
-    """How long ``req`` would wait on x for KV room: 0 if it has room, else until x's soonest-ending
-    request finishes (its remaining tokens at x's step time; the default TPOT before a sample)."""
+    """How long ``req`` would wait on x for KV room: 0 if it has room, for ever if it needs more than
+    x's whole device pool, else until x's soonest-ending request finishes (its remaining tokens at
+    x's step time; the default TPOT before a sample)."""
     if has_room(x, req):
         return 0.0
+    if need(x, req) > x.kv.device_used + x.kv.device_free:
+        return math.inf  # more than its whole pool holds: it would never start there
     left = min((r.submit.max_tokens - r.emitted for r in (st.requests.get(a) for a in x.active) if r is not None),
                default=0)
     step = x.est.step_s if x.est.step_s > 0 else st.cfg.default_tpot_ms / 1e3

@@ -52,6 +52,7 @@ from c2cq.services.executor.rotation import (
     decide,
 )
 from c2cq.services.executor.sim import SimBackend, SliceProfile
+from c2cq.services.sim.errors import SimError
 
 KV_POLICIES = tuple(p.value for p in KVPolicy)
 
@@ -240,14 +241,16 @@ class KVBackend(SimBackend):
             if s.produced != b.seen:  # it produced since (a step, or a run of steps, that ended by now)
                 b.last_token, b.seen = now, s.produced
         cap, host_cap = self.device_blocks(), self.host_blocks()
+        failed = self._too_big(cap)
         moved_in, moved_out = self._decide(now, chunk_tokens, cap, host_cap)
         plan = self._plan(chunk_tokens, cap)
         everyone = self.seqs
-        if not plan and not moved_in and not moved_out and not self.releasing:
-            return self._too_big(everyone, cap)
+        if not plan and not (failed or moved_in or moved_out) and everyone:
+            raise SimError(f"KV model: nothing can run of {len(everyone)} requests ({cap} device blocks)")
         self.seqs = {s.rid: s for s in plan}
         try:
             res = super().step(chunk_tokens) if plan else StepResult()
+            res.outputs.extend(failed)
         finally:
             done = [s.rid for s in plan if s.rid not in self.seqs]
             self.seqs = everyone
@@ -260,17 +263,20 @@ class KVBackend(SimBackend):
         self.copied_bytes += moved_in
         return res
 
-    def _too_big(self, everyone: dict, cap: int) -> StepResult:
-        """Nothing can run and nothing is in flight: the head needs more blocks than the whole
-        device pool holds; it fails (as a prompt too long for the slice) rather than wait for ever."""
-        res = StepResult()
-        s = next(iter(everyone.values()))
-        res.outputs.append(Output(s.rid, s.produced, (), "", FinishReason.ERROR, prompt_tokens=s.prompt_tokens,
+    def _too_big(self, cap: int) -> list[Output]:
+        """Requests whose prompt and output so far (plus the next token) need more blocks than the
+        whole device pool holds fail at once, as a prompt too long for the slice (vLLM refuses a
+        prompt past its KV capacity likewise): kept, the oldest of them would preempt every younger
+        request for its next chunk, step after step, and never finish."""
+        out = []
+        for s in list(self.seqs.values()):
+            if self._need(s.prompt_tokens + s.produced - len(s.req.resume_token_ids) + 1) > cap:
+                out.append(Output(s.rid, s.produced, (), "", FinishReason.ERROR, prompt_tokens=s.prompt_tokens,
                                   error=f"needs more KV blocks than the slice's device pool ({cap})",
                                   code=ErrorCode.PROMPT_TOO_LONG))
-        del everyone[s.rid]
-        self.blocks.pop(s.rid, None)
-        return res
+                del self.seqs[s.rid]
+                self.blocks.pop(s.rid, None)
+        return out
 
     def remaining(self) -> int:
         """As the backend's, but never past the steps the free blocks hold for the whole batch

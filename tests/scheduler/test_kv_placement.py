@@ -69,6 +69,15 @@ def test_a_slice_without_kv_room_loses_to_one_with_room():
     assert assigned_to(outs[1]) == [("e1", "r3")]
 
 
+def test_a_slice_whose_whole_pool_cannot_hold_the_prompt_is_no_candidate():
+    st = State()
+    outs = run(st, [ready("e0", 0.0), submit("r1", 1.0), kv("e0", 1.2, used=5, free=45),  # 2 tokens, 5 blocks
+                    long_submit("r2", 1.3, 40)])  # 100 blocks, the pool holds 50
+    assert assigned_to(outs[3]) == [] and st.waiting() == 1
+    outs = run(st, [ready("e1", 1.4)])
+    assert assigned_to(outs[0]) == [("e1", "r2")]
+
+
 def test_a_full_batch_slot_waits_for_kv_room_then_takes_the_request():
     st = State()
     outs = run(st, [small_ready("e0", 0.0, max_batch=2), submit("r1", 1.0), submit("r2", 1.0),
@@ -85,12 +94,12 @@ def test_admission_counts_the_wait_for_kv_room():
     slo = SLO(ttft_ms=1000.0, tpot_ms=200.0)
     st = State()
     outs = run(st, [ready("e0", 0.0), submit("r1", 1.0), kv("e0", 1.2, used=100, free=0),
-                    long_submit("r2", 1.3, 4, slo)])
+                    long_submit("r2", 1.3, 1, slo)])
     rej = of(outs[3], RequestRejected)
     assert rej and rej[0].code == "slo_unattainable"  # 8 tokens × 200 ms before room, over 1.25 × 1 s
     st = State()
     outs = run(st, [ready("e0", 0.0), submit("r1", 1.0), kv("e0", 1.2, used=100, free=400),
-                    long_submit("r2", 1.3, 4, slo)])
+                    long_submit("r2", 1.3, 1, slo)])
     assert not of(outs[3], RequestRejected) and assigned_to(outs[3]) == [("e0", "r2")]
 
 

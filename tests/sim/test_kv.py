@@ -84,6 +84,19 @@ def test_recompute_frees_the_running_request_and_prefills_it_again():
     assert not b.blocks and b._used() == (0, 0)
 
 
+def test_a_request_larger_than_the_device_pool_fails_at_once_and_the_others_run():
+    clock = [0.0]
+    slos = {"big": (math.inf, 0.5), "A": (math.inf, 0.5)}
+    b = backend(KVPolicy.ROTATE, slos, clock)
+    b.add(AssignRequest(request_id="big", model="m", prompt_token_ids=(1,) * (POOL * 16), max_tokens=4))
+    b.add(AssignRequest(request_id="A", model="m", prompt_token_ids=(1,) * 100, max_tokens=4))
+    res = b.step(512)
+    failed = [o for o in res.outputs if o.error]
+    assert [(o.request_id, o.code) for o in failed] == [("big", "prompt_too_long")]
+    assert [o.request_id for o in res.outputs if o.token_ids] == ["A"]
+    assert "big" not in b.seqs and "big" not in b.blocks
+
+
 def test_a_copy_takes_link_time():
     """The step that rotates A out lasts at least A's bytes over the link's d2h share."""
     clock = [0.0]
