@@ -17,7 +17,9 @@ preempted (their KV recomputed later) so the oldest progresses; a decode that st
 preempts itself. Under every policy that much is today's engine; ``block`` adds nothing, ``rotate``
 and ``recompute`` make room for an urgent head as ``decide`` says. A request the policy frees for
 recompute goes behind the waiting requests (kept in arrival order it would, being older, take the
-room straight back from the head it was freed for, step after step).
+room straight back from the head it was freed for, step after step). A rotated request due back (its TPOT
+slack below the policy's ``return_slack_s``) has its blocks kept: no new request starts in them,
+else a stream of arrivals could keep it on host for ever (seen: one held 80 s past the last arrival).
 
 Copies. Blocks rotated out are freed only after the step that copies them (never reused before
 the copy has finished); blocks rotated in join the batch from the next step on. A step's copies
@@ -192,12 +194,24 @@ class KVBackend(SimBackend):
         return moved_in * bb, moved_out * bb
 
     # -- the batch --------------------------------------------------------------------------------
-    def _plan(self, chunk: int, cap: int) -> list:
+    def _reserve(self, now: float) -> int:
+        """Device blocks kept for the most lagging rotated request that is due back (its TPOT slack
+        below the policy's return_slack_s): no new request starts in them, else a stream of new
+        arrivals could keep it on host for ever."""
+        lag = []
+        for b in self.blocks.values():
+            slack = (b.last_token if b.last_token is not None else now) + b.tpot_s - now
+            if b.rotated and slack <= self.cfg.return_slack_s:
+                lag.append((slack, b.host))
+        return min(lag)[1] if lag else 0
+
+    def _plan(self, chunk: int, cap: int, now: float) -> list:
         """The step's sequences in arrival order (engine._schedule): room for each one's tokens, the
-        youngest preempted when blocks run out; at most max_batch."""
+        youngest preempted when blocks run out; at most max_batch; a new request does not start in
+        the blocks kept for a rotated request due back (``_reserve``)."""
         order = [s for s in self.seqs.values() if not self.blocks[s.rid].rotated and not self.blocks[s.rid].joins]
         used, _ = self._used()
-        free, budget = cap - used, max(1, chunk)
+        free, budget, reserve = cap - used, max(1, chunk), self._reserve(now)
         plan, preempted = [], set()
         for i, s in enumerate(order):
             if len(plan) == self.max_batch:
@@ -208,6 +222,8 @@ class KVBackend(SimBackend):
             decoding = s.prefilled >= s.prompt_tokens
             take = 1 if decoding else min(budget, s.prompt_tokens - s.prefilled)
             want = self._need(self._kv_tokens(s) + take) - b.device
+            if reserve and not b.device and not s.produced and want > free - reserve:
+                continue  # a new request: the room is kept for the rotated one due back
             if want > free:
                 for v in reversed(order[i + 1:]):  # the youngest holders first
                     if want <= free:
@@ -243,7 +259,7 @@ class KVBackend(SimBackend):
         cap, host_cap = self.device_blocks(), self.host_blocks()
         failed = self._too_big(cap)
         moved_in, moved_out = self._decide(now, chunk_tokens, cap, host_cap)
-        plan = self._plan(chunk_tokens, cap)
+        plan = self._plan(chunk_tokens, cap, now)
         everyone = self.seqs
         if not plan and not (failed or moved_in or moved_out) and everyone:
             raise SimError(f"KV model: nothing can run of {len(everyone)} requests ({cap} device blocks)")
