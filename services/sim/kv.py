@@ -9,17 +9,18 @@ of ``block_tokens`` tokens; a block of a model holds K and V of every layer:
 ``host_bytes`` per slice (profiles.toml [kv], with sources).
 
 Each step, as the real engine (services/executor/model/engine.py ``_schedule``) with KVRotor
-before it (kv_rotor.py): first the policy's decision from the step's inputs (waiting requests with
-their TTFT deadlines, running ones with their next-token deadlines, rotated ones); then the batch
-in arrival order — a decode needs room for one more token, a prefill chunk room for its tokens (a
-chunk is taken whole or waits); when blocks run out the youngest requests holding blocks are
+before it (kv_rotor.py): first the policy's decision from the step's inputs (waiting requests — every
+one before its first token, with the blocks its next chunk lacks: one part-way through its prompt
+still waits, else the policy, seeing nothing wait, would bring back the request it just rotated out
+for it, step after step — with their TTFT deadlines, running ones with their next-token deadlines, rotated ones); then the batch
+in arrival order — a decode needs room for one more token, a prefill chunk room for its tokens (as
+much of the chunk as there is room for: taken whole or not at all, an old long prompt short of a
+few blocks would preempt its juniors step after step and never start); when blocks run out the youngest requests holding blocks are
 preempted (their KV recomputed later) so the oldest progresses; a decode that still finds no room
 preempts itself. Under every policy that much is today's engine; ``block`` adds nothing, ``rotate``
 and ``recompute`` make room for an urgent head as ``decide`` says. A request the policy frees for
 recompute goes behind the waiting requests (kept in arrival order it would, being older, take the
-room straight back from the head it was freed for, step after step). A rotated request due back (its TPOT
-slack below the policy's ``return_slack_s``) has its blocks kept: no new request starts in them,
-else a stream of arrivals could keep it on host for ever (seen: one held 80 s past the last arrival).
+room straight back from the head it was freed for, step after step).
 
 Copies. Blocks rotated out are freed only after the step that copies them (never reused before
 the copy has finished); blocks rotated in join the batch from the next step on. A step's copies
@@ -162,9 +163,10 @@ class KVBackend(SimBackend):
             deadline = (b.last_token if b.last_token is not None else now) + b.tpot_s
             if b.rotated:
                 rotated.append(Rotated(s.rid, b.host, deadline))
-            elif b.device == 0 and s.produced == 0:
+            elif s.produced == 0:  # before its first token, whatever of its prompt it holds
                 pending = s.prompt_tokens - s.prefilled
-                waiting.append(Waiting(s.rid, self._need(min(pending, chunk)), b.ttft_deadline, pending * per_token))
+                need = max(0, self._need(self._kv_tokens(s) + min(pending, chunk)) - b.device)
+                waiting.append(Waiting(s.rid, need, b.ttft_deadline, pending * per_token))
             elif b.device:
                 running.append(Running(s.rid, b.device, s.produced > 0, deadline))
         if not waiting and not rotated:
@@ -194,24 +196,14 @@ class KVBackend(SimBackend):
         return moved_in * bb, moved_out * bb
 
     # -- the batch --------------------------------------------------------------------------------
-    def _reserve(self, now: float) -> int:
-        """Device blocks kept for the most lagging rotated request that is due back (its TPOT slack
-        below the policy's return_slack_s): no new request starts in them, else a stream of new
-        arrivals could keep it on host for ever."""
-        lag = []
-        for b in self.blocks.values():
-            slack = (b.last_token if b.last_token is not None else now) + b.tpot_s - now
-            if b.rotated and slack <= self.cfg.return_slack_s:
-                lag.append((slack, b.host))
-        return min(lag)[1] if lag else 0
-
-    def _plan(self, chunk: int, cap: int, now: float) -> list:
-        """The step's sequences in arrival order (engine._schedule): room for each one's tokens, the
-        youngest preempted when blocks run out; at most max_batch; a new request does not start in
-        the blocks kept for a rotated request due back (``_reserve``)."""
+    def _plan(self, chunk: int, cap: int) -> tuple[list, int]:
+        """The step's sequences in arrival order (engine._schedule) and the prefill tokens they take:
+        room for each one's tokens, the youngest preempted when blocks run out; a prefill chunk
+        short of room takes what room there is (and is the step's last prefill); at most max_batch."""
         order = [s for s in self.seqs.values() if not self.blocks[s.rid].rotated and not self.blocks[s.rid].joins]
         used, _ = self._used()
-        free, budget, reserve = cap - used, max(1, chunk), self._reserve(now)
+        bt = self.kv.block_tokens
+        free, budget, taken = cap - used, max(1, chunk), 0
         plan, preempted = [], set()
         for i, s in enumerate(order):
             if len(plan) == self.max_batch:
@@ -220,10 +212,9 @@ class KVBackend(SimBackend):
                 continue
             b = self.blocks[s.rid]
             decoding = s.prefilled >= s.prompt_tokens
+            kv = self._kv_tokens(s)
             take = 1 if decoding else min(budget, s.prompt_tokens - s.prefilled)
-            want = self._need(self._kv_tokens(s) + take) - b.device
-            if reserve and not b.device and not s.produced and want > free - reserve:
-                continue  # a new request: the room is kept for the rotated one due back
+            want, partial = self._need(kv + take) - b.device, False
             if want > free:
                 for v in reversed(order[i + 1:]):  # the youngest holders first
                     if want <= free:
@@ -234,19 +225,24 @@ class KVBackend(SimBackend):
                         self._preempt(v)
                         preempted.add(v.rid)
                         self.total_preemptions += 1
-                if want > free:
+            if want > free:
+                room = (b.device + free) * bt - kv  # tokens its blocks and the free ones hold
+                if decoding or room < 1:
                     if decoding and b.device:
                         free += b.device
                         self._preempt(s)
                         self.total_preemptions += 1
                     continue
+                take, partial = room, True  # the room is used up: no later prefill gets any
+                want = self._need(kv + take) - b.device
             if want > 0:
                 b.device += want
                 free -= want
             plan.append(s)
             if not decoding:
-                budget -= take
-        return plan
+                taken += take
+                budget = 0 if partial else budget - take
+        return plan, taken
 
     def step(self, chunk_tokens: int) -> StepResult:
         now, m = self.clock(), self.model
@@ -259,13 +255,15 @@ class KVBackend(SimBackend):
         cap, host_cap = self.device_blocks(), self.host_blocks()
         failed = self._too_big(cap)
         moved_in, moved_out = self._decide(now, chunk_tokens, cap, host_cap)
-        plan = self._plan(chunk_tokens, cap, now)
+        plan, taken = self._plan(chunk_tokens, cap)
         everyone = self.seqs
         if not plan and not (failed or moved_in or moved_out) and everyone:
             raise SimError(f"KV model: nothing can run of {len(everyone)} requests ({cap} device blocks)")
         self.seqs = {s.rid: s for s in plan}
         try:
-            res = super().step(chunk_tokens) if plan else StepResult()
+            # the backend hands out prefill in the plan's order: a budget of the tokens planned gives
+            # each prefill its planned take (the partial one, last, what is left)
+            res = super().step(max(1, taken)) if plan else StepResult()
             res.outputs.extend(failed)
         finally:
             done = [s.rid for s in plan if s.rid not in self.seqs]

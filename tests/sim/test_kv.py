@@ -97,18 +97,17 @@ def test_a_request_larger_than_the_device_pool_fails_at_once_and_the_others_run(
     assert "big" not in b.seqs and "big" not in b.blocks
 
 
-@pytest.mark.parametrize("since,starts", [(0.0, True), (0.48, False)])
-def test_a_new_request_does_not_start_in_the_room_kept_for_a_rotated_one_due_back(since, starts):
-    """A (13 blocks) is on host; C (10 blocks, new) fits the empty pool of 20 only if A's room is not kept:
-    kept once A's TPOT slack (0.5 s after its last token) is below the policy's return_slack_s."""
-    clock = [10.0]
-    b = backend(KVPolicy.ROTATE, {"A": (math.inf, 0.5), "C": (math.inf, 0.5)}, clock)
+def test_a_prefill_short_of_room_takes_what_room_there_is():
+    """(the engine's partial chunk: taken whole or not at all, an old long prompt short of a few
+    blocks would preempt its juniors step after step and never start)"""
+    clock = [0.0]
+    b = backend(KVPolicy.BLOCK, {"A": (math.inf, 0.5), "C": (math.inf, 0.5)}, clock)
     b.add(AssignRequest(request_id="A", model="m", prompt_token_ids=(1,) * 200, max_tokens=100))
-    a = b.blocks["A"]
-    b.seqs["A"].prefilled, b.seqs["A"].produced = 200, 5
-    a.host, a.rotated, a.last_token, a.seen = 13, True, clock[0] - since, 5
+    b.step(512)  # A: its prompt (13 blocks) and first token
     b.add(AssignRequest(request_id="C", model="m", prompt_token_ids=(1,) * 150, max_tokens=4))
-    assert [s.rid for s in b._plan(512, POOL, clock[0])] == (["C"] if starts else [])
+    res = b.step(512)
+    assert b.seqs["C"].prefilled == 7 * 16 and b.blocks["C"].device == 7 and res.prefill_tokens == 7 * 16
+    assert b._used() == (POOL, 0)
 
 
 def test_a_copy_takes_link_time():
