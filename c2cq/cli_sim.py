@@ -53,6 +53,8 @@ def register(sub) -> None:
     mod.add_argument("--models-from", choices=("auto", "trace", "zipf", "rank"), default="auto")
     mod.add_argument("--map", action="append", default=[], metavar="TRACE=MODEL")
     mod.add_argument("--zipf", type=float, default=1.0, metavar="S")
+    mod.add_argument("--max-context", type=int, default=8192, metavar="N",
+                     help="context length of the generated models (default 8192; a longer prompt is rejected)")
     mod.add_argument("--lengths-trace", type=Path, metavar="PATH")
     mod.add_argument("--lengths-format", choices=LENGTH_FORMATS, default="azure")
     mod.add_argument("--prompt-tokens", type=int, default=512, metavar="N")
@@ -68,6 +70,10 @@ def register(sub) -> None:
     hw.add_argument("--layout", default="3g,2g,2g", help="MIG slices of one GPU (default 3g,2g,2g)")
     hw.add_argument("--slices", type=int, default=64, metavar="N", help="slices in all (default 64)")
     hw.add_argument("--policies", default=",".join(POLICIES), help=f"comma-separated (default {','.join(POLICIES)})")
+    hw.add_argument("--kv-policy", choices=("off", "rotate", "recompute", "block", "compare"), default="off",
+                    help="model each slice's KV tiers (services/sim/kv.py) with this rotation policy; compare: c2cq "
+                         "once per policy and once unbounded, side by side (the baselines keep an unbounded KV). "
+                         "Default off")
     hw.add_argument("--slo-margin", type=float, default=None, metavar="F",
                     help="the scheduler's controller aims at this share of each SLO (default: its config's)")
     fm = p.add_argument_group("the fewest slices")
@@ -94,13 +100,16 @@ def scenario(args: argparse.Namespace):
         raise ConfigError("--models must be >= 1")
     prof = load_profile(args.profile)
     specs = build_cluster(prof, args.gpu, parse_layout(args.layout, prof), args.slices)
-    infos = generate(args.models)
+    if args.max_context < 1:
+        raise ConfigError("--max-context must be >= 1")
+    infos = generate(args.models, max_context=args.max_context)
     models = {m.name: m for m in infos}
     requests = source_requests(args)
     lw = argparse.Namespace(**{**vars(args), "models": None})  # loadgen's --models names catalog models
     plan = Workload(requests, workload_config(lw, requests, tuple(models))).plan()
     cfg = Config() if args.slo_margin is None else Config(slo_margin=args.slo_margin)
-    return Scenario(plan=plan, specs=specs, models=models, profile=prof, scheduler=cfg)
+    kv = None if args.kv_policy in ("off", "compare") else args.kv_policy
+    return Scenario(plan=plan, specs=specs, models=models, profile=prof, scheduler=cfg, kv_policy=kv)
 
 
 def table(results: dict) -> str:
@@ -118,6 +127,40 @@ def table(results: dict) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(cols))]
     return "\n".join("  ".join(c.ljust(w) if i in (0, len(cols) - 1) else c.rjust(w)
                                for i, (c, w) in enumerate(zip(r, widths))).rstrip() for r in rows)
+
+
+def kv_table(results: dict) -> str:
+    """What the KV tiers did, for the runs that modelled them."""
+    rows = [["policy", "rotations", "GB rotated", "recomputes", "preemptions", "tokens/s"]]
+    for name, r in results.items():
+        k = r.get("kv")
+        if k is not None:
+            rows.append([name, str(k["rotations"]), f"{k['bytes_rotated'] / 1e9:.1f}", str(k["recomputes"]),
+                         str(k["preemptions"]), "-" if k["tokens_per_s"] is None else f"{k['tokens_per_s']:.0f}"])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+                     for r in rows)
+
+
+def run_kv(sc, policies: list[str], kv_policy: str, progress) -> dict:
+    """Each policy once; with --kv-policy compare, c2cq once per KV policy (named c2cq/POLICY), then
+    without the KV model (c2cq/unbounded: a KV pool that never fills, the reference)."""
+    import dataclasses
+
+    from c2cq.services.sim.kv import KV_POLICIES
+    from c2cq.services.sim.run import run_all
+
+    if kv_policy != "compare":
+        return run_all(sc, policies, progress)
+    results = {}
+    for name in policies:
+        if name != "c2cq":
+            results |= run_all(sc, [name], progress)
+            continue
+        for kv in KV_POLICIES:
+            results[f"c2cq/{kv}"] = run_all(dataclasses.replace(sc, kv_policy=kv), ["c2cq"], progress)["c2cq"]
+        results["c2cq/unbounded"] = run_all(dataclasses.replace(sc, kv_policy=None), ["c2cq"], progress)["c2cq"]
+    return results
 
 
 def min_slices_table(rows: dict, dedicated: int, target: float, gpus_per: int) -> str:
@@ -169,7 +212,7 @@ def cmd_find_min_slices(args: argparse.Namespace, sc, policies: list[str]) -> in
 
 def cmd_sim(args: argparse.Namespace) -> int:
     from c2cq.loadgen.cli import plan_summary
-    from c2cq.services.sim.run import POLICIES, run_all
+    from c2cq.services.sim.run import POLICIES
 
     policies = [x.strip() for x in args.policies.split(",") if x.strip()]
     bad = [x for x in policies if x not in POLICIES]
@@ -186,8 +229,11 @@ def cmd_sim(args: argparse.Namespace) -> int:
         if wall is not None:
             print(f"  {name}: {wall:.1f} s wall", file=sys.stderr)
 
-    results = run_all(sc, policies, progress)
+    results = run_kv(sc, policies, args.kv_policy, progress)
     print(table(results))
+    if any("kv" in r for r in results.values()):
+        print()
+        print(kv_table(results))
     if args.out is not None:
         settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
                     if k not in ("func", "out") and not callable(v)}

@@ -25,12 +25,12 @@ def sim_model(name: str, hidden: int, layers: int, inter: int, vocab: int, arch:
                      hidden_size=hidden, max_context=max_context)
 
 
-def generate(count: int, prefix: str = "sim") -> list[ModelInfo]:
+def generate(count: int, prefix: str = "sim", max_context: int = 8192) -> list[ModelInfo]:
     """A catalog of ``count`` simulated models cycling through the shapes above."""
     shapes = [(arch, s) for arch, ss in _SHAPES.items() for s in ss]
     out = []
     for i in range(count):
         arch, (h, n, f, v) = shapes[i % len(shapes)]
         archname = "Qwen3ForCausalLM" if arch == "qwen3" else "LlamaForCausalLM"
-        out.append(sim_model(f"{prefix}-{i:03d}", h, n, f, v, arch=archname))
+        out.append(sim_model(f"{prefix}-{i:03d}", h, n, f, v, arch=archname, max_context=max_context))
     return out

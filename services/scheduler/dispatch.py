@@ -8,7 +8,7 @@ executor runs. An assignment from idle starts the batch's plan (controller.start
 from __future__ import annotations
 
 from c2cq.schemas import executor as ex_msgs
-from c2cq.services.scheduler import controller
+from c2cq.services.scheduler import controller, kvroom
 from c2cq.services.scheduler.admission import first_waiting, unqueue
 from c2cq.services.scheduler.indexes import reindex
 from c2cq.services.scheduler.placement import choose_executor
@@ -27,6 +27,7 @@ Out = list[Command]
 
 def place(st: State, req: RequestView, x: ExecutorView, now: float) -> Out:
     unqueue(st, req)
+    kvroom.placed(x, req)
     return assign(st, req, x, now)
 
 
@@ -158,8 +159,8 @@ def fill(st: State, x: ExecutorView, now: float, out: Out) -> None:
     q = st.by_model.get(x.model)
     while q and len(x.active) < x.max_batch:
         req = first_waiting(st, q)
-        if req is None:
-            break
+        if req is None or not kvroom.has_room(x, req):
+            break  # no KV room: it waits (for another slice, or for room here: executor_inputs.step_stats)
         q.pop(0)
         out += place(st, req, x, now)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from c2cq.schemas import executor as ex_msgs
 from c2cq.schemas.client import TokensEmitted
 from c2cq.schemas.enums import ErrorCode, FinishReason
-from c2cq.services.scheduler import costmodel
+from c2cq.services.scheduler import costmodel, kvroom
 from c2cq.services.scheduler.dispatch import dispatch
 from c2cq.services.scheduler.endings import finish, lose
 from c2cq.services.scheduler.indexes import reindex, relink
@@ -75,9 +75,11 @@ def request_completed(st: State, eid: str, m: ex_msgs.RequestCompleted, now: flo
     req = request_of(st, eid, m.request_id)
     if req is None:
         return []
+    x = st.executors.get(eid)
+    if x is not None:
+        kvroom.completed(st, x, req)
     out = finish(st, req, m.finish_reason, now, prompt=m.prompt_tokens, completion=req.emitted,
                   code=m.error_code, message=m.message)
-    x = st.executors.get(eid)
     return out + dispatch(st, now, () if x is None else (x,))
 
 
@@ -121,6 +123,8 @@ def step_stats(st: State, eid: str, m: ex_msgs.StepStats, now: float) -> Out:
         costmodel.observe(x.est, step_s=m.step_s, tokens=m.tokens, decode_tokens=m.decode_tokens,
                           bytes_hbm=m.bytes_hbm, bytes_host=m.bytes_host, model_bytes=size[0], params=size[1])
         relink(st, x.link_group)
+    if x is not None and kvroom.observe(st, x, m) and x.serving_model is not None and st.by_model.get(x.model):
+        return dispatch(st, now, (x,))  # room may have appeared for the waiting requests of its model
     return []
 
 

@@ -4,7 +4,7 @@ Every request, whichever client sent it (the ZeroMQ client, the loadgen, the HTT
 goes through the scheduler, so its metrics are computed here: :func:`observe` is called by
 ``core.apply`` with each event and the commands it produced, and folds them into
 ``State.metrics``; :func:`reply` turns that fold, plus gauges read off the state as it is now
-(running and waiting requests, α per slice, link bandwidth), into a ``MetricsReply`` for a
+(running and waiting requests, α per slice, link bandwidth, KV blocks per tier), into a ``MetricsReply`` for a
 ``MetricsQuery``. Names, types, labels and buckets are declared once, in :data:`FAMILIES`:
 vLLM's metrics under a ``c2cq:`` prefix (same types, same buckets, the same ``model_name`` and
 ``finished_reason`` labels), then c2cq's own.
@@ -127,6 +127,14 @@ _DECLARED = [
            ("link_group",)),
     Family("link_used_bytes_per_second", "gauge", "Host → device link traffic the slices draw now, per link group.",
            ("link_group",)),
+    Family("kv_blocks_used", "gauge", "KV blocks held by requests, per slice and tier (device, host: rotated out), "
+           "as the slice last reported.", ("executor", "tier")),
+    Family("kv_blocks_free", "gauge", "Free KV blocks per slice and tier, as the slice last reported.",
+           ("executor", "tier")),
+    Family("kv_rotations", "counter", "Requests a slice rotated between its KV tiers (out or back in).",
+           ("executor",)),
+    Family("kv_bytes_rotated", "counter", "KV bytes a slice copied between its tiers, both directions.",
+           ("executor",)),
 ]
 # by name without the prefix (as the fold files them) → the declaration, named with it
 FAMILIES: dict[str, Family] = {f.name: f._replace(name=PREFIX + f.name) for f in _DECLARED}
@@ -209,6 +217,10 @@ def _stats(st: "State", m: Metrics, e, s: StepStats) -> None:
         _inc(tokens, eid + SEP + "prefill", s.prefill_tokens)
     if s.decode_tokens > 0:
         _inc(tokens, eid + SEP + "decode", s.decode_tokens)
+    if s.kv_rotations > 0:
+        _inc(m.counters["kv_rotations"], eid, s.kv_rotations)
+    if s.kv_bytes_rotated > 0:
+        _inc(m.counters["kv_bytes_rotated"], eid, s.kv_bytes_rotated)
 
 
 def _resident(st: "State", m: Metrics, e, r: ModelResident) -> None:
@@ -320,10 +332,17 @@ def gauges(st: "State") -> dict[str, dict[str, float]]:
         side[req.submit.model] = side.get(req.submit.model, 0.0) + 1
     states = {s: 0.0 for s in _EXECUTOR_STATES}
     alpha: dict[str, float] = {}
+    used: dict[str, float] = {}
+    free: dict[str, float] = {}
     for x in st.executors.values():
         states[x.state] = states.get(x.state, 0.0) + 1
         if x.model is not None and x.state != "lost":
             alpha[x.executor_id + SEP + x.model] = x.alpha
+        kv = x.kv
+        if kv is not None and x.state != "lost":
+            eid = x.executor_id + SEP
+            used[eid + "device"], used[eid + "host"] = float(kv.device_used), float(kv.host_used)
+            free[eid + "device"], free[eid + "host"] = float(kv.device_free), float(kv.host_free)
     return {
         "num_requests_running": running,
         "num_requests_waiting": waiting,
@@ -331,6 +350,8 @@ def gauges(st: "State") -> dict[str, dict[str, float]]:
         "executors": states,
         "link_bandwidth_bytes_per_second": {g: link.cap_bps for g, link in st.links.items()},
         "link_used_bytes_per_second": {g: link.used_bps for g, link in st.links.items()},
+        "kv_blocks_used": used,
+        "kv_blocks_free": free,
     }
 
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 
-from c2cq.services.scheduler import costmodel
+from c2cq.services.scheduler import costmodel, kvroom
 from c2cq.services.scheduler.hosts import startup_s
 from c2cq.services.scheduler.state import ExecutorView, RequestView, State
 
@@ -155,6 +155,8 @@ def choose_executor(st: State, req: RequestView) -> tuple[ExecutorView | None, f
             t_r = flop * rest / e.flops
             t += t_mem if t_mem >= t_r else t_r
         t += ((e.step_s if x.active else 0.0) if same else e.switch_s) + start
+        if x.kv is not None:  # a slice short of KV room waits for it (kvroom.py)
+            t += kvroom.wait_s(st, x, req)
         # TPOT: a model larger than the slice may hold streams its rest at every decode step
         room = share * x.memory_budget_bytes
         ok = w <= room or (w - room) / (left if left >= 1.0 else 1.0) <= tpot

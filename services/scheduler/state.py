@@ -14,6 +14,7 @@ import msgspec
 from c2cq.schemas.catalog import ModelInfo
 from c2cq.schemas.client import RequestFinished, SubmitRequest
 from c2cq.services.scheduler.costmodel import Estimates
+from c2cq.services.scheduler.kvroom import KVView
 from c2cq.services.scheduler.metrics import Metrics
 from c2cq.services.scheduler.pid import PidState
 from c2cq.services.scheduler.validate import Limits
@@ -121,6 +122,7 @@ class ExecutorView(msgspec.Struct, kw_only=True):
     used_at: float = 0.0  # when a request of its model was last assigned to it or left it (eviction: LRU)
     on_link: bool = False  # counted in its link's ``busy`` (kept in step by indexes.reindex / relink)
     host: str = ""  # the host it runs on (SliceReady.host); "" on one host
+    kv: KVView | None = None  # its KV pools as last reported (None: it reports none; kvroom.py)
 
 
 class LinkLoad(msgspec.Struct, kw_only=True):

@@ -35,6 +35,7 @@ from c2cq.services.executor.main import ANNOUNCE_S, HEARTBEAT_S, STATS_S
 from c2cq.services.executor.sim import SimBackend
 from c2cq.services.executor.slice import SliceQueue
 from c2cq.services.sim.engine import Engine, Link
+from c2cq.services.sim.kv import KVBackend, KVSetup
 from c2cq.services.sim.metrics import Recorder
 from c2cq.services.sim.profiles import SliceSpec
 from c2cq.services.sim.requests import index_of
@@ -68,12 +69,12 @@ class SimExecutor:
 
     def __init__(self, spec: SliceSpec, engine: Engine, link: Link, models: dict[str, ModelInfo],
                  send: Callable[[str, object], None], rec: Recorder, phase: float = 0.0,
-                 costs: SwitchCosts = SwitchCosts(), liveness_s: float = 1.5) -> None:
+                 costs: SwitchCosts = SwitchCosts(), liveness_s: float = 1.5, kv: KVSetup | None = None) -> None:
         self.spec, self.id, self.engine, self.link, self.models = spec, spec.executor_id, engine, link, models
         self.send, self.rec, self.phase = send, rec, phase
         self.costs, self.liveness_s = costs, liveness_s
         self.boot_id = f"sim-{spec.executor_id}"
-        self.backend = SimBackend(spec.profile, device=spec.device)
+        self.backend = self._backend(kv)
         self.queue = SliceQueue()
         self.seq = 0
         self.chunk_tokens = 512
@@ -91,6 +92,17 @@ class SimExecutor:
         self._stats_since = 0.0
         self._run: _Run | None = None  # a run of alike decode steps in flight (one event)
         self._run_gen = 0  # names the event that ends the current run (a cut run's old event is stale)
+
+    def _backend(self, kv: KVSetup | None) -> SimBackend:
+        """The sim backend; with a KV setup, the one with bounded KV tiers and a rotation policy (kv.py)."""
+        if kv is None:
+            return SimBackend(self.spec.profile, device=self.spec.device)
+        return KVBackend(self.spec.profile, kv, clock=lambda: self.engine.now, device=self.spec.device)
+
+    def _kv_fields(self) -> dict:
+        """StepStats' KV figures (none without the KV model)."""
+        b = self.backend
+        return b.report() if isinstance(b, KVBackend) else {}
 
     # -- messages out ------------------------------------------------------------------------
     def emit(self, cls, **fields) -> None:
@@ -334,6 +346,6 @@ class SimExecutor:
         if now - self._stats_since >= STATS_S:
             self.emit(m.StepStats, step_s=s.busy_s / self._stats_steps, tokens=s.prefill_tokens + s.decode_tokens,
                       prefill_tokens=s.prefill_tokens, decode_tokens=s.decode_tokens, batch=len(self.queue.running),
-                      bytes_hbm=s.bytes_hbm, bytes_host=s.bytes_host, model=self.queue.model)
+                      bytes_hbm=s.bytes_hbm, bytes_host=s.bytes_host, model=self.queue.model, **self._kv_fields())
             self._stats, self._stats_steps, self._stats_since = StepResult(), 0, now
         self._work()

@@ -4,6 +4,7 @@ commands applied to simulated executors in virtual time."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 from c2cq.loadgen.workload import PlannedRequest
@@ -17,6 +18,7 @@ from c2cq.services.scheduler.state import Config, State, ToClient, ToExecutor
 from c2cq.services.sim.engine import Engine, Link
 from c2cq.services.sim.errors import SimError
 from c2cq.services.sim.executor import SimExecutor, SwitchCosts
+from c2cq.services.sim.kv import KVBackend, KVSetup
 from c2cq.services.sim.metrics import Recorder
 from c2cq.services.sim.profiles import Profile, SliceSpec
 from c2cq.services.sim.requests import index_of, submit_of
@@ -29,7 +31,8 @@ class C2cqPolicy:
 
     def __init__(self, specs: list[SliceSpec], links: dict[str, Link], models: dict[str, ModelInfo], engine: Engine,
                  rec: Recorder, cfg: Config | None = None,
-                 observe: Callable[[ev.SchedEvent], None] | None = None, prof: Profile | None = None) -> None:
+                 observe: Callable[[ev.SchedEvent], None] | None = None, prof: Profile | None = None,
+                 kv: KVSetup | None = None) -> None:
         self.engine, self.rec, self.models, self.observe = engine, rec, models, observe
         self.state = State(cfg=cfg or Config())
         self.last_at = 0.0
@@ -40,8 +43,12 @@ class C2cqPolicy:
             fixed_s=prof.c2cq_switch_fixed_s, eager_copy=prof.c2cq_eager_copy, register_bps=prof.c2cq_register_bps,
             register_on_switch=prof.c2cq_register_on_switch)
         liveness = self.state.cfg.heartbeat_timeout_s / 2  # the core declares an executor lost after the timeout
+        self.slos: dict[int, tuple[float, float]] = {}  # request index → (TTFT deadline, TPOT target s)
+        if kv is not None:
+            kv = dataclasses.replace(kv, slo_of=self._slo_of)
         self.executors = {s.executor_id: SimExecutor(s, engine, links[s.group], models, self._said, rec,
-                                                     phase=0.5 * i / max(1, n), costs=costs, liveness_s=liveness)
+                                                     phase=0.5 * i / max(1, n), costs=costs, liveness_s=liveness,
+                                                     kv=kv)
                           for i, s in enumerate(specs)}
 
     def start(self) -> None:
@@ -51,7 +58,20 @@ class C2cqPolicy:
 
     def submit(self, req: PlannedRequest) -> None:
         self.rec.arrive(req)
+        self.slos[req.index] = (self.engine.now + req.ttft_ms / 1e3, req.tpot_ms / 1e3)
         self._feed(ev.Submitted(at=self.engine.now, client=CLIENT, msg=submit_of(req), info=self.models.get(req.model)))
+
+    def _slo_of(self, exec_rid: str) -> tuple[float, float]:
+        """The KV model's view of a request's targets (what AssignRequest would carry)."""
+        return self.slos.get(index_of(exec_rid), (float("inf"), float("inf")))
+
+    def kv_totals(self) -> dict:
+        """What the slices' KV tiers did over the run, summed (empty without the KV model)."""
+        out: dict[str, int] = {}
+        for x in self.executors.values():
+            for k, v in (x.backend.totals() if isinstance(x.backend, KVBackend) else {}).items():
+                out[k] = out.get(k, 0) + v
+        return out
 
     # -- inputs --------------------------------------------------------------------------------
     def _said(self, eid: str, msg) -> None:

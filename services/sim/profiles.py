@@ -39,6 +39,12 @@ class Profile:
     c2cq_eager_copy: float = 1.0  # share of the embedding table copied into HBM before the first step
     c2cq_register_bps: float = 0.0  # page-locking a mapping not registered before (0: never charged)
     c2cq_register_on_switch: bool = False
+    # the KV model (services/sim/kv.py; profiles.toml [kv]), used when a run sets a KV policy
+    kv_block_tokens: int = 16
+    kv_dim_share: float = 0.25
+    kv_host_bytes: float = 32e9
+    kv_d2h_ratio: float = 0.79
+    kv_max_blocks_per_step: int = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,10 +97,11 @@ def load_profile(path: Path | None = None) -> Profile:
            for name, t in doc.get("mig", {}).items()}
     if not mig:
         raise ConfigError(f"{p}: no [mig.PROFILE] table")
-    s, ld, cq = doc.get("slice", {}), doc.get("loader", {}), doc.get("c2cq", {})
+    s, ld, cq, kv = doc.get("slice", {}), doc.get("loader", {}), doc.get("c2cq", {}), doc.get("kv", {})
     collect("slice", s)
     collect("loader", ld)
     collect("c2cq", cq)
+    collect("kv", kv)
     reg = cq.get("register_on_switch", False)
     if not isinstance(reg, bool):
         raise ConfigError(f"c2cq.register_on_switch must be true or false, got {reg!r}")
@@ -108,7 +115,12 @@ def load_profile(path: Path | None = None) -> Profile:
                    c2cq_switch_fixed_s=_opt(cq, "switch_fixed_s", "c2cq", 0.0),
                    c2cq_eager_copy=_opt(cq, "eager_copy", "c2cq", 1.0, hi=1.0),
                    c2cq_register_bps=_opt(cq, "register_bps", "c2cq", 0.0),
-                   c2cq_register_on_switch=reg)
+                   c2cq_register_on_switch=reg,
+                   kv_block_tokens=int(_opt(kv, "block_tokens", "kv", 16, hi=4096) or 16),
+                   kv_dim_share=_opt(kv, "kv_dim_share", "kv", 0.25, hi=1.0) or 0.25,
+                   kv_host_bytes=_opt(kv, "host_bytes", "kv", 32e9),
+                   kv_d2h_ratio=_opt(kv, "d2h_ratio", "kv", 0.79, hi=1.0) or 0.79,
+                   kv_max_blocks_per_step=int(_opt(kv, "max_blocks_per_step", "kv", 4096) or 4096))
 
 
 def parse_layout(spec: str, prof: Profile) -> tuple[str, ...]:

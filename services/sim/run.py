@@ -12,7 +12,9 @@ from c2cq.loadgen.workload import PlannedRequest
 from c2cq.schemas.catalog import ModelInfo
 from c2cq.services.scheduler.state import Config
 from c2cq.services.sim.baselines import LOAD_THEN_SERVE, TIME_SHARE, LoadPolicy
+from c2cq.services.executor.rotation import KVPolicy
 from c2cq.services.sim.engine import Engine, Link
+from c2cq.services.sim.kv import KV_POLICIES, KVSetup
 from c2cq.services.sim.metrics import Recorder, summarize
 from c2cq.services.sim.policy_c2cq import C2cqPolicy
 from c2cq.services.sim.profiles import Profile, SliceSpec
@@ -28,13 +30,26 @@ class Scenario:
     models: dict[str, ModelInfo]
     profile: Profile
     scheduler: Config = Config()
+    kv_policy: str | None = None  # rotate | recompute | block: the KV model on (services/sim/kv.py); None: off
+
+
+def kv_setup(sc: Scenario) -> KVSetup | None:
+    """The scenario's KV model (the profile's [kv] figures and its policy), or None when off."""
+    if sc.kv_policy is None:
+        return None
+    if sc.kv_policy not in KV_POLICIES:
+        raise ConfigError(f"unknown KV policy {sc.kv_policy!r}; choose from {', '.join(KV_POLICIES)}")
+    p = sc.profile
+    return KVSetup(policy=KVPolicy(sc.kv_policy), block_tokens=p.kv_block_tokens, kv_dim_share=p.kv_dim_share,
+                   host_bytes=p.kv_host_bytes, d2h_ratio=p.kv_d2h_ratio, max_blocks_per_step=p.kv_max_blocks_per_step)
 
 
 def make_policy(name: str, sc: Scenario, engine: Engine, rec: Recorder, links: dict[str, Link],
                 observe: Callable | None = None):
     specs = list(sc.specs)
     if name == "c2cq":
-        return C2cqPolicy(specs, links, sc.models, engine, rec, cfg=sc.scheduler, observe=observe, prof=sc.profile)
+        return C2cqPolicy(specs, links, sc.models, engine, rec, cfg=sc.scheduler, observe=observe, prof=sc.profile,
+                          kv=kv_setup(sc))
     if name == "load-then-serve":
         return LoadPolicy(LOAD_THEN_SERVE, specs, links, sc.models, engine, rec, sc.profile, sc.scheduler.max_wait_s)
     if name == "time-share":
@@ -71,6 +86,10 @@ def run_policy(name: str, sc: Scenario, observe: Callable | None = None,
     out["sim"] = {"events": engine.events, "virtual_s": round(engine.now, 6)}
     if name == "c2cq":
         out["sim"]["plan_steps"] = policy.plan_steps
+        if sc.kv_policy is not None:
+            tokens = sum(o.tokens for o in rec.out.values() if o.status == "finished")
+            out["kv"] = policy.kv_totals() | {"policy": sc.kv_policy,
+                                               "tokens_per_s": round(tokens / span, 3) if span > 0 else None}
     return out, rec, wall
 
 

@@ -173,12 +173,13 @@ def test_a_broken_executor_cannot_poison_the_counters():
            for v in (float("nan"), float("inf"), -1.0)]
     bad.append(ev.ExecutorSaid(at=1.2, executor_id="e0", msg=S("e0", m.StepStats, step_s=0.01, tokens=-1,
                                                              prefill_tokens=-(2**63), decode_tokens=-1, batch=1,
-                                                             bytes_hbm=-5, bytes_host=-(2**63), model="m-a")))
+                                                             bytes_hbm=-5, bytes_host=-(2**63), model="m-a",
+                                                             kv_rotations=-3, kv_bytes_rotated=-(2**63))))
     bad.append(ev.ExecutorSaid(at=1.3, executor_id="nobody", msg=S("nobody", m.StepStats, step_s=0.01, tokens=1,
                                                                  prefill_tokens=1, decode_tokens=0, batch=1,
                                                                  bytes_hbm=1, bytes_host=1, model="m-a")))
     st, _ = run([ready("e0", 0.0), *bad])
     f = families(st)
     for name in ("c2cq:model_switches", "c2cq:model_switch_latency_seconds", "c2cq:weight_bytes_read",
-                 "c2cq:executor_tokens"):
+                 "c2cq:executor_tokens", "c2cq:kv_rotations", "c2cq:kv_bytes_rotated"):
         assert f[name].series == (), name
