@@ -43,14 +43,14 @@ def check_submit(msg: SubmitRequest, info: ModelInfo | None, limits: Limits) -> 
     if has_text and len(prompt) > limits.max_prompt_chars:
         return _reject(msg, ErrorCode.PROMPT_TOO_LONG,
                        f"prompt of {len(prompt)} characters exceeds {limits.max_prompt_chars}")
-    if has_ids:
+    if has_ids:  # the length first: a prompt that cannot fit is refused without a pass over its ids
+        if len(ids) >= info.max_context:
+            return _reject(msg, ErrorCode.PROMPT_TOO_LONG,
+                           f"prompt of {len(ids)} tokens does not fit the context of {info.max_context}")
         vocab = info.vocab_size
         if min(ids) < 0 or max(ids) >= vocab:
             bad = next(t for t in ids if not 0 <= t < vocab)
             return _reject(msg, ErrorCode.MALFORMED, f"token id {bad} outside the vocabulary of {vocab}")
-        if len(ids) >= info.max_context:
-            return _reject(msg, ErrorCode.PROMPT_TOO_LONG,
-                           f"prompt of {len(ids)} tokens does not fit the context of {info.max_context}")
     if max_tokens <= 0:
         return _reject(msg, ErrorCode.BAD_MAX_TOKENS, f"max_tokens must be positive, got {max_tokens}")
     if max_tokens > limits.max_tokens:
