@@ -6,12 +6,14 @@ measured switch time, and a chunked prefill at the share of the model that execu
 holds (α: affinity falls out of it) with the link bandwidth its host has left. A batch prefills
 in order, so joining one also waits for the prompts its requests have not prefilled yet
 (``backlog``): a hot model's stream that one slice cannot prefill fast enough spills onto a
-second slice, which copies the model in (replication), instead of queueing behind the first. Several slices
-share one link, so the link a candidate gets is the lesser of what the other members leave of it
-(their draw, measured from StepStats) and an equal share among the members that read over it at
-every step (those serving with α < 1: streaming, or copying towards residency — a copy does not
-show in the measured draw). On a PCIe host that term decides: a switch beside a sibling that
-copies gets half the link, and a cold 18 GB model's first pass then misses a 1 s TTFT.
+second slice, which copies the model in (replication), instead of queueing behind the first.
+
+Several slices share one link, so the link a candidate gets is the lesser of what the other
+members leave of it (their draw, measured from StepStats) and an equal share among the members
+that read over it at every step (those serving with α < 1: streaming, or copying towards
+residency — a copy does not show in the measured draw). On a PCIe host that term decides: a
+switch beside a sibling that copies gets half the link, and a cold 18 GB model's first pass then
+misses a 1 s TTFT.
 
 TPOT: a model larger than the share of a slice's HBM that may hold weights streams its rest at
 every decode step; a candidate where that step would exceed the request's TPOT budget is taken
