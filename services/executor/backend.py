@@ -5,13 +5,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
+import msgspec
+
 from c2cq.schemas.catalog import ModelInfo
 from c2cq.schemas.enums import ErrorCode, FinishReason
 from c2cq.schemas.executor import AssignRequest
 
 
-@dataclass(frozen=True, slots=True)
-class Output:
+class Output(msgspec.Struct, frozen=True):
+    """One request's output of one step. A frozen msgspec Struct (not a frozen dataclass): made for
+    every sequence of every step, it costs ~0.1 µs instead of ~1.7 µs (a frozen dataclass's
+    __init__ goes through object.__setattr__); positional construction and equality are the same."""
+
     request_id: str
     index: int  # index of the first new token in the request's output
     token_ids: tuple[int, ...]

@@ -8,7 +8,7 @@ from __future__ import annotations
 from c2cq.schemas.client import SLO, RequestRejected
 from c2cq.schemas.enums import ErrorCode
 from c2cq.services.scheduler.placement import choose_executor, earliest_ttft
-from c2cq.services.scheduler.state import Config, RequestView, State
+from c2cq.services.scheduler.state import Config, ExecutorView, RequestView, State
 
 
 def slo_class(cfg: Config, slo: SLO) -> str:
@@ -19,27 +19,33 @@ def slo_class(cfg: Config, slo: SLO) -> str:
     return "standard"
 
 
-def admit(st: State, req: RequestView) -> RequestRejected | None:
-    """None to accept; else why not: its class's queue is full, or no executor can meet its TTFT."""
+Choice = tuple[ExecutorView | None, float]  # choose_executor's answer: where a request would start now
+
+
+def admit(st: State, req: RequestView) -> tuple[RequestRejected | None, Choice | None]:
+    """(None, …) to accept; else why not: its class's queue is full, or no executor can meet its
+    TTFT. With it, the placement admission worked out (None if it needed none): nothing changes
+    between admission and placement that it depends on, so placement takes it as it is."""
     rid, k = req.request_id, req.klass
     queued = st.queued.get(k, 0)
     limit = st.cfg.queue_limits.get(k, st.cfg.limits.max_waiting)
     if queued >= limit or st.waiting() >= st.cfg.limits.max_waiting:
         return RequestRejected(request_id=rid, code=ErrorCode.QUEUE_FULL,
-                               message=f"the {k} queue is full ({queued} requests wait for an executor)")
+                               message=f"the {k} queue is full ({queued} requests wait for an executor)"), None
     target = req.submit.slo.ttft_ms
     if target is None:
-        return None
-    x, t = choose_executor(st, req)
+        return None, None
+    choice = x, t = choose_executor(st, req)
     if x is None:
         t = earliest_ttft(st, req, ahead=queued)
     if t == float("inf"):
         return RequestRejected(request_id=rid, code=ErrorCode.NO_EXECUTOR,
-                               message=f"cannot meet slo.ttft_ms={target:g}: no executor is up")
+                               message=f"cannot meet slo.ttft_ms={target:g}: no executor is up"), choice
     if t * 1e3 > target * st.cfg.admit_margin:
+        best = f"the best estimate is {t * 1e3:.0f} ms"
         return RequestRejected(request_id=rid, code=ErrorCode.SLO_UNATTAINABLE,
-                               message=f"cannot meet slo.ttft_ms={target:g}: the best estimate is {t * 1e3:.0f} ms")
-    return None
+                               message=f"cannot meet slo.ttft_ms={target:g}: {best}"), choice
+    return None, choice
 
 
 def enqueue(st: State, rids: list[str], front: bool = False) -> None:

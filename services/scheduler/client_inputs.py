@@ -44,7 +44,7 @@ def submitted(st: State, e: ev.Submitted) -> Out:
     st.models[msg.model] = (e.info.bytes, e.info.parameters)
     st.demand[msg.model] = (demand(st, msg.model, now) + 1.0, now)
     req = RequestView(submit=msg, klass=slo_class(st.cfg, msg.slo), client=client, info=e.info, accepted_at=now)
-    no = admit(st, req)
+    no, choice = admit(st, req)
     if no is not None:
         return [ToClient(client, no)]
     st.requests[msg.request_id] = req
@@ -52,7 +52,7 @@ def submitted(st: State, e: ev.Submitted) -> Out:
     enqueue(st, [msg.request_id])
     out: Out = [ToClient(client, RequestAccepted(request_id=msg.request_id, model=msg.model,
                                                  client_request_id=msg.client_request_id))]
-    return out + place_new(st, req, now)
+    return out + place_new(st, req, now, choice)
 
 
 def cancel(st: State, e: ev.CancelAsked) -> Out:

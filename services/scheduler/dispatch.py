@@ -31,10 +31,11 @@ def place(st: State, req: RequestView, x: ExecutorView, now: float) -> Out:
     return assign(st, req, x, now)
 
 
-def place_new(st: State, req: RequestView, now: float) -> Out:
+def place_new(st: State, req: RequestView, now: float, choice: tuple | None = None) -> Out:
     """A new request starts at once where its estimated TTFT is lowest, if an executor can take it
-    (one idle, or one running its model with a free slot); else it waits its turn."""
-    x, _ = choose_executor(st, req)
+    (one idle, or one running its model with a free slot); else it waits its turn. ``choice``:
+    choose_executor's answer for it on this state, if admission worked it out already."""
+    x, _ = choose_executor(st, req) if choice is None else choice
     return [] if x is None else place(st, req, x, now)
 
 

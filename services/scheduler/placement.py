@@ -3,12 +3,17 @@
 Candidates are the executors that can start it now: one serving its model with a free batch
 slot, or an idle one (which switches to it). The estimate counts the wait for the slot, the
 measured switch time, and a chunked prefill at the share of the model that executor already
-holds (α: affinity falls out of it) with the link bandwidth its host has left. Several slices
-share one link, so the link a candidate gets is the lesser of what the other members leave of it
-(their draw, measured from StepStats) and an equal share among the members that read over it at
-every step (those serving with α < 1: streaming, or copying towards residency — a copy does not
-show in the measured draw). On a PCIe host that term decides: a switch beside a sibling that
-copies gets half the link, and a cold 18 GB model's first pass then misses a 1 s TTFT.
+holds (α: affinity falls out of it) with the link bandwidth its host has left. A batch prefills
+in order, so joining one also waits for the prompts its requests have not prefilled yet
+(``backlog``): a hot model's stream that one slice cannot prefill fast enough spills onto a
+second slice, which copies the model in (replication), instead of queueing behind the first.
+
+Several slices share one link, so the link a candidate gets is the lesser of what the other
+members leave of it (their draw, measured from StepStats) and an equal share among the members
+that read over it at every step (those serving with α < 1: streaming, or copying towards
+residency — a copy does not show in the measured draw). On a PCIe host that term decides: a
+switch beside a sibling that copies gets half the link, and a cold 18 GB model's first pass then
+misses a 1 s TTFT.
 
 TPOT: a model larger than the share of a slice's HBM that may hold weights streams its rest at
 every decode step; a candidate where that step would exceed the request's TPOT budget is taken
@@ -88,13 +93,29 @@ def chunk_for(st: State, x: ExecutorView, req: RequestView, alpha: float, link_b
                                     link_bps=link_bps, tpot_s=tpot, lo=costmodel.MIN_CHUNK, hi=cfg.max_chunk_tokens)
 
 
+def backlog(st: State, x: ExecutorView) -> int:
+    """Prompt tokens x has still to prefill as far as the scheduler knows: those of its requests
+    whose first token has not come back. A request that joins the batch prefills after them
+    (chunked prefill serves the batch in order), so its first token waits for them too — the
+    term that sends a hot model's requests to a second slice once one cannot keep up."""
+    n = 0
+    reqs = st.requests
+    for rid in x.active:
+        r = reqs.get(rid)
+        if r is not None and r.first_token_at is None:
+            s = r.submit
+            n += costmodel.prompt_tokens(s.prompt, s.prompt_token_ids, r.emitted)
+    return n
+
+
 def estimate(st: State, x: ExecutorView, req: RequestView) -> float:
     s, info = req.submit, req.info
     same = x.model == s.model
     alpha, left = x.alpha if same else 0.0, link_left(st, x)
+    ahead = backlog(st, x) if same and x.active else 0
     return costmodel.ttft(
         x.est, alpha=alpha, model_bytes=info.bytes, params=info.parameters,
-        prompt_tokens=costmodel.prompt_tokens(s.prompt, s.prompt_token_ids, req.emitted),
+        prompt_tokens=costmodel.prompt_tokens(s.prompt, s.prompt_token_ids, req.emitted) + ahead,
         chunk_tokens=chunk_for(st, x, req, alpha, left), link_bps=left,
         wait_s=x.est.step_s if (same and x.active) else 0.0, switching=not same)
 
@@ -143,10 +164,11 @@ def choose_executor(st: State, req: RequestView) -> tuple[ExecutorView | None, f
         t_mem = t_hbm if t_hbm >= t_link else t_link
         if same and x.active:
             chunk = x.chunk_tokens if x.chunk_tokens >= 1 else 1
+            full, rest = divmod(n + backlog(st, x), chunk)  # it prefills after the batch's backlog
         else:  # costmodel.roofline_chunk, inlined (see chunk_for)
             c = (t_mem if t_mem >= tpot else tpot) / ((flop if flop > 0 else 2.0) / e.flops)
             chunk = int(lo if c < lo else (hi if c > hi else c))
-        full, rest = divmod(n, chunk)
+            full, rest = divmod(n, chunk)
         t = 0.0
         if full:
             t_c = flop * chunk / e.flops

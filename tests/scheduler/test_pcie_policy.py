@@ -12,11 +12,11 @@ from .history import S, completed, submit
 from .test_eviction import assigns
 
 
-def slice_ready(eid: str, group: str, at: float = 0.0) -> ev.ExecutorSaid:
+def slice_ready(eid: str, group: str, at: float = 0.0, max_batch: int = 8) -> ev.ExecutorSaid:
     return ev.ExecutorSaid(at=at, executor_id=eid, msg=S(eid, m.SliceReady, executor_id=eid, boot_id="b0", backend="sim",
                                                        device=f"{group}/{eid}", link_group=group,
                                                        memory_budget_bytes=10 * 2**30, link_bandwidth_bps=50e9,
-                                                       max_batch=8))
+                                                       max_batch=max_batch))
 
 
 def test_a_switch_avoids_the_link_a_sibling_reads_over():
