@@ -47,6 +47,12 @@ class KVRotor:
     def forget(self, request_id: str) -> None:
         self._clocks.pop(request_id, None)
 
+    def prune(self, live: frozenset[str]) -> None:
+        """Forget the requests that are no longer here (aborted, or ended by a failed forward)."""
+        if len(self._clocks) > len(live):
+            for rid in [r for r in self._clocks if r not in live]:
+                del self._clocks[rid]
+
     def _deadline(self, rid: str, now: float) -> float:
         clock = self._clocks.get(rid)
         if clock is None:  # not tracked: never urgent, never a victim worth its copy
