@@ -74,6 +74,7 @@ class Engine:
         self.tokenizer = load_tokenizer(tokenizer_json) if tokenizer_json is not None else None
         self._seqs: dict[str, Sequence] = {}
         self._arrivals = itertools.count()
+        self._requeued = itertools.count()  # victims queued behind a head so far (orders them)
         self.last_stats = StepStats(0, 0, 0, 0)
         self.preemptions = 0  # sequences whose KV was dropped for recompute, since start
         self._rotations = 0  # rotations (out or in) not yet reported in a step's stats
@@ -167,12 +168,20 @@ class Engine:
                         s.request_id in self._rotated,
                         host.blocks_of(s.request_id) if host is not None else 0) for s in order]
 
-    def preempt(self, request_id: str) -> None:
-        """Free a running request's blocks; it recomputes its KV (prompt + output so far) later."""
+    def preempt(self, request_id: str, behind: str | None = None) -> None:
+        """Free a running request's blocks; it recomputes its KV (prompt + output so far) later. ``behind``:
+        the waiting request it made room for, which it then queues behind (else, older, its re-prefill
+        would take the freed blocks back first); requests preempted behind one head keep their order."""
         seq = self._seqs.get(request_id)
         if seq is None or request_id in self._rotated:
             raise KVRotationError(f"request {request_id!r} is not running here")
+        head = self._seqs.get(behind) if behind is not None else None
+        if behind is not None and head is None:
+            raise KVRotationError(f"request {behind!r} is not here")
         self._preempt(seq)
+        if head is not None and seq.arrival < head.arrival:
+            # between the head and whoever came after it (arrivals are whole numbers apart)
+            seq.arrival = head.arrival + 1 - 1 / (2 + next(self._requeued))
 
     @property
     def rotated(self) -> frozenset[str]:

@@ -82,7 +82,7 @@ class KVRotor:
         if d.rotate_in:
             eng.rotate_in([m.request_id for m in d.rotate_in])
         for m in d.recompute:
-            eng.preempt(m.request_id)
+            eng.preempt(m.request_id, behind=d.head)
         self.rotations += len(d.rotate_out) + len(d.rotate_in)
         self.recomputes += len(d.recompute)
         self.last = d
