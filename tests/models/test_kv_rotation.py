@@ -76,9 +76,11 @@ def test_rotated_requests_come_back_when_their_deadline_nears_largest_lag_first(
     # strictly by lag: the most lagging one does not fit, so the next one does not jump ahead
     d = decide(NOW, [head(1, 5.0)], [], rotated, FreeBlocks(device=2, host=0), CFG)
     assert d.empty and d.reason == "no room to return"
-    # nothing due yet: they stay out
-    d = decide(NOW, [head(1, 5.0)], [], [Rotated("early", 2, NOW + 1.0)], FreeBlocks(device=6, host=0), CFG)
+    # nothing due yet: they stay out unless the head keeps the room it needs
+    d = decide(NOW, [head(2, 5.0)], [], [Rotated("early", 2, NOW + 1.0)], FreeBlocks(device=3, host=0), CFG)
     assert d.empty and d.reason == "rotated requests not due"
+    d = decide(NOW, [head(1, 5.0)], [], [Rotated("early", 2, NOW + 1.0)], FreeBlocks(device=3, host=0), CFG)
+    assert ids(d.rotate_in) == ["early"] and d.reason == "return: room left for the head"
 
 
 def test_the_copy_time_counts_against_a_rotated_requests_slack():
@@ -99,6 +101,22 @@ def test_a_head_more_urgent_than_every_return_is_served_first():
     assert ids(d.rotate_out) == ["a"] and not d.rotate_in
     d = decide(NOW, [head(4, 0.3)], running, rotated, FreeBlocks(device=2, host=8), CFG)
     assert ids(d.rotate_in) == ["r"] and not d.rotate_out
+
+
+def test_running_requests_that_cannot_grow_make_room_by_slack_first():
+    running = [run("old", 6, 0.5), run("young", 2, 0.3), run("banked", 4, 3.0)]
+    # three decodes cross into a new block this step, two blocks are free: one short
+    d = decide(NOW, [], running, [], FreeBlocks(device=2, host=32), CFG, growth=3)
+    assert ids(d.rotate_out) == ["banked"] and "grow" in d.reason
+    rc = decide(NOW, [], running, [], FreeBlocks(device=2, host=32), RotationConfig(policy=KVPolicy.RECOMPUTE),
+                growth=3)
+    assert ids(rc.recompute) == ["young"]  # the least work to redo
+    # growth that fits is no pressure, and what it takes is not room for the head or a return
+    assert decide(NOW, [], running, [], FreeBlocks(device=3, host=32), CFG, growth=3).reason == "no pressure"
+    d = decide(NOW, [head(2, 5.0)], running, [], FreeBlocks(device=3, host=32), CFG, growth=3)
+    assert d.empty and d.head_short == 2 and d.reason == "head has TTFT slack"
+    assert decide(NOW, [], running, [], FreeBlocks(device=2, host=32), RotationConfig(policy=KVPolicy.BLOCK),
+                  growth=3).empty
 
 
 def test_at_most_max_blocks_per_step_move():

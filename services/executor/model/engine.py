@@ -55,6 +55,7 @@ class KVState:
     has_output: bool
     rotated: bool
     host_blocks: int
+    grow: int = 0  # device blocks its next decode step adds (a decode crossing into a new block)
 
 
 class Engine:
@@ -165,8 +166,9 @@ class Engine:
         order = sorted(self._seqs.values(), key=lambda s: s.arrival)
         host = self.host
         return [KVState(s.request_id, len(s.table.blocks), s.pending, s.num_output > 0,
-                        s.request_id in self._rotated,
-                        host.blocks_of(s.request_id) if host is not None else 0) for s in order]
+                        s.request_id in self._rotated, host.blocks_of(s.request_id) if host is not None else 0,
+                        s.table.blocks_needed(s.num_cached + 1) if s.pending == 1 and s.table.blocks else 0)
+                for s in order]
 
     def preempt(self, request_id: str, behind: str | None = None) -> None:
         """Free a running request's blocks; it recomputes its KV (prompt + output so far) later. ``behind``:
