@@ -135,11 +135,12 @@ class Engine:
         self.host.copy_in(self.cache, request_ids)
         self._rotations += len(request_ids)
 
-    def _settle(self) -> None:
-        """Finish the pending copies; requests copied back in get their blocks and run again."""
+    def _settle(self, wait: bool = True) -> None:
+        """Finish the pending copies (``wait=False``: those done by now, on cuda; the others stay pending,
+        overlapping the step); requests copied back in get their blocks and run again."""
         if self.host is None:
             return
-        for rid, blocks in self.host.complete(self.cache).back.items():
+        for rid, blocks in self.host.complete(self.cache, wait=wait).back.items():
             self._seqs[rid].table.blocks = blocks
             self._rotated.discard(rid)
 
@@ -265,7 +266,7 @@ class Engine:
         """Run one forward over every scheduled sequence; ``chunk_tokens`` caps this step's prefill tokens."""
         if chunk_tokens < 1:
             raise ValueError(f"chunk_tokens must be >= 1, got {chunk_tokens}")
-        self._settle()
+        self._settle(wait=False)
         rotations, moved = self._rotations, self._rotated_bytes()
         self._rotations, self._bytes_reported = 0, self._bytes_reported + moved
         plan = self._schedule(chunk_tokens)
