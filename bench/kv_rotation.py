@@ -15,7 +15,7 @@ first submit → last end. Rotations and bytes rotated are summed from the StepS
 (read from the scheduler's event log after the run), and the last StepStats shows whether both KV
 pools were back to full at idle.
 
-    .venv/bin/python bench/kv_rotation.py [--duration 30] [--rate 0.8] [--kv-blocks 48] [--host-blocks 512] \
+    .venv/bin/python bench/kv_rotation.py [--duration 30] [--rate 0.8] [--kv-blocks 40] [--host-blocks 512] \
         [--ttft-ms 1500] [--tpot-ms 250] [--policies rotate,recompute,block]
 """
 
@@ -166,7 +166,7 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=0.8, help="requests per second (Poisson)")
     ap.add_argument("--prompt", type=int, nargs=2, default=(32, 97), metavar=("MIN", "MAX"))
     ap.add_argument("--new", type=int, nargs=2, default=(128, 321), metavar=("MIN", "MAX"))
-    ap.add_argument("--kv-blocks", type=int, default=48, help="device KV pool, blocks of 16 tokens")
+    ap.add_argument("--kv-blocks", type=int, default=40, help="device KV pool, blocks of 16 tokens")
     ap.add_argument("--host-blocks", type=int, default=512, help="host KV pool of the rotate run")
     ap.add_argument("--ttft-ms", type=float, default=1500.0)
     ap.add_argument("--tpot-ms", type=float, default=250.0)

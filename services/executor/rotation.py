@@ -6,8 +6,9 @@ requests that already have their first token make room: under ``rotate`` their K
 pool, the ones with the most TPOT slack (next token's deadline − now) first; under ``recompute`` it is
 freed and re-prefilled later, the ones with the least to redo first; under ``block`` (today's
 behaviour) nothing moves, the head waits and the engine drops its youngest request to grow. Rotated
-requests come back when their inter-token deadline nears, the one lagging most first, and sooner when
-the room they take still leaves the head what it needs (or nothing waits). At most
+requests come back when their inter-token deadline nears, the one lagging most first — swapping with
+running requests of more slack when there is no room — and sooner when the room they take still
+leaves the head what it needs (or nothing waits). At most
 ``max_blocks_per_step`` blocks change tier per step. With no memory pressure (the head fits, the
 running requests can grow, nothing rotated) the decision is empty.
 Every decision carries the slack figures that explain it (``log_fields``).
@@ -153,12 +154,16 @@ def decide(now: float, waiting: Sequence[Waiting], running: Sequence[Running], r
                       "return: room left for the head")
             return Decision(reason=reason, rotate_in=tuple(back), **base)
 
-    want = deficit + (short if head_urgent else 0)
+    # the most lagging rotated request, due and without room, swaps with running requests of more slack
+    # (unless the head is the more urgent): rotated requests keep their pace rather than wait for an end
+    first_due = lag_order[0] if lag_order and lag_order[0][0] <= cfg.return_slack_s else None
+    head_first = head_urgent and (first_due is None or head_slack < first_due[0])
+    swap = first_due[1].blocks - room if first_due is not None and not head_first and first_due[1].blocks > room else 0
+    want = deficit + (short if head_urgent else 0) + swap
     if not want:
         if short:
             return Decision(reason="head has TTFT slack", **base)
-        due = bool(lag_order) and lag_order[0][0] <= cfg.return_slack_s
-        return Decision(reason="no room to return" if due else "rotated requests not due", **base)
+        return Decision(reason="no room to return" if first_due else "rotated requests not due", **base)
     rotate = cfg.policy is KVPolicy.ROTATE
     # rotate: the most TPOT slack first (a copy out and back costs little); recompute: the least work to
     # redo first (fewest blocks), then the most slack
@@ -175,7 +180,8 @@ def decide(now: float, waiting: Sequence[Waiting], running: Sequence[Running], r
         freed += r.blocks
         budget -= r.blocks
         host_room -= r.blocks if rotate else 0
-    what = "the head" if not deficit else "running requests to grow" if not head_urgent else "growth and the head"
+    what = " and ".join(w for w, n in (("running requests to grow", deficit), ("the head", short if head_urgent else 0),
+                                       ("a lagging rotated request", swap)) if n)
     if not moves:
         return Decision(reason=f"{what} short of blocks, no request can make room", **base)
     if rotate:
