@@ -15,6 +15,7 @@ from pathlib import Path
 from c2cq import log
 from c2cq.errors import C2CQError, ConfigError
 from c2cq.rundir import RunDir
+from c2cq.services.executor.kv_flags import add_kv_flags, kv_argv, kv_options
 from c2cq.supervisor import roles
 from c2cq.supervisor.discover import discover
 from c2cq.supervisor.manager import ChildSpec, read_pid, service_argv, supervise
@@ -31,6 +32,7 @@ def register(sub) -> None:
     up.add_argument("--threads", type=int, default=0,
                     help="torch threads per CPU executor (default 0: one per core of the slice's share)")
     up.add_argument("--sim-time-scale", type=float, default=1.0)
+    add_kv_flags(up)
     up.add_argument("--max-tokens-limit", type=int, default=4096)
     up.add_argument("--restart-max", type=int, default=5)
     up.add_argument("--restart-window", type=float, default=60.0)
@@ -76,6 +78,7 @@ def _specs(args: argparse.Namespace, rd: RunDir) -> tuple[list[ChildSpec], list]
     if args.role == "node":
         return roles.node_specs(args, rd)
     home = ["--home", str(rd.home)]
+    kv_options(args)  # bad KV flags fail `c2cq up` at once, not each executor in turn
     slices = discover(args.backend, args.slices, args.per_gpu)
     if not slices:
         raise ConfigError(f"no slices found for backend {args.backend!r} (no GPU visible to NVML?)")
@@ -87,7 +90,8 @@ def _specs(args: argparse.Namespace, rd: RunDir) -> tuple[list[ChildSpec], list]
     for s in slices:
         specs.append(ChildSpec(s.executor_id, service_argv(
             "c2cq.services.executor.main", *home, "--id", s.executor_id, "--backend", s.backend,
-            "--device", s.device, "--threads", str(args.threads), "--sim-time-scale", str(args.sim_time_scale)),
+            "--device", s.device, "--threads", str(args.threads), "--sim-time-scale", str(args.sim_time_scale),
+            *kv_argv(args)),
             env=s.child_env()))
     if not args.no_http:
         specs.append(gateway_spec(args, home))

@@ -6,7 +6,7 @@ from typing import Union
 
 
 from c2cq.schemas.base import Event, Message
-from c2cq.schemas.client import SamplingParams
+from c2cq.schemas.client import SLO, SamplingParams
 from c2cq.schemas.enums import ErrorCode, FinishReason
 
 
@@ -23,6 +23,11 @@ class AssignRequest(Message, frozen=True, kw_only=True, tag="assign"):
     # token-only migration: tokens already delivered to the client; the executor recomputes
     # their KV and continues from there, numbering new tokens from len(resume_token_ids).
     resume_token_ids: tuple[int, ...] = ()
+    # the request's targets (the client's, else the scheduler's defaults; none: the executor's defaults)
+    # and how long it already waited at the scheduler: its TTFT deadline at the executor is
+    # arrival + slo.ttft_ms - waited_ms (what KV rotation weighs its slack against)
+    slo: SLO = SLO()
+    waited_ms: float = 0.0
 
 
 class AbortRequest(Message, frozen=True, kw_only=True, tag="abort"):

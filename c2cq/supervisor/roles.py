@@ -19,6 +19,7 @@ import socket
 from c2cq import links
 from c2cq.errors import ConfigError
 from c2cq.rundir import RunDir
+from c2cq.services.executor.kv_flags import kv_argv, kv_options
 from c2cq.supervisor.discover import discover
 from c2cq.supervisor.manager import ChildSpec, service_argv
 
@@ -61,6 +62,7 @@ def node_specs(args: argparse.Namespace, rd: RunDir) -> tuple[list[ChildSpec], l
     if not args.join:
         raise ConfigError("--role node needs --join tcp://CONTROL:PORT (the control plane's executors port)")
     host = args.node_name or os.environ.get("C2CQ_NODE_NAME") or socket.gethostname()
+    kv_options(args)  # bad KV flags fail at once, not each executor in turn
     slices = discover(args.backend, args.slices, args.per_gpu)
     if not slices:
         raise ConfigError(f"no slices found for backend {args.backend!r} (no GPU visible to NVML?)")
@@ -71,7 +73,7 @@ def node_specs(args: argparse.Namespace, rd: RunDir) -> tuple[list[ChildSpec], l
         specs.append(ChildSpec(s.executor_id, service_argv(
             "c2cq.services.executor.main", *home, "--id", f"{host}-{s.executor_id}", "--backend", s.backend,
             "--device", s.device, "--threads", str(args.threads), "--sim-time-scale", str(args.sim_time_scale),
-            "--join", args.join, "--host", host, *keys), env=s.child_env()))
+            "--join", args.join, "--host", host, *keys, *kv_argv(args)), env=s.child_env()))
     return specs, slices
 
 

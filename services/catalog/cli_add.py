@@ -129,7 +129,7 @@ def add_path(rd: RunDir, src: Path, name: str | None = None, *, dtype: str = "fp
 def add_random(rd: RunDir, preset: str, name: str, tokenizer_from: str, *, dtype: str = "fp32", seed: int = 0,
                progress: bool = True) -> str:
     from c2cq.services.catalog import layout
-    from c2cq.services.catalog.synth import preset_config, write_random
+    from c2cq.services.catalog.synth import preset_config
 
     src = catalog_client.call(rd, DescribeModel(name=tokenizer_from)).info
     entry = rd.catalog_dir / "models" / f"{tokenizer_from}{layout.EXTENSION}"
@@ -139,10 +139,19 @@ def add_random(rd: RunDir, preset: str, name: str, tokenizer_from: str, *, dtype
     meta = {"tokenizer_json": mf.tokenizer_json, "tokenizer_config": mf.tokenizer_config,
             "chat_template": mf.chat_template, "generation_config": mf.generation_config}
     eos = src.eos_token_ids[0] if src.eos_token_ids else None
+    return add_generated(rd, preset_config(preset, vocab_size=src.vocab_size, eos_token_id=eos), name, meta,
+                         dtype=dtype, seed=seed, progress=progress)
+
+
+def add_generated(rd: RunDir, config: dict, name: str, meta: dict | None = None, *, dtype: str = "fp32",
+                  seed: int = 0, progress: bool = True) -> str:
+    """Register a random-weight model of ``config`` (a Hugging Face config.json's fields); ``meta``: its
+    tokenizer fields (none: requests must send prompt token ids)."""
+    from c2cq.services.catalog.synth import write_random
+
     dst, staged = _target(rd, name)
     try:
-        write_random(dst, preset_config(preset, vocab_size=src.vocab_size, eos_token_id=eos), meta, dtype=dtype,
-                     seed=seed, progress=progress, also=staged)
+        write_random(dst, config, meta or {}, dtype=dtype, seed=seed, progress=progress, also=staged)
     except BaseException:
         if staged is not None:
             staged.unlink(missing_ok=True)

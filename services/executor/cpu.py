@@ -24,6 +24,7 @@ from c2cq.services.catalog.layout import ModelFile
 from c2cq.services.catalog.shm import map_shared, prefetch
 from c2cq.services.executor.backend import StepResult
 from c2cq.services.executor.engine_requests import EngineBackend, EngineRequests, TokenizerCache
+from c2cq.services.executor.kv_shell import KVOptions, KVShell
 from c2cq.services.executor.model import Engine
 from c2cq.services.executor.model.config import parse_config
 from c2cq.services.executor.model.model import Model
@@ -121,7 +122,7 @@ class CpuBackend(EngineBackend):
     blocking = True
 
     def __init__(self, device: str = "cpu", threads: int = 0, kv_bytes: int = DEFAULT_KV_BYTES,
-                 max_batch: int = 32, cores: tuple[int, ...] | None = None) -> None:
+                 max_batch: int = 32, cores: tuple[int, ...] | None = None, kv: KVOptions = KVOptions()) -> None:
         cores = slice_cores() if cores is None else cores
         if cores:
             os.sched_setaffinity(0, cores)  # this slice's share: no core is another CPU slice's
@@ -139,6 +140,7 @@ class CpuBackend(EngineBackend):
         self._current: tuple[tuple, Held] | None = None
         self._held: OrderedDict[tuple, Held] = OrderedDict()  # least recently served first
         self.requests = EngineRequests()
+        self.kv = KVShell(kv)
         self._alpha_plan = 0.0
         self.tokenizers = TokenizerCache()
 
@@ -156,8 +158,10 @@ class CpuBackend(EngineBackend):
             fetching = prefetch(mf, stop)
             held = Held(mf, Model(parse_config(mf.config), mf.tensors()), stop, fetching)
         mf, model = held.file, held.model
-        blocks = max(1, self.memory_budget_bytes // (BLOCK_SIZE * kv_bytes_per_token(mf.config, model.dtype.itemsize)))
-        self.engine = Engine(mf.config, {}, None, kv_blocks=blocks, block_size=BLOCK_SIZE, model=model)
+        blocks = self.kv.opts.device_blocks or max(
+            1, self.memory_budget_bytes // (BLOCK_SIZE * kv_bytes_per_token(mf.config, model.dtype.itemsize)))
+        self.engine = Engine(mf.config, {}, None, kv_blocks=blocks, block_size=BLOCK_SIZE, model=model,
+                             host_kv_blocks=self.kv.opts.host_blocks)
         self.engine.tokenizer = self.tokenizers.get(mf.tokenizer_json)
         self._current, self.model = (key, held), info
 

@@ -39,6 +39,7 @@ from c2cq.schemas.catalog import ModelInfo
 from c2cq.schemas.enums import ErrorCode
 from c2cq.services.executor.backend import StepResult
 from c2cq.services.executor.cpu import BLOCK_SIZE, kv_bytes_per_token
+from c2cq.services.executor.kv_shell import KVOptions, KVShell
 from c2cq.services.executor.engine_requests import EngineBackend, EngineRequests, TokenizerCache
 from c2cq.services.executor.model import Engine
 from c2cq.services.executor.model.engine import StepStats as EngineStats
@@ -237,7 +238,7 @@ class CudaBackend(EngineBackend):
                  memory_fraction: float = 0.9, kv_bytes: int | None = None, kv_fraction: float = 0.25,
                  alpha: float = 1.0, switch_alpha: float = 0.0, chunk_bytes: int = DEFAULT_CHUNK_BYTES,
                  align: int = DEFAULT_ALIGN, max_batch: int = 32, background: bool = True, keep_pinned: int = 16,
-                 probe_bytes: int = PROBE_BYTES, driver: Driver | None = None) -> None:
+                 probe_bytes: int = PROBE_BYTES, driver: Driver | None = None, kv: KVOptions = KVOptions()) -> None:
         """``memory_budget_bytes`` (default ``memory_fraction`` of the device's free memory now) is what one
         model may hold in HBM: whole-copied tensors, KV cache (``kv_bytes``, else ``kv_fraction`` of what
         is left), resident weight rows. ``alpha`` is the plan until the scheduler sends one; a switch
@@ -271,6 +272,7 @@ class CudaBackend(EngineBackend):
         self._res: _Residency | None = None
         self._pinned: OrderedDict[str, PinnedFile] = OrderedDict()  # by path, least recently used first
         self.requests = EngineRequests()
+        self.kv = KVShell(kv)
         self.tokenizers = TokenizerCache()
         self.last_switch: SwitchTimings | None = None
         self.residency_error: str | None = None
@@ -347,13 +349,14 @@ class CudaBackend(EngineBackend):
                 raise RequestError(ErrorCode.BAD_MODEL, f"{info.name!r} has no {EMBED}")
             block_bytes = BLOCK_SIZE * kv_bytes_per_token(pf.config, host[EMBED].element_size())
             try:
+                kv_bytes = self.kv.opts.device_blocks * block_bytes or self._kv_bytes
                 mem = plan_memory(self.memory_budget_bytes, fixed, block_bytes, kv_fraction=self._kv_fraction,
-                                  kv_bytes=self._kv_bytes)
+                                  kv_bytes=kv_bytes)
             except SplitError as e:
                 raise RequestError(ErrorCode.BAD_MODEL, f"{info.name!r} does not fit this slice: {e}") from e
             res = _Residency(self.torch_device, mem, self._align)
             engine = Engine(pf.config, tensors, None, kv_blocks=mem.kv_blocks, block_size=BLOCK_SIZE,
-                            make_linear=res.make_linear)
+                            make_linear=res.make_linear, host_kv_blocks=self.kv.opts.host_blocks)
             engine.tokenizer = self.tokenizers.get(pf.tokenizer_json)
             res.bind(engine)
             res.plan(min(self._switch_alpha, self._alpha_plan))

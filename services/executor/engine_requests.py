@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict, deque
+from collections.abc import Callable
 
 from c2cq import log
 from c2cq.errors import RequestError
@@ -20,6 +21,7 @@ from c2cq.services.executor.backend import Output, StepResult
 from c2cq.services.executor.model import Engine, SamplingParams, StepOutput
 from c2cq.services.executor.model.engine import StepStats as EngineStats
 from c2cq.services.executor.model.detokenizer import load_tokenizer
+from c2cq.services.executor.kv_shell import KVShell
 
 # Tokenizers kept across switches, keyed by their tokenizer.json bytes (exact; comparing 3.4 MB costs
 # ~1 ms, a blake2b of it 6 ms): parsing one is most of a small model's switch (SmolLM2's: ~0.25 s,
@@ -60,18 +62,21 @@ class EngineRequests:
         return bool(self._inbox or self._ended) or (engine is not None and engine.num_requests > 0)
 
     # -- in the step's thread ----------------------------------------------------------------------
-    def apply(self, engine: Engine | None, model: ModelInfo | None) -> list[Output]:
-        """Apply the queued adds and aborts; return the outputs of requests that ended already."""
+    def apply(self, engine: Engine | None, model: ModelInfo | None,
+              on_added: Callable[[AssignRequest], None] | None = None) -> list[Output]:
+        """Apply the queued adds and aborts (``on_added``: told of each request the engine took); return
+        the outputs of requests that ended already."""
         while self._inbox:
             op, arg = self._inbox.popleft()
             if op == "add":
-                self._add(engine, model, arg)
+                if self._add(engine, model, arg) and on_added is not None:
+                    on_added(arg)
             else:
                 self._abort(engine, arg)
         ended, self._ended = self._ended, []
         return ended
 
-    def _add(self, engine: Engine | None, model: ModelInfo | None, req: AssignRequest) -> None:
+    def _add(self, engine: Engine | None, model: ModelInfo | None, req: AssignRequest) -> bool:
         try:
             if engine is None or model is None or model.name != req.model:
                 raise RequestError(ErrorCode.INTERNAL, f"the slice does not serve {req.model!r} now")
@@ -79,15 +84,17 @@ class EngineRequests:
             if resumed >= req.max_tokens:  # resumed after its last token was delivered: only the end is due
                 self._ended.append(Output(req.request_id, resumed, (), "", FinishReason.LENGTH,
                                           prompt_tokens=len(req.prompt_token_ids)))
-                return
+                return False
             params = SamplingParams.from_wire(req.sampling, req.max_tokens - resumed)
             prompt = self._prompt_ids(engine, req)
             engine.add(req.request_id, prompt + list(req.resume_token_ids), params)
             self._produced[req.request_id] = resumed
             self._prompt_lens[req.request_id] = len(prompt)
+            return True
         except RequestError as e:
             self._ended.append(Output(req.request_id, len(req.resume_token_ids), (), "", FinishReason.ERROR,
                                       error=e.message, code=e.code))
+            return False
 
     @staticmethod
     def _prompt_ids(engine: Engine, req: AssignRequest) -> list[int]:
@@ -151,19 +158,25 @@ class EngineBackend:
         raise NotImplementedError
 
     def _step(self, chunk_tokens: int) -> StepResult:
-        res = StepResult(outputs=self.requests.apply(self.engine, self.model))
-        if self.engine is None or self.engine.num_requests == 0:
+        kv, engine = self.kv, self.engine
+        kv.bind(engine)
+        now = time.monotonic()
+        res = StepResult(outputs=self.requests.apply(engine, self.model, lambda req: kv.added(req, now)))
+        if engine is None or engine.num_requests == 0:
+            res.kv_blocks = None if engine is None else engine.kv_blocks
             return res
         t0 = time.perf_counter()
         try:
-            outs = self.engine.step(max(1, chunk_tokens))  # on a GPU it ends in sampling, which waits for it
+            kv.before_step(engine, time.monotonic(), max(1, chunk_tokens))
+            outs = engine.step(max(1, chunk_tokens))  # on a GPU it ends in sampling, which waits for it
         except Exception as e:  # a failed forward ends its requests with an error, never silence
             res.outputs.extend(self._fail_all(f"{type(e).__name__}: {e}"))
             return res
         res.busy_s = time.perf_counter() - t0
-        stats = self.engine.last_stats
+        stats = engine.last_stats
+        kv.after_step(outs, time.monotonic(), res.busy_s, stats.prefill_tokens, stats.decode_tokens)
         res.prefill_tokens, res.decode_tokens = stats.prefill_tokens, stats.decode_tokens
-        res.kv_blocks, res.kv_rotations, res.kv_bytes_rotated = (self.engine.kv_blocks, stats.kv_rotations,
+        res.kv_blocks, res.kv_rotations, res.kv_bytes_rotated = (engine.kv_blocks, stats.kv_rotations,
                                                                  stats.kv_bytes_rotated)
         self._count_bytes(res, stats)
         res.outputs.extend(self.requests.outputs(outs))

@@ -28,6 +28,7 @@ from c2cq.schemas import executor as m
 from c2cq.schemas.catalog import CatalogError, DescribeModel, FromCatalog, ModelInfo, ModelInfoReply
 from c2cq.schemas.enums import ErrorCode, FinishReason
 from c2cq.services.executor.backend import Backend, StepResult
+from c2cq.services.executor.kv_flags import add_kv_flags, kv_options
 from c2cq.services.executor.slice import SliceQueue
 from c2cq.transport import Throttled, make_socket, recv_batch
 
@@ -163,6 +164,7 @@ class Executor:
         while True:
             await self.switch_if_idle()
             if not self.backend.has_work():
+                self.flush_stats()
                 self.wake.clear()
                 if not self.queue.pending:
                     await self.wake.wait()
@@ -186,10 +188,15 @@ class Executor:
                 self.emit(m.RequestCompleted, request_id=o.request_id, finish_reason=o.finish,
                           prompt_tokens=o.prompt_tokens, completion_tokens=o.index + len(o.token_ids),
                           error_code=(o.code or ErrorCode.INTERNAL) if o.error else None, message=o.error)
-        s = self._stats
-        s.accumulate(res)
+        self._stats.accumulate(res)
         self._stats_steps += 1
         if time.monotonic() - self._stats_since >= STATS_S:
+            self.flush_stats()
+
+    def flush_stats(self) -> None:
+        """Send the window's StepStats (also when the slice goes idle, so its last KV figures are known)."""
+        s = self._stats
+        if self._stats_steps:
             self.emit(m.StepStats, step_s=s.busy_s / self._stats_steps, tokens=s.prefill_tokens + s.decode_tokens,
                       prefill_tokens=s.prefill_tokens, decode_tokens=s.decode_tokens, batch=len(self.queue.running),
                       bytes_hbm=s.bytes_hbm, bytes_host=s.bytes_host, model=self.queue.model,
@@ -220,11 +227,12 @@ def make_backend(args: argparse.Namespace) -> Backend:
     if args.backend == "cpu":
         from c2cq.services.executor.cpu import CpuBackend
 
-        return CpuBackend(device=args.device or "cpu", threads=args.threads)
+        return CpuBackend(device=args.device or "cpu", threads=args.threads, kv=kv_options(args))
     if args.backend == "cuda":
         from c2cq.services.executor.cuda import CudaBackend
 
-        return CudaBackend(device=args.device or os.environ.get("CUDA_VISIBLE_DEVICES") or _visible_slice(args).device)
+        return CudaBackend(device=args.device or os.environ.get("CUDA_VISIBLE_DEVICES") or _visible_slice(args).device,
+                           kv=kv_options(args))
     raise SystemExit(f"unknown backend {args.backend!r}")
 
 
@@ -252,7 +260,8 @@ async def amain(args: argparse.Namespace) -> None:
     ex.announce()
     tasks = [asyncio.create_task(c) for c in (ex.recv_loop(), ex.work_loop(), ex.heartbeat_loop())]
     lifecycle.signal_ready()
-    ex.log.info("ready", backend=args.backend, boot_id=ex.boot_id)
+    ex.log.info("ready", backend=args.backend, boot_id=ex.boot_id, kv_policy=args.kv_policy, kv_blocks=args.kv_blocks,
+                kv_host_blocks=args.kv_host_blocks)
     stopper = asyncio.create_task(stop.wait())
     done, _ = await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
     for t in tasks:
@@ -278,6 +287,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default=None)
     p.add_argument("--threads", type=int, default=0, help="cpu: torch threads (0: one per core of $C2CQ_CPU_CORES)")
     p.add_argument("--sim-time-scale", type=float, default=1.0)
+    add_kv_flags(p)
     p.add_argument("--link-group", default=os.environ.get("C2CQ_LINK_GROUP"),
                    help="slices of one group share a host link (the supervisor passes C2CQ_LINK_GROUP)")
     return p.parse_args(argv)

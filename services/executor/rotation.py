@@ -1,12 +1,16 @@
 """The per-step KV rotation policy (SuperInfer's RotaSched, simplified): pure, time passed in.
 
 When the head waiting request cannot get its blocks and its TTFT slack (deadline − now − estimated
-prefill) runs low, running requests that already have their first token make room, the ones with the
-most TPOT slack (next token's deadline − now) first: under ``rotate`` their KV goes to the host pool,
-under ``recompute`` it is freed and re-prefilled later, under ``block`` (today's behaviour) nothing
-moves and the head waits. Rotated requests come back when their inter-token deadline nears, the one
-lagging most first (and as room allows when nothing waits). At most ``max_blocks_per_step`` blocks
-change tier per step. With no memory pressure (the head fits, nothing rotated) the decision is empty.
+prefill) runs low, or the running requests cannot grow by the blocks their next tokens need, decoding
+requests that already have their first token make room: under ``rotate`` their KV goes to the host
+pool, the ones with the most TPOT slack (next token's deadline − now) first; under ``recompute`` it is
+freed and re-prefilled later, the ones with the least to redo first; under ``block`` (today's
+behaviour) nothing moves, the head waits and the engine drops its youngest request to grow. Rotated
+requests come back when their inter-token deadline nears, the one lagging most first — swapping with
+running requests of more slack when there is no room — and sooner when the room they take still
+leaves the head what it needs (or nothing waits). At most
+``max_blocks_per_step`` blocks change tier per step. With no memory pressure (the head fits, the
+running requests can grow, nothing rotated) the decision is empty.
 Every decision carries the slack figures that explain it (``log_fields``).
 """
 
@@ -111,46 +115,64 @@ class Decision:
 
 
 def decide(now: float, waiting: Sequence[Waiting], running: Sequence[Running], rotated: Sequence[Rotated],
-           free_blocks: FreeBlocks, cfg: RotationConfig) -> Decision:
-    """What moves between the tiers this step; ``waiting`` in queue order, head first."""
+           free_blocks: FreeBlocks, cfg: RotationConfig, growth: int = 0) -> Decision:
+    """What moves between the tiers this step; ``waiting`` in queue order, head first. ``growth``: device
+    blocks the running requests take this step to go on (a decode crossing into a new block): what is
+    free beyond it is the room; a deficit (``growth`` > free) makes room at once, by slack, rather than
+    leaving the engine to drop its youngest request for recompute."""
     head = waiting[0] if waiting else None
-    short = max(0, head.blocks_needed - free_blocks.device) if head is not None else 0
+    room = free_blocks.device - growth
+    deficit = max(0, -room)
+    room = max(0, room)
+    short = max(0, head.blocks_needed - room) if head is not None else 0
     head_slack = None if head is None else head.ttft_deadline - now - head.est_prefill_s
     base = dict(policy=cfg.policy, head=None if head is None else head.request_id, head_ttft_slack_s=head_slack,
                 head_short=short, free=free_blocks)
-    if short == 0 and not rotated:
+    if short == 0 and deficit == 0 and not rotated:
         return Decision(reason="no pressure", **base)
     if cfg.policy is KVPolicy.BLOCK:
         return Decision(reason="block: the head waits", **base)
     head_urgent = short > 0 and head_slack is not None and head_slack <= cfg.ttft_slack_s
 
-    # returns: most lag first (lowest slack), strictly in that order so a big lagging one is not starved
+    # returns: most lag first (lowest slack), strictly in that order so a big lagging one is not starved;
+    # one not yet due comes back too when it leaves the head the room it needs (or nothing waits)
     lag_order = sorted(((r.token_deadline - now - r.blocks * cfg.copy_s_per_block, r) for r in rotated),
                        key=lambda sr: (sr[0], sr[1].request_id))
-    due = [(s, r) for s, r in lag_order if s <= cfg.return_slack_s or head is None]
-    if due and not (head_urgent and head_slack < due[0][0]):
-        back, room, budget = [], free_blocks.device, cfg.max_blocks_per_step
-        for s, r in due:
-            if r.blocks > room or r.blocks > budget:
+    if not deficit and not (head_urgent and lag_order and head_slack < lag_order[0][0]):
+        back, budget = [], cfg.max_blocks_per_step
+        need = head.blocks_needed if head is not None else 0
+        for s, r in lag_order:
+            due = s <= cfg.return_slack_s
+            if r.blocks > budget or r.blocks > room or not (due or r.blocks + need <= room):
                 break
             back.append(Move(r.request_id, r.blocks, s))
             room -= r.blocks
             budget -= r.blocks
         if back:
-            reason = "return: inter-token deadline near" if head is not None else "return: nothing waits"
+            reason = ("return: nothing waits" if head is None else
+                      "return: inter-token deadline near" if back[0].slack_s <= cfg.return_slack_s else
+                      "return: room left for the head")
             return Decision(reason=reason, rotate_in=tuple(back), **base)
 
-    if not head_urgent:
+    # the most lagging rotated request, due and without room, swaps with running requests of more slack
+    # (unless the head is the more urgent): rotated requests keep their pace rather than wait for an end
+    first_due = lag_order[0] if lag_order and lag_order[0][0] <= cfg.return_slack_s else None
+    head_first = head_urgent and (first_due is None or head_slack < first_due[0])
+    swap = first_due[1].blocks - room if first_due is not None and not head_first and first_due[1].blocks > room else 0
+    want = deficit + (short if head_urgent else 0) + swap
+    if not want:
         if short:
             return Decision(reason="head has TTFT slack", **base)
-        return Decision(reason="no room to return" if due else "rotated requests not due", **base)
+        return Decision(reason="no room to return" if first_due else "rotated requests not due", **base)
+    rotate = cfg.policy is KVPolicy.ROTATE
+    # rotate: the most TPOT slack first (a copy out and back costs little); recompute: the least work to
+    # redo first (fewest blocks), then the most slack
     victims = sorted(((r.token_deadline - now, r) for r in running
                       if r.first_token and r.blocks > 0 and r.token_deadline - now > cfg.victim_min_slack_s),
-                     key=lambda sr: (-sr[0], sr[1].request_id))
+                     key=lambda sr: (-sr[0], sr[1].request_id) if rotate else (sr[1].blocks, -sr[0], sr[1].request_id))
     moves, freed, budget, host_room = [], 0, cfg.max_blocks_per_step, free_blocks.host
-    rotate = cfg.policy is KVPolicy.ROTATE
     for s, r in victims:
-        if freed >= short:
+        if freed >= want:
             break
         if r.blocks > budget or (rotate and r.blocks > host_room):
             continue
@@ -158,8 +180,10 @@ def decide(now: float, waiting: Sequence[Waiting], running: Sequence[Running], r
         freed += r.blocks
         budget -= r.blocks
         host_room -= r.blocks if rotate else 0
+    what = " and ".join(w for w, n in (("running requests to grow", deficit), ("the head", short if head_urgent else 0),
+                                       ("a lagging rotated request", swap)) if n)
     if not moves:
-        return Decision(reason="head short of blocks, no request can make room", **base)
+        return Decision(reason=f"{what} short of blocks, no request can make room", **base)
     if rotate:
-        return Decision(reason="make room: rotate out", rotate_out=tuple(moves), **base)
-    return Decision(reason="make room: recompute", recompute=tuple(moves), **base)
+        return Decision(reason=f"make room for {what}: rotate out", rotate_out=tuple(moves), **base)
+    return Decision(reason=f"make room for {what}: recompute", recompute=tuple(moves), **base)

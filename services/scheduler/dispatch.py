@@ -180,7 +180,10 @@ def assign(st: State, req: RequestView, x: ExecutorView, now: float) -> Out:
         x.model, x.alpha = s.model, 0.0
     reindex(st, x)
     msg = ex_msgs.AssignRequest(request_id=xid, model=s.model, prompt=s.prompt, prompt_token_ids=s.prompt_token_ids,
-                                max_tokens=s.max_tokens, sampling=s.sampling, resume_token_ids=req.token_ids())
+                                max_tokens=s.max_tokens, sampling=s.sampling, resume_token_ids=req.token_ids(),
+                                slo=ex_msgs.SLO(ttft_ms=s.slo.ttft_ms or st.cfg.default_ttft_ms,
+                                                tpot_ms=s.slo.tpot_ms or st.cfg.default_tpot_ms),
+                                waited_ms=(now - req.accepted_at) * 1e3)
     out: Out = [ToExecutor(x.executor_id, msg)]
     if fresh:
         out += controller.start(st, x, req, now, switching)

@@ -183,3 +183,60 @@ def test_a_request_with_no_blocks_yet_goes_out_and_back_too():
     assert host.copy_in(cache, ["new"]) == {"new": []}
     assert host.complete(cache).back == {"new": []} and host.tier("new") is None
     assert host.bytes_out == host.bytes_in == 0 and host.num_free == 2 and cache.allocator.num_free == 4
+
+
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (copy stream)")
+
+
+def test_on_a_cpu_slice_a_copy_is_complete_when_issued():
+    cache, tables, _ = fragmented(torch.float32, torch.Generator().manual_seed(5))
+    host = HostKVPool.like(cache, num_blocks=8)
+    blocks = list(tables["a"].blocks)
+    host.copy_out(cache, {"a": blocks})
+    assert host.complete(cache, wait=False).out == ("a",)  # nothing to wait for: synchronous copies
+    assert set(cache.allocator.free_set()) >= set(blocks)
+    back = host.copy_in(cache, ["a"])
+    assert host.complete(cache, wait=False).back == back and not host.pending
+
+
+@CUDA
+def test_copies_run_on_their_own_stream_and_no_block_is_freed_before_its_event():
+    cache, tables, lengths = fragmented(torch.float32, torch.Generator().manual_seed(6), "cuda")
+    host = HostKVPool.like(cache, num_blocks=8)
+    before = snapshot(cache, tables["a"], lengths["a"])
+    blocks = list(tables["a"].blocks)
+    host.copy_out(cache, {"b": tables["b"].blocks})  # makes the copy stream
+    tables["b"].blocks = []
+    host.complete(cache)
+    free = cache.allocator.num_free
+    assert host._stream is not None and host._stream != torch.cuda.current_stream()
+    with torch.cuda.stream(host._stream):
+        torch.cuda._sleep(2_000_000_000)  # the next copy waits behind this on the copy stream (~1 s)
+    host.copy_out(cache, {"a": blocks})
+    tables["a"].blocks = []
+    done = host.complete(cache, wait=False)  # the copy cannot have finished: its blocks stay the copy's
+    assert done.out == () and host.tier("a") is Tier.OUT_PENDING and cache.allocator.num_free == free
+    assert torch.cuda.current_stream().query()  # the compute stream was never held up by the copy
+    assert host.complete(cache).out == ("a",) and cache.allocator.num_free == free + len(blocks)
+    tables["a"].blocks = host.copy_in(cache, ["a"])["a"]
+    host.complete(cache)
+    assert bitwise_equal(snapshot(cache, tables["a"], lengths["a"]), before)
+
+
+@CUDA
+def test_a_copy_out_sees_what_the_compute_stream_queued_before_it():
+    cache, tables, lengths = fragmented(torch.float32, torch.Generator().manual_seed(8), "cuda")
+    host = HostKVPool.like(cache, num_blocks=8)
+    torch.cuda._sleep(1_000_000_000)  # on the compute stream: the write below runs late
+    for layer in range(LAYERS):
+        slots = tables["a"].slots(0, lengths["a"]).cuda()
+        ones = torch.ones((lengths["a"], HEADS, DIM), device="cuda")
+        cache.write(layer, slots, ones * layer, -ones)
+    host.copy_out(cache, {"a": tables["a"].blocks})
+    tables["a"].blocks = []
+    host.complete(cache)
+    tables["a"].blocks = host.copy_in(cache, ["a"])["a"]
+    host.complete(cache)
+    for layer in range(LAYERS):
+        k, v = cache.read(layer, tables["a"], lengths["a"])
+        assert torch.equal(k, torch.full_like(k, layer)) and torch.equal(v, -torch.ones_like(v))

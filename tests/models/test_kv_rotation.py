@@ -75,10 +75,12 @@ def test_rotated_requests_come_back_when_their_deadline_nears_largest_lag_first(
     assert ids(d.rotate_in) == ["late", "near"] and d.rotate_in[0].slack_s == pytest.approx(-0.5)
     # strictly by lag: the most lagging one does not fit, so the next one does not jump ahead
     d = decide(NOW, [head(1, 5.0)], [], rotated, FreeBlocks(device=2, host=0), CFG)
-    assert d.empty and d.reason == "no room to return"
-    # nothing due yet: they stay out
-    d = decide(NOW, [head(1, 5.0)], [], [Rotated("early", 2, NOW + 1.0)], FreeBlocks(device=6, host=0), CFG)
+    assert d.empty and "lagging rotated request short of blocks, no request can make room" in d.reason
+    # nothing due yet: they stay out unless the head keeps the room it needs
+    d = decide(NOW, [head(2, 5.0)], [], [Rotated("early", 2, NOW + 1.0)], FreeBlocks(device=3, host=0), CFG)
     assert d.empty and d.reason == "rotated requests not due"
+    d = decide(NOW, [head(1, 5.0)], [], [Rotated("early", 2, NOW + 1.0)], FreeBlocks(device=3, host=0), CFG)
+    assert ids(d.rotate_in) == ["early"] and d.reason == "return: room left for the head"
 
 
 def test_the_copy_time_counts_against_a_rotated_requests_slack():
@@ -99,6 +101,35 @@ def test_a_head_more_urgent_than_every_return_is_served_first():
     assert ids(d.rotate_out) == ["a"] and not d.rotate_in
     d = decide(NOW, [head(4, 0.3)], running, rotated, FreeBlocks(device=2, host=8), CFG)
     assert ids(d.rotate_in) == ["r"] and not d.rotate_out
+
+
+def test_a_due_rotated_request_without_room_swaps_with_the_most_slack():
+    rotated = [Rotated("late", 3, NOW - 0.5), Rotated("early", 2, NOW + 1.0)]
+    running = [run("banked", 4, 3.0), run("tight", 2, 0.1), run("mid", 2, 1.0)]
+    d = decide(NOW, [], running, rotated, FreeBlocks(device=1, host=32), CFG)
+    assert ids(d.rotate_out) == ["banked"] and d.reason == "make room for a lagging rotated request: rotate out"
+    # a head more urgent than the lagging one is served first
+    d = decide(NOW, [head(2, -1.0)], running, rotated, FreeBlocks(device=1, host=32), CFG)
+    assert ids(d.rotate_out) == ["banked"] and d.reason == "make room for the head: rotate out"
+    # nothing due: no swap
+    d = decide(NOW, [], running, rotated[1:], FreeBlocks(device=1, host=32), CFG)
+    assert d.empty and d.reason == "rotated requests not due"
+
+
+def test_running_requests_that_cannot_grow_make_room_by_slack_first():
+    running = [run("old", 6, 0.5), run("young", 2, 0.3), run("banked", 4, 3.0)]
+    # three decodes cross into a new block this step, two blocks are free: one short
+    d = decide(NOW, [], running, [], FreeBlocks(device=2, host=32), CFG, growth=3)
+    assert ids(d.rotate_out) == ["banked"] and "grow" in d.reason
+    rc = decide(NOW, [], running, [], FreeBlocks(device=2, host=32), RotationConfig(policy=KVPolicy.RECOMPUTE),
+                growth=3)
+    assert ids(rc.recompute) == ["young"]  # the least work to redo
+    # growth that fits is no pressure, and what it takes is not room for the head or a return
+    assert decide(NOW, [], running, [], FreeBlocks(device=3, host=32), CFG, growth=3).reason == "no pressure"
+    d = decide(NOW, [head(2, 5.0)], running, [], FreeBlocks(device=3, host=32), CFG, growth=3)
+    assert d.empty and d.head_short == 2 and d.reason == "head has TTFT slack"
+    assert decide(NOW, [], running, [], FreeBlocks(device=2, host=32), RotationConfig(policy=KVPolicy.BLOCK),
+                  growth=3).empty
 
 
 def test_at_most_max_blocks_per_step_move():
@@ -127,10 +158,11 @@ DEVICE, HOST = 24, 10
 
 @st.composite
 def loads(draw):
-    """Per step: arrivals (blocks, TTFT target), time passing, requests finishing, next-token targets."""
+    """Per step: arrivals (blocks, TTFT target), time passing, requests finishing, next-token targets, the
+    blocks the running requests grow by."""
     steps = draw(st.integers(1, 60))
     return [(draw(st.lists(st.tuples(st.integers(1, 8), st.floats(0.0, 1.0)), max_size=3)),
-             draw(st.floats(0.01, 0.2)), draw(st.integers(0, 1)), draw(st.floats(0.1, 1.5)))
+             draw(st.floats(0.01, 0.2)), draw(st.integers(0, 1)), draw(st.floats(0.1, 1.5)), draw(st.integers(0, 3)))
             for _ in range(steps)]
 
 
@@ -142,7 +174,7 @@ def test_accounting_never_goes_negative_nor_past_capacity(load, policy, bound):
     waiting: list[Waiting] = []
     running: dict[str, Running] = {}
     rotated: dict[str, Rotated] = {}
-    for arrivals, dt, finishing, tpot in load:
+    for arrivals, dt, finishing, tpot, growth in load:
         now += dt
         for blocks, slo in arrivals:
             waiting.append(Waiting(f"q{n}", blocks, now + slo, 0.05))
@@ -150,8 +182,9 @@ def test_accounting_never_goes_negative_nor_past_capacity(load, policy, bound):
         used = sum(r.blocks for r in running.values())
         held = sum(r.blocks for r in rotated.values())
         free = FreeBlocks(DEVICE - used, HOST - held)
-        d: Decision = decide(now, waiting, list(running.values()), list(rotated.values()), free, cfg)
+        d: Decision = decide(now, waiting, list(running.values()), list(rotated.values()), free, cfg, growth)
         assert d.blocks_moved <= bound
+        assert sum(m.blocks for m in d.rotate_in) <= max(0, free.device - growth)  # returns never eat growth
         moved = ids(d.rotate_out) + ids(d.recompute) + ids(d.rotate_in)
         assert len(moved) == len(set(moved))
         if policy is KVPolicy.BLOCK:

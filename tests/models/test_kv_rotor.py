@@ -82,3 +82,12 @@ def test_recompute_under_pressure_keeps_tokens(checkpoints):
     got, first, engine, rotor = serve(ck, KVPolicy.RECOMPUTE, kv_blocks=16)
     assert got == expected and rotor.recomputes >= 1 and rotor.rotations == 0
     assert engine.free_blocks == 16 and engine.host.num_free == 16
+
+
+def test_recompute_victims_queue_behind_the_head_they_made_room_for(checkpoints):
+    ck = checkpoints("llama")
+    _, first_blocked, _, _ = serve(ck, KVPolicy.BLOCK, kv_blocks=16)
+    got, first, engine, rotor = serve(ck, KVPolicy.RECOMPUTE, kv_blocks=16)
+    assert got == serve(ck, None, kv_blocks=256)[0]
+    assert first <= LATE_AT + 2 < first_blocked
+    assert rotor.recomputes >= 1 and engine.free_blocks == 16

@@ -4,39 +4,14 @@ no new mapping), a republished file is mapped afresh, and the oldest beyond HELD
 from __future__ import annotations
 
 import os
-import shutil
-from pathlib import Path
-
-import msgspec
-import pytest
 
 from c2cq.schemas.client import SamplingParams as WireSampling
 from c2cq.schemas.executor import AssignRequest
-from c2cq.schemas.refs import ShmRef
-from c2cq.services.catalog.describe import describe_file
-from c2cq.services.catalog.shm import publish
-from c2cq.services.catalog.synth import write_random
 from c2cq.services.executor import cpu
 
-TINY = {"architectures": ["LlamaForCausalLM"], "hidden_size": 64, "intermediate_size": 136, "num_hidden_layers": 2,
-        "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 97, "rms_norm_eps": 1e-5,
-        "tie_word_embeddings": False, "rope_theta": 10000.0, "max_position_embeddings": 128}
+from .conftest import publish_tiny
+
 PROMPTS = [[1, 2, 3, 4, 5], list(range(10, 40)), [7]]
-
-
-@pytest.fixture()
-def shm(tmp_path):
-    folder = Path("/dev/shm") / f"c2cq-unit-cpu-switch-{os.getpid()}"
-    folder.mkdir(exist_ok=True)
-    yield tmp_path, folder
-    shutil.rmtree(folder, ignore_errors=True)
-
-
-def _publish(shm, name: str, seed: int):
-    files, folder = shm
-    write_random(files / f"{name}-{seed}.c2cqm", TINY, {}, dtype="fp32", seed=seed, progress=False)
-    path = publish(files / f"{name}-{seed}.c2cqm", folder, name)
-    return msgspec.structs.replace(describe_file(name, path), shm=ShmRef(path=str(path), size=path.stat().st_size))
 
 
 def _generate(b, info) -> list[list[int]]:
@@ -56,7 +31,7 @@ def _generate(b, info) -> list[list[int]]:
 
 def test_switching_back_reuses_the_held_model(shm, monkeypatch):
     monkeypatch.setattr(cpu, "HELD_MODELS", 2)
-    infos = {n: _publish(shm, n, seed) for n, seed in (("a", 1), ("b", 2), ("c", 3))}
+    infos = {n: publish_tiny(shm, n, seed) for n, seed in (("a", 1), ("b", 2), ("c", 3))}
     b = cpu.CpuBackend(threads=1)
     first = {n: _generate(b, infos[n]) for n in ("a", "b")}
     model_a = b._held[cpu.file_key(infos["a"].shm.path)].model
@@ -66,18 +41,18 @@ def test_switching_back_reuses_the_held_model(shm, monkeypatch):
     assert _generate(b, infos["b"]) == first["b"] and b.engine.model is model_b
     # served a, b, a, c, b: two held besides the current one, none was let go yet
     assert {k[0] for k in b._held} == {infos["a"].shm.path, infos["c"].shm.path}
-    _generate(b, _publish(shm, "d", 4))  # a is the least recently served: let go
+    _generate(b, publish_tiny(shm, "d", 4))  # a is the least recently served: let go
     assert {k[0] for k in b._held} == {infos["c"].shm.path, infos["b"].shm.path}
 
 
 def test_a_republished_model_is_mapped_afresh(shm):
     b = cpu.CpuBackend(threads=1)
-    old = _publish(shm, "m", 1)
+    old = publish_tiny(shm, "m", 1)
     before = _generate(b, old)
     held = b.engine.model
-    b.switch(_publish(shm, "other", 2))
+    b.switch(publish_tiny(shm, "other", 2))
     os.unlink(old.shm.path)  # the catalog publishes new content under the same name: a new file
-    new = _publish(shm, "m", 5)
+    new = publish_tiny(shm, "m", 5)
     after = _generate(b, new)
     assert b.engine.model is not held and after != before
     assert all(k[0] != old.shm.path or k == cpu.file_key(new.shm.path) for k in b._held)  # the old one let go

@@ -47,6 +47,18 @@ def test_a_node_runs_its_catalog_and_an_executor_per_slice_dialling_the_control_
         assert flag(argv, "--key-role") == "node" and "--insecure" in argv
 
 
+def test_a_node_passes_the_kv_flags_to_its_executors(capsys, tmp_path):
+    got = config(capsys, tmp_path, "--role", "node", "--join", "tcp://ctl:7201", "--backend", "cpu", "--slices", "2",
+                 "--insecure", "--kv-policy", "rotate", "--kv-blocks", "40", "--kv-host-blocks", "512")
+    for i in range(2):
+        argv = got[f"exec-{i}"]
+        assert (flag(argv, "--kv-policy"), flag(argv, "--kv-blocks"), flag(argv, "--kv-host-blocks")) == (
+            "rotate", "40", "512")
+    assert cli.main(["--home", str(tmp_path / "home"), "up", "--print-config", "--role", "node", "--join",
+                     "tcp://ctl:7201", "--backend", "cpu", "--insecure", "--kv-policy", "rotate"]) == 1
+    assert "--kv-host-blocks" in capsys.readouterr().err
+
+
 def test_one_host_is_unchanged(capsys, tmp_path):
     got = config(capsys, tmp_path, "--backend", "sim", "--slices", "1", "--no-http")
     assert list(got) == ["catalog", "scheduler", "exec-0"]

@@ -55,6 +55,7 @@ class KVState:
     has_output: bool
     rotated: bool
     host_blocks: int
+    grow: int = 0  # device blocks its next decode step adds (a decode crossing into a new block)
 
 
 class Engine:
@@ -74,6 +75,7 @@ class Engine:
         self.tokenizer = load_tokenizer(tokenizer_json) if tokenizer_json is not None else None
         self._seqs: dict[str, Sequence] = {}
         self._arrivals = itertools.count()
+        self._requeued = itertools.count()  # victims queued behind a head so far (orders them)
         self.last_stats = StepStats(0, 0, 0, 0)
         self.preemptions = 0  # sequences whose KV was dropped for recompute, since start
         self._rotations = 0  # rotations (out or in) not yet reported in a step's stats
@@ -133,11 +135,12 @@ class Engine:
         self.host.copy_in(self.cache, request_ids)
         self._rotations += len(request_ids)
 
-    def _settle(self) -> None:
-        """Finish the pending copies; requests copied back in get their blocks and run again."""
+    def _settle(self, wait: bool = True) -> None:
+        """Finish the pending copies (``wait=False``: those done by now, on cuda; the others stay pending,
+        overlapping the step); requests copied back in get their blocks and run again."""
         if self.host is None:
             return
-        for rid, blocks in self.host.complete(self.cache).back.items():
+        for rid, blocks in self.host.complete(self.cache, wait=wait).back.items():
             self._seqs[rid].table.blocks = blocks
             self._rotated.discard(rid)
 
@@ -164,15 +167,24 @@ class Engine:
         order = sorted(self._seqs.values(), key=lambda s: s.arrival)
         host = self.host
         return [KVState(s.request_id, len(s.table.blocks), s.pending, s.num_output > 0,
-                        s.request_id in self._rotated,
-                        host.blocks_of(s.request_id) if host is not None else 0) for s in order]
+                        s.request_id in self._rotated, host.blocks_of(s.request_id) if host is not None else 0,
+                        s.table.blocks_needed(s.num_cached + 1) if s.pending == 1 and s.table.blocks else 0)
+                for s in order]
 
-    def preempt(self, request_id: str) -> None:
-        """Free a running request's blocks; it recomputes its KV (prompt + output so far) later."""
+    def preempt(self, request_id: str, behind: str | None = None) -> None:
+        """Free a running request's blocks; it recomputes its KV (prompt + output so far) later. ``behind``:
+        the waiting request it made room for, which it then queues behind (else, older, its re-prefill
+        would take the freed blocks back first); requests preempted behind one head keep their order."""
         seq = self._seqs.get(request_id)
         if seq is None or request_id in self._rotated:
             raise KVRotationError(f"request {request_id!r} is not running here")
+        head = self._seqs.get(behind) if behind is not None else None
+        if behind is not None and head is None:
+            raise KVRotationError(f"request {behind!r} is not here")
         self._preempt(seq)
+        if head is not None and seq.arrival < head.arrival:
+            # between the head and whoever came after it (arrivals are whole numbers apart)
+            seq.arrival = head.arrival + 1 - 1 / (2 + next(self._requeued))
 
     @property
     def rotated(self) -> frozenset[str]:
@@ -254,7 +266,7 @@ class Engine:
         """Run one forward over every scheduled sequence; ``chunk_tokens`` caps this step's prefill tokens."""
         if chunk_tokens < 1:
             raise ValueError(f"chunk_tokens must be >= 1, got {chunk_tokens}")
-        self._settle()
+        self._settle(wait=False)
         rotations, moved = self._rotations, self._rotated_bytes()
         self._rotations, self._bytes_reported = 0, self._bytes_reported + moved
         plan = self._schedule(chunk_tokens)

@@ -10,11 +10,20 @@ the copy (a device block copied out goes back to the device allocator only when 
 host block copied in goes back to the host pool then), so no block is reused before its copy is done.
 A request is in at most one tier: copying out takes its device blocks from the caller (whose block
 table must drop them), copying in hands new device blocks back only on completion. On a CPU slice the
-copies are synchronous and ``complete()`` only does the accounting; on cuda it waits for the copies.
+copies are synchronous and ``complete()`` only does the accounting.
+
+On cuda the host pool is pinned and the copies run on a copy stream of their own, so they overlap the
+compute stream's steps, in both directions at once (out: device → host, in: host → device, each its
+own DMA). Each batch first waits for what the compute stream has queued (the blocks it reads were
+written there; the blocks it writes may still be read by a kernel queued before), then records an
+event; ``complete(wait=False)`` finishes only the copies whose events have completed and leaves the
+others pending (their blocks still theirs), ``complete()`` waits for all. The staging tensors of a
+batch live until its event has completed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import enum
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -36,6 +45,7 @@ class _Entry:
     tier: Tier
     host: list[int]
     device: list[int] = field(default_factory=list)  # the blocks a pending copy holds (out: read, in: written)
+    done: torch.cuda.Event | None = None  # the pending copy's event (cuda); None: complete when issued
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +68,8 @@ class HostKVPool:
                                 pin_memory=pin)
         self._free = list(range(num_blocks - 1, -1, -1))
         self._entries: dict[str, _Entry] = {}
-        self._fence: torch.cuda.Event | None = None
+        self._stream: torch.cuda.Stream | None = None  # the copy stream (cuda), made on first use
+        self._inflight: list[tuple[torch.cuda.Event, tuple[torch.Tensor, ...]]] = []  # staging kept to its event
         self.bytes_out = 0  # since start
         self.bytes_in = 0
 
@@ -125,19 +136,22 @@ class HostKVPool:
             raise OutOfHostKVBlocks(f"need {want} host KV blocks, {len(self._free)} of {self.num_blocks} free")
         dev_ids = [b for blocks in seq_blocks.values() for b in blocks]
         host_ids = [self._free.pop() for _ in dev_ids]
+        done = None
+        if dev_ids:
+            device = cache.pools[0].device
+            with self._copying(device):
+                ids = torch.tensor(dev_ids, dtype=torch.long, device=device)
+                staging = torch.stack([p.index_select(0, ids) for p in cache.pools], dim=1)  # block-first
+                for i, h in enumerate(host_ids):
+                    self.data[h].copy_(staging[i], non_blocking=True)
+                done = self._record(device, ids, staging)
+            self.bytes_out += len(host_ids) * self.block_nbytes
         out: dict[str, list[int]] = {}
         at = 0
         for rid, blocks in seq_blocks.items():
             out[rid] = host_ids[at:at + len(blocks)]
-            self._entries[rid] = _Entry(Tier.OUT_PENDING, out[rid], list(blocks))
+            self._entries[rid] = _Entry(Tier.OUT_PENDING, out[rid], list(blocks), done)
             at += len(blocks)
-        if dev_ids:
-            ids = torch.tensor(dev_ids, dtype=torch.long, device=cache.pools[0].device)
-            staging = torch.stack([p.index_select(0, ids) for p in cache.pools], dim=1)  # block-first
-            for i, h in enumerate(host_ids):
-                self.data[h].copy_(staging[i], non_blocking=True)
-            self.bytes_out += len(host_ids) * self.block_nbytes
-            self._record(staging.device)
         return out
 
     def copy_in(self, cache: KVCache, request_ids: Iterable[str]) -> dict[str, list[int]]:
@@ -158,44 +172,65 @@ class HostKVPool:
             raise OutOfKVBlocks(f"need {want} KV blocks to rotate in, {cache.allocator.num_free} of "
                                 f"{cache.allocator.num_blocks} free")
         dev = cache.allocator.allocate(want)
+        done = None
+        if dev:
+            device = cache.pools[0].device
+            host_ids = [h for rid in rids for h in self._entries[rid].host]
+            with self._copying(device):
+                staging = torch.empty((len(dev), *self.data.shape[1:]), dtype=self.data.dtype, device=device)
+                for i, h in enumerate(host_ids):
+                    staging[i].copy_(self.data[h], non_blocking=True)
+                ids = torch.tensor(dev, dtype=torch.long, device=device)
+                for layer, pool in enumerate(cache.pools):
+                    pool.index_copy_(0, ids, staging[:, layer])
+                done = self._record(device, ids, staging)
+            self.bytes_in += len(dev) * self.block_nbytes
         out: dict[str, list[int]] = {}
         at = 0
         for rid in rids:
             entry = self._entries[rid]
             out[rid] = dev[at:at + len(entry.host)]
-            entry.tier, entry.device = Tier.IN_PENDING, out[rid]
+            entry.tier, entry.device, entry.done = Tier.IN_PENDING, out[rid], done
             at += len(entry.host)
-        if not dev:
-            return out
-        device = cache.pools[0].device
-        host_ids = [h for rid in rids for h in self._entries[rid].host]
-        staging = torch.empty((len(dev), *self.data.shape[1:]), dtype=self.data.dtype, device=device)
-        for i, h in enumerate(host_ids):
-            staging[i].copy_(self.data[h], non_blocking=True)
-        ids = torch.tensor(dev, dtype=torch.long, device=device)
-        for layer, pool in enumerate(cache.pools):
-            pool.index_copy_(0, ids, staging[:, layer])
-        self.bytes_in += len(dev) * self.block_nbytes
-        self._record(device)
         return out
 
-    def _record(self, device: torch.device) -> None:
-        if device.type == "cuda":
-            self._fence = torch.cuda.Event()
-            self._fence.record()
+    def _copying(self, device: torch.device):
+        """Where a batch of copies is queued: on cuda the copy stream, after all the compute stream has
+        queued so far (the blocks read were written there; the blocks written may still be read there)."""
+        if device.type != "cuda":
+            return contextlib.nullcontext()
+        if self._stream is None:
+            self._stream = torch.cuda.Stream(device)
+        self._stream.wait_stream(torch.cuda.current_stream(device))
+        return torch.cuda.stream(self._stream)
 
-    def complete(self, cache: KVCache) -> Completed:
-        """Finish every pending copy: blocks copied out return to the device allocator, blocks copied in
-        return to the host pool, and the requests copied in get their device blocks."""
-        if self._fence is not None:
-            self._fence.synchronize()
-            self._fence = None
+    def _record(self, device: torch.device, *staging: torch.Tensor) -> torch.cuda.Event | None:
+        """The event that says a batch's copies are done (cuda), its staging tensors kept alive until then."""
+        if device.type != "cuda":
+            return None
+        done = torch.cuda.Event()
+        done.record(self._stream)
+        self._inflight.append((done, staging))
+        return done
+
+    def complete(self, cache: KVCache, *, wait: bool = True) -> Completed:
+        """Finish the pending copies (``wait=False``: only those already done, without waiting): blocks
+        copied out return to the device allocator, blocks copied in return to the host pool, and the
+        requests copied in get their device blocks (the compute stream is ordered after their copy)."""
+        if wait and self._inflight:
+            self._inflight[-1][0].synchronize()  # one stream: the last batch done means all are
+        finished = {id(ev) for ev, _ in self._inflight if wait or ev.query()}
+        self._inflight = [(ev, st) for ev, st in self._inflight if id(ev) not in finished]
         out: list[str] = []
         back: dict[str, list[int]] = {}
         for rid, entry in list(self._entries.items()):
+            if entry.tier is Tier.HOST or (entry.done is not None and id(entry.done) not in finished):
+                continue
+            if entry.done is not None:  # done already; the wait orders the compute stream after it all the same
+                torch.cuda.current_stream().wait_event(entry.done)
             if entry.tier is Tier.OUT_PENDING:
                 cache.allocator.free(entry.device)
-                entry.tier, entry.device = Tier.HOST, []
+                entry.tier, entry.device, entry.done = Tier.HOST, [], None
                 out.append(rid)
             elif entry.tier is Tier.IN_PENDING:
                 self._free.extend(reversed(entry.host))

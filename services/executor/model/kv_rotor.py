@@ -1,7 +1,11 @@
 """The rotation policy over an Engine: before each step, ``decide`` is fed from the engine's requests
 and their SLO targets (clock passed in), and its decision applied — rotate out/in through the host
 pool, or preempt for recompute. Counts what moved and logs every non-empty decision with its slack
-figures. Off the engine's path unless a backend calls ``before_step``."""
+figures. Off the engine's path unless a backend calls ``before_step``.
+
+A request's TPOT target is judged on its mean (as c2cq's metrics and the loadgen judge it): its k-th
+token after the first is due at first token + k · TPOT, so a request that ran ahead of its pace has
+banked slack (it makes a cheap victim) and one rotated out falls due as that bank runs out."""
 
 from __future__ import annotations
 
@@ -20,7 +24,8 @@ from c2cq.services.executor.rotation import (
 class _Clock:
     ttft_deadline: float
     tpot_s: float
-    last_token: float | None = None
+    first_token: float | None = None
+    since_first: int = 0  # tokens after the first
 
 
 class KVRotor:
@@ -41,22 +46,35 @@ class KVRotor:
 
     def token(self, request_id: str, now: float) -> None:
         clock = self._clocks.get(request_id)
-        if clock is not None:
-            clock.last_token = now
+        if clock is None:
+            return
+        if clock.first_token is None:
+            clock.first_token = now
+        else:
+            clock.since_first += 1
 
     def forget(self, request_id: str) -> None:
         self._clocks.pop(request_id, None)
+
+    def prune(self, live: frozenset[str]) -> None:
+        """Forget the requests that are no longer here (aborted, or ended by a failed forward)."""
+        if len(self._clocks) > len(live):
+            for rid in [r for r in self._clocks if r not in live]:
+                del self._clocks[rid]
 
     def _deadline(self, rid: str, now: float) -> float:
         clock = self._clocks.get(rid)
         if clock is None:  # not tracked: never urgent, never a victim worth its copy
             return now
-        return (clock.last_token if clock.last_token is not None else now) + clock.tpot_s
+        if clock.first_token is None:
+            return now + clock.tpot_s
+        return clock.first_token + (clock.since_first + 1) * clock.tpot_s
 
     def before_step(self, now: float, chunk_tokens: int) -> Decision:
         eng = self.engine
         bs = eng.cache.block_size
         waiting, running, rotated = [], [], []
+        growth = 0
         for st in eng.kv_states():
             clock = self._clocks.get(st.request_id)
             if st.rotated:
@@ -67,19 +85,22 @@ class KVRotor:
                 deadline = clock.ttft_deadline if clock is not None else float("inf")
                 waiting.append(Waiting(st.request_id, need, deadline, st.pending * self.prefill_s_per_token))
             elif st.device_blocks:
-                running.append(Running(st.request_id, st.device_blocks, st.has_output,
+                growth += st.grow
+                # only a decoding request makes room: one still (re-)prefilling would lose that work too
+                running.append(Running(st.request_id, st.device_blocks, st.has_output and st.pending == 1,
                                        self._deadline(st.request_id, now)))
         host_free = eng.host.num_free if eng.host is not None else 0
-        d = decide(now, waiting, running, rotated, FreeBlocks(eng.free_blocks, host_free), self.cfg)
+        d = decide(now, waiting, running, rotated, FreeBlocks(eng.free_blocks, host_free), self.cfg,
+                   growth)
         if d.rotate_out:
             eng.rotate_out([m.request_id for m in d.rotate_out])
         if d.rotate_in:
             eng.rotate_in([m.request_id for m in d.rotate_in])
         for m in d.recompute:
-            eng.preempt(m.request_id)
+            eng.preempt(m.request_id, behind=d.head)
         self.rotations += len(d.rotate_out) + len(d.rotate_in)
         self.recomputes += len(d.recompute)
         self.last = d
         if not d.empty:
-            self.log.info("kv rotation", **d.log_fields())
+            self.log.info("kv rotation", **d.log_fields(), engine_preemptions=eng.preemptions)
         return d

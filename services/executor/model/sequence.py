@@ -22,7 +22,7 @@ class Sequence:
     generator: torch.Generator
     detok: IncrementalDetokenizer | None
     stop_text: StopText
-    arrival: int
+    arrival: float  # queue order: whole numbers as requests came; a recompute victim requeued behind a head
     num_cached: int = 0  # tokens whose K/V are in the cache
     preemptions: int = 0
     finish_reason: str | None = field(default=None)
