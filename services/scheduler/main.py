@@ -56,8 +56,12 @@ class Shell:
         self.log = log.get()
         self.ctx = zmq.asyncio.Context()
         args = args or parse([])
-        self.clients = make_socket(self.ctx, zmq.ROUTER, bind=args.clients or rd.client_addr, hwm=200_000,
-                                   curve=links.server(rd, args, args.clients), insecure=args.insecure)
+        client_addr = args.clients or rd.client_addr
+        if links.is_tcp(client_addr):  # remote clients over CURVE; this host's (gateway, CLI) keep the ipc socket
+            self.clients = make_socket(self.ctx, zmq.ROUTER, bind=rd.address("client"), hwm=200_000)
+            links.bind_also(self.ctx, self.clients, rd, args, client_addr)
+        else:
+            self.clients = make_socket(self.ctx, zmq.ROUTER, bind=client_addr, hwm=200_000)
         exec_addr = args.executors or rd.executor_addr
         self.executors = make_socket(self.ctx, zmq.ROUTER, bind=exec_addr, hwm=200_000,
                                      curve=links.server(rd, args, exec_addr), insecure=args.insecure)
@@ -264,7 +268,7 @@ class Shell:
             ident, frame = frames[0].bytes, frames[1]
             try:
                 out.append((ident.decode(), ident, codec.decode(frame.buffer), curve.peer_key(frame) if keyed else ""))
-            except (WireError, UnicodeDecodeError, AuthError) as e:
+            except (WireError, UnicodeDecodeError, AuthError) as e:  # AuthError: no User-Id on a CURVE socket
                 self.malformed[name](str(e)[:200])
         return out
 
