@@ -9,7 +9,6 @@ import asyncio
 
 import msgspec
 import zmq
-import zmq.asyncio
 
 from c2cq import curve
 from c2cq.codec import encode
