@@ -232,7 +232,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     rd = RunDir.from_env(args.home)
     doc = load_state(rd)
     doc["executors"] = []
-    if doc["running"]:
+    remote = os.environ.get("C2CQ_CLIENT_ADDR")  # a scheduler elsewhere (c2cq --connect): ask it
+    if doc["running"] or remote:
         from c2cq.client import AsyncClient
 
         async def q():
@@ -249,7 +250,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(doc, indent=2))
         return 0
-    print(f"home {rd.home}: {'running' if doc['running'] else 'not running; start it with `c2cq up`'}")
+    if remote:
+        print(f"scheduler at {remote}: " + (f"error: {doc['scheduler_error']}" if "scheduler_error" in doc
+                                            else f"{len(doc['executors'])} slices"))
+    else:
+        print(f"home {rd.home}: {'running' if doc['running'] else 'not running; start it with `c2cq up`'}")
     for s in doc.get("services", []):
         print(f"  {s['name']:<12} {s['state']:<11} pid={s['pid']} restarts={s['restarts']}"
               + (f" ({s['reason']})" if s.get("reason") else ""))

@@ -4,6 +4,12 @@ One DEALER socket carries any number of concurrent requests; a reader task route
 each request's stream. Errors arrive as typed exceptions, never as silence: a rejection is a
 RequestError, a scheduler that stops answering is a PeerDeadError, a request that hears nothing
 for ``timeout`` seconds is a RequestTimeout.
+
+A tcp address (a control plane on another host: ``$C2CQ_CLIENT_ADDR``, ``c2cq --connect``) is
+dialled with CURVE — the ``client`` keypair from the keys folder and the control plane's public
+key (c2cq.links.remote_client), or ``curve=`` — and ``connect`` waits for the handshake: a wrong
+server key, an unlisted client key or no server there is an AuthError within ``handshake_timeout``,
+not a silent hang. ``insecure=True`` dials tcp in clear (a server with CURVE refuses it).
 """
 
 from __future__ import annotations
@@ -19,6 +25,8 @@ from dataclasses import dataclass
 import zmq
 import zmq.asyncio
 
+from c2cq import curve as curve_keys
+from c2cq import links
 from c2cq.codec import Codec, encode
 from c2cq.errors import PeerDeadError, RequestError, RequestTimeout, WireError
 from c2cq.rundir import RunDir
@@ -138,8 +146,11 @@ class Stream:
 class AsyncClient:
     def __init__(self, address: str | None = None, *, home: str | None = None, timeout: float | None = 300.0,
                  ping_interval: float = 1.0, dead_after: float = 10.0, identity: bytes | None = None,
-                 cancel_orphans: bool = False) -> None:
-        self.address = address or RunDir.from_env(home).client_addr
+                 cancel_orphans: bool = False, curve: curve_keys.CurveClient | None = None, insecure: bool = False,
+                 handshake_timeout: float = 10.0) -> None:
+        rd = RunDir.from_env(home)
+        self.address = address or rd.client_addr
+        self._home, self.curve, self.insecure, self.handshake_timeout = rd.home, curve, insecure, handshake_timeout
         self.timeout, self.ping_interval, self.dead_after = timeout, ping_interval, dead_after
         self._ctx: zmq.asyncio.Context | None = None
         self._sock: zmq.asyncio.Socket | None = None
@@ -161,9 +172,24 @@ class AsyncClient:
 
     async def connect(self) -> "AsyncClient":
         if self._sock is None:
-            self._ctx = zmq.asyncio.Context()
-            self._sock = make_socket(self._ctx, zmq.DEALER, connect=self.address, hwm=100_000,
-                                     identity=self.identity)
+            keys = self.curve
+            if keys is None and not self.insecure:
+                keys = links.remote_client(self._home, self.address)
+            ctx = zmq.asyncio.Context()
+            try:
+                sock = make_socket(ctx, zmq.DEALER, connect=self.address, hwm=100_000, identity=self.identity,
+                                   curve=keys, insecure=self.insecure)
+            except BaseException:
+                ctx.term()
+                raise
+            if links.is_tcp(self.address):
+                try:
+                    await curve_keys.handshake(sock, self.address, self.handshake_timeout)
+                except BaseException:
+                    sock.close(linger=0)
+                    ctx.term()
+                    raise
+            self._ctx, self._sock = ctx, sock
             self._last_heard = time.monotonic()
             self._tasks = [asyncio.create_task(self._reader()), asyncio.create_task(self._watchdog())]
         return self
@@ -354,7 +380,12 @@ class Client:
         t.start()
         self._l = _Loop(loop, t)
         self._async = AsyncClient(address, **kw)
-        self._call(self._async.connect())
+        try:
+            self._call(self._async.connect())
+        except BaseException:  # e.g. an AuthError: the private loop goes too
+            self._l.loop.call_soon_threadsafe(self._l.loop.stop)
+            t.join(timeout=5)
+            raise
 
     def _call(self, coro):
         return asyncio.run_coroutine_threadsafe(coro, self._l.loop).result()

@@ -114,10 +114,12 @@ async def consume(stream) -> dict:
     return {"seqs": seqs, "tokens": tuple(toks), "finished": stream.finished}
 
 
-def check_exactly_once(results: dict[str, dict], frames: list[tuple[float, object]], max_tokens: int) -> int:
-    """Every request (``consume``'s results, by id) finished once, by length, with all its tokens,
-    contiguous and in order; on the wire (a ``Tap``'s frames) a batch sent again is the batch sent
-    before, never another, and each request has one end. Returns how many batches came again."""
+def check_exactly_once(results: dict[str, dict], frames: list[tuple[float, object]],
+                       max_tokens: int | dict[str, int]) -> int:
+    """Every request (``consume``'s results, by id) finished once, by length, with all its tokens
+    (``max_tokens``: for every request, or by id), contiguous and in order; on the wire (a ``Tap``'s
+    frames) a batch sent again is the batch sent before, never another, and each request has one end.
+    Returns how many batches came again."""
     import msgspec
 
     from c2cq.schemas.client import RequestFinished, TokensEmitted
@@ -128,7 +130,8 @@ def check_exactly_once(results: dict[str, dict], frames: list[tuple[float, objec
         for seq, n in r["seqs"]:
             assert seq == pos, (rid, r["seqs"])
             pos += n
-        assert pos == max_tokens == r["finished"].usage.completion_tokens
+        want = max_tokens if isinstance(max_tokens, int) else max_tokens[rid]
+        assert pos == want == r["finished"].usage.completion_tokens, (rid, pos, want)
     batches: dict[tuple[str, int], tuple] = {}
     finished: dict[str, RequestFinished] = {}
     again = 0

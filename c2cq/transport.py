@@ -70,12 +70,13 @@ def make_socket(
     return sock
 
 
-async def recv_batch(sock: zmq.asyncio.Socket, max_batch: int = MAX_BATCH) -> list[list[bytes]]:
-    """Wait for at least one multipart message, then take whatever else is already queued."""
-    batch = [await sock.recv_multipart(copy=True)]
+async def recv_batch(sock: zmq.asyncio.Socket, max_batch: int = MAX_BATCH, copy: bool = True) -> list[list]:
+    """Wait for at least one multipart message, then take whatever else is already queued. With
+    ``copy=False`` the parts are zmq.Frames, which keep their properties (a CURVE peer's User-Id)."""
+    batch = [await sock.recv_multipart(copy=copy)]
     while len(batch) < max_batch:
         try:
-            batch.append(sock.recv_multipart(flags=zmq.NOBLOCK, copy=True).result())
+            batch.append(sock.recv_multipart(flags=zmq.NOBLOCK, copy=copy).result())
         except zmq.Again:
             break
     return batch

@@ -2,8 +2,9 @@
 with other addresses.
 
 - control: the catalog as the cluster's registry (it publishes nothing: no slice runs here), the
-  scheduler — executors dial ``--listen`` at EXEC_PORT, the nodes' catalogs at CATALOG_PORT, over
-  CURVE — and the HTTP gateway (a client over this host's ipc socket).
+  scheduler — executors dial ``--listen`` at EXEC_PORT, the nodes' catalogs at CATALOG_PORT, remote
+  clients (c2cq --connect, c2cq.Client) at CLIENT_PORT, over CURVE — and the HTTP gateway (a client
+  over this host's ipc socket).
 - node: this host's catalog (it publishes the registry's models from the model store into this
   host's shared memory, reporting to the scheduler at the join port + 1) and one executor per
   slice, dialling the scheduler at ``--join``. Executor ids are prefixed with the host's name,
@@ -25,6 +26,7 @@ from c2cq.supervisor.manager import ChildSpec, service_argv
 
 EXEC_PORT = 7101
 CATALOG_PORT = 7102  # the nodes' catalogs; a node finds it at its --join port + 1
+CLIENT_PORT = 7100  # remote clients: the executors' port - 1
 
 
 def key_args(args: argparse.Namespace) -> list[str]:
@@ -42,7 +44,8 @@ def control_specs(args: argparse.Namespace, rd: RunDir, gateway) -> list[ChildSp
         ChildSpec("scheduler", service_argv(
             "c2cq.services.scheduler.main", *home, "--max-tokens-limit", str(args.max_tokens_limit),
             "--executors", links.with_port(listen, args.exec_port),
-            "--catalogs", links.with_port(listen, args.exec_port + 1), *key_args(args))),
+            "--catalogs", links.with_port(listen, args.exec_port + 1),
+            "--clients", links.with_port(listen, args.exec_port - 1), *key_args(args))),
     ]
     if not args.no_http:
         specs.append(gateway(args, home))

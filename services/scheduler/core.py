@@ -56,7 +56,11 @@ def _executor_said(st: State, e: ev.ExecutorSaid) -> Out:
     x = st.executors.get(e.executor_id)
     if x is not None and x.state in ("ready", "draining"):
         x.last_seen = e.at
-    return EXECUTOR_HANDLERS[type(e.msg)](st, e.executor_id, e.msg, e.at)
+    out = EXECUTOR_HANDLERS[type(e.msg)](st, e.executor_id, e.msg, e.at)
+    x = st.executors.get(e.executor_id)
+    if e.peer_key and x is not None:  # its registration (a SliceReady over CURVE): the key it is known by
+        x.peer_key = e.peer_key
+    return out
 
 
 EXECUTOR_HANDLERS = {

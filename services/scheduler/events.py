@@ -30,9 +30,13 @@ class CancelAsked(SchedEvent, frozen=True, kw_only=True, tag="cancel_asked"):
     request_id: str
 
 
-class ExecutorSaid(SchedEvent, frozen=True, kw_only=True, tag="executor_said"):
+class ExecutorSaid(SchedEvent, frozen=True, kw_only=True, tag="executor_said", omit_defaults=True):
     executor_id: str
     msg: ExecutorToScheduler
+    # the CURVE public key (z85) it spoke with, set on a SliceReady only (its registration): the
+    # executor's identity across hosts; "" over ipc (one host) or without CURVE. Omitted when "",
+    # so the token stream's records stay as small as before.
+    peer_key: str = ""
 
 
 class ExecutorUnreachable(SchedEvent, frozen=True, kw_only=True, tag="executor_unreachable"):
@@ -80,6 +84,7 @@ class HostReported(SchedEvent, frozen=True, kw_only=True, tag="host_reported"):
     host: str
     published: tuple[str, ...] = ()
     publishing: tuple[str, ...] = ()
+    peer_key: str = ""  # the node catalog's CURVE public key (z85); "" without CURVE
 
 
 SchedulerEvent = Union[Submitted, CancelAsked, ExecutorSaid, ExecutorUnreachable, Ticked, Recovered, Stopped,

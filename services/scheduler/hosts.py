@@ -18,7 +18,7 @@ PUBLISH_BPS = 1e9  # a prior for copying a model file from the store into shared
 
 def host_reported(st: State, e: ev.HostReported) -> list[Command]:
     st.hosts[e.host] = HostView(published=dict.fromkeys(e.published), publishing=dict.fromkeys(e.publishing),
-                                at=e.at)
+                                at=e.at, peer_key=e.peer_key)
     return []  # the next tick dispatches what may now go there
 
 

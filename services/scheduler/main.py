@@ -16,9 +16,9 @@ from collections import deque
 import zmq
 import zmq.asyncio
 
-from c2cq import lifecycle, links, log
+from c2cq import curve, lifecycle, links, log
 from c2cq.codec import Codec, encode
-from c2cq.errors import WireError
+from c2cq.errors import AuthError, WireError
 from c2cq.rundir import RunDir
 from c2cq.schemas.catalog import (
     CatalogError,
@@ -32,7 +32,7 @@ from c2cq.schemas.catalog import (
 )
 from c2cq.schemas.client import CancelRequest, ClientToScheduler, RequestRejected, SubmitRequest
 from c2cq.schemas.enums import ErrorCode
-from c2cq.schemas.executor import ExecutorToScheduler
+from c2cq.schemas.executor import ExecutorToScheduler, SliceReady
 from c2cq.services.scheduler import core
 from c2cq.services.scheduler import events as ev
 from c2cq.services.scheduler.journal import Journal, log_path
@@ -56,8 +56,12 @@ class Shell:
         self.log = log.get()
         self.ctx = zmq.asyncio.Context()
         args = args or parse([])
-        self.clients = make_socket(self.ctx, zmq.ROUTER, bind=args.clients or rd.client_addr, hwm=200_000,
-                                   curve=links.server(rd, args, args.clients), insecure=args.insecure)
+        client_addr = args.clients or rd.client_addr
+        if links.is_tcp(client_addr):  # remote clients over CURVE; this host's (gateway, CLI) keep the ipc socket
+            self.clients = make_socket(self.ctx, zmq.ROUTER, bind=rd.address("client"), hwm=200_000)
+            links.bind_also(self.ctx, self.clients, rd, args, client_addr)
+        else:
+            self.clients = make_socket(self.ctx, zmq.ROUTER, bind=client_addr, hwm=200_000)
         exec_addr = args.executors or rd.executor_addr
         self.executors = make_socket(self.ctx, zmq.ROUTER, bind=exec_addr, hwm=200_000,
                                      curve=links.server(rd, args, exec_addr), insecure=args.insecure)
@@ -78,6 +82,8 @@ class Shell:
         # commands for congested executors, in order: executor id → (its boot when queued, frames)
         self.exec_outbox: dict[str, tuple[str, deque[list[bytes]]]] = {}
         self.malformed = {name: Throttled(self.log, "malformed_frames", socket=name) for name in ("client", "executor", "catalog")}
+        self.refusals = {name: Throttled(self.log, "peer_key_refused", socket=name) for name in ("executor", "catalog")}
+        self.allowed = curve.allowed_dir(rd.home)
         self._last_refresh = 0.0
         self._catalog_lock = asyncio.Lock()
 
@@ -250,26 +256,49 @@ class Shell:
                     self.emit(core.query(self.state, ident, msg))
             self.ingest(batch)
 
-    async def messages(self, sock: zmq.asyncio.Socket, codec: Codec, name: str) -> list[tuple[str, bytes, object]]:
-        """What arrived on a peer-facing ROUTER socket: (peer name, routing id, message); frames that do
-        not decode (or a routing id that is not UTF-8) are counted as malformed and dropped."""
+    async def messages(self, sock: zmq.asyncio.Socket, codec: Codec, name: str) -> list[tuple[str, bytes, object, str]]:
+        """What arrived on a peer-facing ROUTER socket: (peer name, routing id, message, the peer's CURVE
+        public key — its User-Id — or "" on a socket without CURVE); frames that do not decode (or a
+        routing id that is not UTF-8) are counted as malformed and dropped."""
+        keyed = sock.getsockopt(zmq.MECHANISM) == zmq.CURVE
         out = []
-        for frames in await recv_batch(sock):
+        for frames in await recv_batch(sock, copy=False):  # Frames: a copy loses the User-Id
             if len(frames) != 2:
                 continue
-            ident, frame = frames
+            ident, frame = frames[0].bytes, frames[1]
             try:
-                out.append((ident.decode(), ident, codec.decode(frame)))
-            except (WireError, UnicodeDecodeError) as e:
+                out.append((ident.decode(), ident, codec.decode(frame.buffer), curve.peer_key(frame) if keyed else ""))
+            except (WireError, UnicodeDecodeError, AuthError) as e:  # AuthError: no User-Id on a CURVE socket
                 self.malformed[name](str(e)[:200])
         return out
 
+    def refused(self, name: str, peer: str, recorded: str, key: str) -> bool:
+        """A peer name (an executor id, a host) registered with one key and claimed by another is refused
+        while the recorded key is still listed in the allowed folder: a stolen name does not take over a
+        live peer's work. An operator who removes the old key there (rotated or revoked) lets the new key
+        take the name over (its next SliceReady or report records it)."""
+        if not key or not recorded or key == recorded or recorded.encode() not in curve.allowed_keys(self.allowed):
+            return False
+        self.refusals[name](str(AuthError(
+            f"{name} {peer!r} is registered with key {recorded}; refused a peer with key {key} (remove the old key "
+            f"from {self.allowed} to hand the name over)")))
+        return True
+
+    def said(self, eid: str, msg, key: str) -> ev.ExecutorSaid | None:
+        x = self.state.executors.get(eid)
+        if self.refused("executor", eid, x.peer_key if x is not None else "", key):
+            return None
+        if not isinstance(msg, SliceReady) or not key:
+            return ev.ExecutorSaid(at=time.monotonic(), executor_id=eid, msg=msg)
+        if x is None or x.boot_id != msg.boot_id or x.peer_key != key:
+            self.log.info("executor_registered", executor=eid, host=msg.host, peer_key=key)
+        return ev.ExecutorSaid(at=time.monotonic(), executor_id=eid, msg=msg, peer_key=key)
+
     async def executor_loop(self) -> None:
         while True:
-            batch: list[ev.SchedEvent] = [ev.ExecutorSaid(at=time.monotonic(), executor_id=eid, msg=msg)
-                                          for eid, _, msg in await self.messages(self.executors, self.exec_codec,
-                                                                                 "executor")]
-            self.ingest(batch)  # first: a restarted executor's SliceReady voids what was queued for the old one
+            said = [self.said(eid, msg, key) for eid, _, msg, key in await self.messages(self.executors, self.exec_codec,
+                                                                                      "executor")]
+            self.ingest([e for e in said if e is not None])  # first: a restarted executor's SliceReady voids what was queued for the old one
             if self.exec_outbox:  # an executor that speaks may have made room
                 self.flush_executors()
 
@@ -277,11 +306,16 @@ class Shell:
         """Each report (HostModels) is logged as HostReported and answered with the registry's files."""
         while True:
             batch: list[ev.SchedEvent] = []
-            for _, ident, msg in await self.messages(self.node_catalogs, self.node_codec, "catalog"):
+            for _, ident, msg, key in await self.messages(self.node_catalogs, self.node_codec, "catalog"):
                 h = self.state.hosts.get(msg.host)
-                if h is None or (tuple(h.published), tuple(h.publishing)) != (msg.published, msg.publishing):
+                if self.refused("catalog", msg.host, h.peer_key if h is not None else "", key):
+                    continue
+                if h is None or (tuple(h.published), tuple(h.publishing), h.peer_key) != (msg.published,
+                                                                                          msg.publishing, key):
+                    if key and (h is None or h.peer_key != key):
+                        self.log.info("host_registered", host=msg.host, peer_key=key)
                     batch.append(ev.HostReported(at=time.monotonic(), host=msg.host, published=msg.published,
-                                                 publishing=msg.publishing))
+                                                 publishing=msg.publishing, peer_key=key))
                 send_nowait(self.node_catalogs, [ident, encode(self.files)])
             self.ingest(batch)
 
@@ -301,6 +335,7 @@ class Shell:
         for s in (self.clients, self.executors, self.catalog, self.node_catalogs):
             if s is not None:
                 s.close(linger=0)
+        curve.stop_authenticator(self.ctx)  # its sockets are the Context's too: term() would wait on them
         self.ctx.term()
 
 

@@ -123,6 +123,7 @@ class ExecutorView(msgspec.Struct, kw_only=True):
     on_link: bool = False  # counted in its link's ``busy`` (kept in step by indexes.reindex / relink)
     host: str = ""  # the host it runs on (SliceReady.host); "" on one host
     kv: KVView | None = None  # its KV pools as last reported (None: it reports none; kvroom.py)
+    peer_key: str = ""  # the CURVE public key it registered with (ExecutorSaid.peer_key); "" without CURVE
 
 
 class LinkLoad(msgspec.Struct, kw_only=True):
@@ -140,6 +141,7 @@ class HostView(msgspec.Struct, kw_only=True):
     published: dict[str, None] = {}
     publishing: dict[str, None] = {}
     at: float = 0.0
+    peer_key: str = ""  # the CURVE public key its catalog reported with; "" without CURVE
 
 
 class RequestView(msgspec.Struct, kw_only=True):

@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from c2cq.kustomize import render
+from c2cq.supervisor.roles import CLIENT_PORT  # where `c2cq up --role control` binds remote clients
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 OVERLAYS = sorted(p.name for p in (DEPLOY / "overlays").iterdir() if (p / "kustomization.yaml").exists())
@@ -119,7 +120,7 @@ def test_services_reach_a_named_port_of_the_pods_they_select(rendered):
     _, docs = rendered
     workloads = [d for d in docs if d["kind"] in WORKLOADS]
     services = [d for d in docs if d["kind"] == "Service"]
-    assert {s["metadata"]["name"] for s in services} == {"c2cq-http", "c2cq-nodes"}
+    assert {s["metadata"]["name"] for s in services} == {"c2cq-http", "c2cq-nodes", "c2cq-clients"}
     for svc in services:
         sel = svc["spec"]["selector"]
         (target,) = [w for w in workloads if sel.items() <= w["spec"]["template"]["metadata"]["labels"].items()]
@@ -128,6 +129,7 @@ def test_services_reach_a_named_port_of_the_pods_they_select(rendered):
             assert p["targetPort"] in ports, (svc["metadata"]["name"], p)
     http = one(docs, "Service", "c2cq-http")
     assert [p["port"] for p in http["spec"]["ports"]] == [8000]
+    assert [p["port"] for p in one(docs, "Service", "c2cq-clients")["spec"]["ports"]] == [CLIENT_PORT]
     dialled = {c["command"][c["command"].index("--join") + 1] for w in workloads for c in pod(w)["containers"]
                if "--join" in c["command"]}
     node_ports = {p["port"] for p in one(docs, "Service", "c2cq-nodes")["spec"]["ports"]}

@@ -2,8 +2,11 @@
 node n0's link goes down, then every process of n0 is killed (-9); n0 comes back and gets work
 again; then every process of the control plane is killed (-9) and it is started again (it replays
 its log, the nodes reconnect). Every accepted request finishes exactly once with all its tokens in
-order — the same tokens as any other request of its model and prompt (greedy) — and a batch sent
-again is the batch sent before. Prints the figures (requests, re-dispatches, time to serve again)."""
+order — the same tokens as any other request of its model, prompt and length (greedy) — and a batch
+sent again is the batch sent before. Just before the cut a burst of long requests puts several in
+flight on n0: each of them migrates (a later attempt resumes it: on n1, or on n0 once back) and
+finishes once. Prints the figures (requests,
+migrations, time to serve again, n0's rejoin, the control plane's restart)."""
 
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ from c2cq.client import AsyncClient
 from c2cq.eventlog import EventLog
 from c2cq.rundir import RunDir
 from c2cq.schemas.client import RequestFinished, TokensEmitted
-from c2cq.schemas.executor import TokensProduced
+from c2cq.schemas.executor import RequestCompleted, TokensProduced
 from c2cq.services.scheduler.events import ExecutorSaid, SchedulerEvent
 from c2cq.services.scheduler.journal import log_path
 from c2cq.testing import Tap, check_exactly_once, consume
@@ -27,6 +30,8 @@ pytestmark = pytest.mark.timeout(420)
 RATE_HZ = 6
 MAX_TOKENS = 64
 PROMPTS = [[1, 2, 3, 4, 5], list(range(10, 30)), [7, 8]]
+BURST, BURST_TOKENS = 32, 200  # long requests sent at once just before the cut (prompt + tokens < 256 positions)
+MIN_ON_N0 = 3  # the cut waits (bounded) until at least this many are in flight on n0
 
 
 @pytest.fixture
@@ -52,27 +57,47 @@ def test_a_node_cut_off_and_killed_and_the_control_plane_killed_lose_nothing(clu
         async with AsyncClient(home=str(c.home(c.control)), timeout=120, dead_after=90) as client:
             tap = Tap(client)
             tasks: dict[str, asyncio.Task] = {}
-            sent: dict[str, tuple[float, str, int]] = {}
+            sent: dict[str, tuple[float, str, int, int]] = {}  # id → (when, model, prompt, max_tokens)
             marks: dict[str, float] = {}
+
+            async def send(i: int, max_tokens: int, prefix: str = "q"):
+                model, p = MODELS[i % 2], (i // 2) % len(PROMPTS)
+                s = await client.submit(model, prompt_token_ids=PROMPTS[p], max_tokens=max_tokens, ignore_eos=True,
+                                        request_id=f"{prefix}{i:04d}")
+                tasks[s.request_id] = asyncio.create_task(consume(s))
+                sent[s.request_id] = (time.monotonic(), model, p, max_tokens)
 
             async def load(seconds: float):
                 t_end = time.monotonic() + seconds
                 while time.monotonic() < t_end:
-                    i = len(tasks)
-                    model, p = MODELS[i % 2], (i // 2) % len(PROMPTS)
-                    s = await client.submit(model, prompt_token_ids=PROMPTS[p], max_tokens=MAX_TOKENS, ignore_eos=True,
-                                            request_id=f"q{i:04d}")
-                    tasks[s.request_id] = asyncio.create_task(consume(s))
-                    sent[s.request_id] = (time.monotonic(), model, p)
+                    await send(len(tasks), MAX_TOKENS)
                     await asyncio.sleep(1 / RATE_HZ)
 
+            async def streaming_on_n0(burst: list[str]) -> bool:
+                """Whether n0 has several requests in flight while several of the burst stream (polled,
+                bounded: the burst lasts a few seconds)."""
+                for _ in range(100):
+                    streamed = {m.request_id for _, m in tap.frames if isinstance(m, TokensEmitted)}
+                    on_n0 = sum(x.active_requests for x in (await client.status()).executors
+                                if x.executor_id.startswith("n0-"))
+                    if on_n0 >= MIN_ON_N0 and len(streamed & set(burst)) >= MIN_ON_N0:
+                        return True
+                    ended = {m.request_id for _, m in tap.frames if isinstance(m, RequestFinished)}
+                    if ended >= set(burst):  # the burst ran through before: another one
+                        return False
+                    await asyncio.sleep(0.02)
+                return False
+
             await load(8)
-            for _ in range(100):  # cut while n0 streams (bounded: at the rate's pace, it soon does)
-                if any(x.executor_id.startswith("n0-") and x.active_requests for x in (await client.status()).executors):
+            for _ in range(5):  # cut while several long requests stream on n0 (bounded: a burst at a time)
+                first = len(tasks)
+                for _ in range(BURST):
+                    await send(len(tasks), BURST_TOKENS, prefix="b")
+                if await streaming_on_n0(list(tasks)[first:]):
                     break
-                await load(0.2)
             marks["cut"] = time.monotonic()
             link(n0, up=False)
+            marks["cut_done"] = time.monotonic()  # nothing from n0 after this
             await load(8)
             marks["killed"] = time.monotonic()
             c.kill(n0)
@@ -90,8 +115,8 @@ def test_a_node_cut_off_and_killed_and_the_control_plane_killed_lose_nothing(clu
 
     results, frames, marks, sent = asyncio.run(run())
     # every request finished exactly once, with all its tokens, in order; a batch sent again is the same batch
-    resent = check_exactly_once(results, frames, MAX_TOKENS)
-    answers: dict[tuple[str, int], set] = {}
+    resent = check_exactly_once(results, frames, {rid: sent[rid][3] for rid in results})
+    answers: dict[tuple[str, int, int], set] = {}
     for rid, r in results.items():
         answers.setdefault(sent[rid][1:], set()).add(r["tokens"])
     assert all(len(a) == 1 for a in answers.values()), {k: len(v) for k, v in answers.items()}  # greedy: one answer
@@ -102,8 +127,18 @@ def test_a_node_cut_off_and_killed_and_the_control_plane_killed_lose_nothing(clu
     on_n0 = {e.msg.request_id.split("~")[0] for e in events if isinstance(e, ExecutorSaid)
              and e.executor_id.startswith("n0-") and isinstance(e.msg, TokensProduced) and e.at < marks["cut"]}
     ended = {m.request_id: t for t, m in frames if isinstance(m, RequestFinished)}
-    cut_off = {rid for rid in on_n0 if ended[rid] > marks["cut"]}
-    assert cut_off, "the cut hit no request in flight"
+    # in flight at the cut: not completed on n0 before its link was down (one completing as it went down is not)
+    done = {e.msg.request_id.split("~")[0] for e in events if isinstance(e, ExecutorSaid)
+            and e.executor_id.startswith("n0-") and isinstance(e.msg, RequestCompleted) and e.at <= marks["cut_done"]}
+    cut_off = {rid for rid in on_n0 if ended[rid] > marks["cut"]} - done
+    assert len(cut_off) >= 2, f"the cut hit {len(cut_off)} requests in flight on n0, not several"
+    # each of them migrated: a later attempt (token-only: it resumes after the tokens already delivered)
+    # streamed after the cut — on n1, or on n0 once it was back (n1 may be busy with the other model)
+    attempts = {e.msg.request_id for e in events if isinstance(e, ExecutorSaid) and isinstance(e.msg, TokensProduced)
+                and e.at > marks["cut"]}
+    migrated = {a.split("~")[0] for a in attempts if "~" in a} & cut_off
+    assert migrated == cut_off, sorted(cut_off - migrated)
+    on_n1 = {rid for rid in cut_off if results[rid]["finished"].executor.startswith("n1-")}
     # n0 got work again after it rejoined, and both nodes served after the control plane came back
     after = lambda t: {r["finished"].executor.split("-", 1)[0] for rid, r in results.items() if sent[rid][0] > t}
     assert "n0" in after(marks["rejoined"])
@@ -113,9 +148,10 @@ def test_a_node_cut_off_and_killed_and_the_control_plane_killed_lose_nothing(clu
              and isinstance(e.msg, TokensProduced) and e.msg.request_id.split("~")[0] in cut_off]
     again = f"{min(moved) - marks['cut']:.2f} s" if moved else "n/a (they waited for n0)"
     back = min(t for t, m in frames if isinstance(m, TokensEmitted) and t > marks["control_killed"])
-    print(f"\nfigures: {len(results)} requests, {len(cut_off)} in flight on n0 at the cut, "
-          f"{len({rid for rid, r in results.items() if r['finished'].executor.startswith('n1') and rid in cut_off})} "
-          f"of them finished on n1; {resent} token batches re-sent (dropped as duplicates by the client); "
+    print(f"\nfigures: {len(results)} requests ({sum(r.startswith('b') for r in results)} long, in bursts of "
+          f"{BURST}), {len(cut_off)} in flight on n0 at the cut, all {len(migrated)} migrated: {len(on_n1)} finished on "
+          f"n1, {len(cut_off - on_n1)} on n0 after it rejoined; {resent} token batches re-sent (dropped as duplicates "
+          f"by the client); "
           f"first token of a cut-off request on n1 {again} after the cut; n0 rejoined in "
           f"{marks['rejoined'] - marks['killed']:.2f} s; after kill -9 of the control plane: restarted in "
           f"{marks['control_back'] - marks['control_killed']:.2f} s, first token {back - marks['control_killed']:.2f} s "
