@@ -16,7 +16,8 @@ def register(sub) -> None:
     init.add_argument("--force", action="store_true", help="replace an existing keypair")
     init.set_defaults(func=cmd_init)
     allow = ksub.add_parser("allow", help="accept a client's public key on this home's servers")
-    allow.add_argument("key", help="the 40-character z85 public key, or its .key file")
+    allow.add_argument("key", help="the 40-character z85 public key, or its .key file (a key that starts "
+                       "with '-' goes after --: `c2cq keys allow -- KEY`)")
     allow.add_argument("--name", default=None, help="file name in the allowed folder (default: the key's start)")
     allow.set_defaults(func=cmd_allow)
     ls = ksub.add_parser("list", help="the allowed client keys")

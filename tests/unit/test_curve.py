@@ -204,7 +204,7 @@ def test_the_keys_cli(tmp_path, capsys, monkeypatch):
     capsys.readouterr()
     assert cli_main(["--home", home, "keys", "show", "--role", "node"]) == 0
     key = capsys.readouterr().out.strip()
-    assert cli_main(["--home", home, "keys", "allow", key, "--name", "node"]) == 0
+    assert cli_main(["--home", home, "keys", "allow", "--name", "node", "--", key]) == 0  # z85 may start with "-"
     assert cli_main(["--home", home, "keys", "list"]) == 0
     assert capsys.readouterr().out.split()[-1] == key
     assert stat.S_IMODE(os.stat(tmp_path / "home" / "keys" / "node.key_secret").st_mode) == 0o600
