@@ -107,6 +107,10 @@ class Projection:
             return list(self.linears[0](x).split(self.sizes, dim=-1))
         return [lin(x) for lin in self.linears]
 
+    def fused(self, x: torch.Tensor) -> torch.Tensor | None:
+        """All outputs side by side [.., sum of sizes] from the one fused product; None when not fused."""
+        return self.linears[0](x) if len(self.linears) == 1 else None
+
 
 class LinearWeights:
     """Every linear layer of one model by its checkpoint name, built through one factory."""
