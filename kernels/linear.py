@@ -87,6 +87,7 @@ def _cpu_flags() -> frozenset[str]:
     return frozenset()
 
 
+@functools.cache
 def cpu_has_native(dtype: torch.dtype) -> bool:
     """Whether this CPU has matrix instructions for ``dtype`` (x86 flags; False where unknown)."""
     return any(flag in _cpu_flags() for flag in _NATIVE_FLAGS.get(dtype, ()))

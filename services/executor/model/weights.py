@@ -58,12 +58,12 @@ class Linear:
     weight: SplitWeight
     bias: torch.Tensor | None
     counter: ReadCounter
+    nbytes: int = 0  # bytes of W and b a call reads (set from the weight; a resplit keeps the total)
 
-    @property
-    def nbytes(self) -> int:
+    def __post_init__(self) -> None:
         w = self.weight
-        size = (w.hbm.numel() + w.host.numel()) * w.host.element_size()
-        return size + (0 if self.bias is None else self.bias.numel() * self.bias.element_size())
+        bias = 0 if self.bias is None else self.bias.numel() * self.bias.element_size()
+        self.nbytes = (w.hbm.numel() + w.host.numel()) * w.host.element_size() + bias
 
     def resplit(self, weight: SplitWeight) -> None:
         """Swap in ``weight``, the same N × K weight split at another row."""
