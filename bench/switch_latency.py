@@ -257,8 +257,10 @@ def main() -> None:
                         b = load = bc = loadc = float("nan")
                         btok = ctok = tok
                     else:
-                        b, load, btok = baseline_once(folders[name], ids, cold=False)
-                        bc, loadc, ctok = baseline_once(folders[name], ids, cold=True)
+                        # in a thread: the client's loop keeps hearing the scheduler (a load of seconds on a
+                        # busy machine would otherwise read as a dead scheduler)
+                        b, load, btok = await asyncio.to_thread(baseline_once, folders[name], ids, False)
+                        bc, loadc, ctok = await asyncio.to_thread(baseline_once, folders[name], ids, True)
                     first_load[:] = first_load or [load]
                     line = (f"{name}: c2cq switch {fmt_ms(sw)} ms (from {prev}), resident {fmt_ms(res)} ms; "
                             f"transformers {fmt_ms(b)} ms (from_pretrained {fmt_ms(load)} ms), "
