@@ -16,19 +16,20 @@ from dataclasses import dataclass
 
 import torch
 
-from c2cq.errors import ConfigError, RequestError
+from c2cq.errors import ConfigError, ModelError, RequestError
 from c2cq.kernels.linear import cpu_has_native
 from c2cq.schemas.catalog import ModelInfo
 from c2cq.schemas.enums import ErrorCode
-from c2cq.services.catalog.layout import ModelFile
+from c2cq.services.catalog.layout import ModelFile, read_layout
 from c2cq.services.catalog.shm import map_shared, prefetch
 from c2cq.services.executor.backend import StepResult
-from c2cq.services.executor.engine_requests import EngineBackend, EngineRequests, TokenizerCache
+from c2cq.services.executor.engine_requests import EngineBackend, EngineRequests
 from c2cq.services.executor.kv_shell import KVOptions, KVShell
 from c2cq.services.executor.model import Engine
 from c2cq.services.executor.model.config import parse_config
 from c2cq.services.executor.model.model import Model
 from c2cq.services.executor.model.engine import StepStats as EngineStats
+from c2cq.services.executor.tokenizer_cache import TokenizerCache
 from c2cq.supervisor.discover import CORES_ENV
 
 DEFAULT_KV_BYTES = 512 * 2**20
@@ -77,8 +78,20 @@ def format_cores(cores: tuple[int, ...]) -> str:
 # Models a slice keeps mapped and built after it switched away (their page tables stay filled, their
 # fused views made): switching back costs an Engine and a KV pool, not a mapping, its page faults
 # (60-135 ms per GB on tmpfs here) and the layers' set-up. They cost no memory but page tables
-# (~2 MB per GB mapped): the pages are the catalog's shared ones.
-HELD_MODELS = 4
+# (~2 MB per GB mapped): the pages are the catalog's shared ones. Six: the demo catalog and the switch
+# benchmark's five models all held at once.
+HELD_MODELS = 6
+# At slice start the catalog's first models are preloaded (mapped, built, page tables filled on another core)
+# while they fit in HELD_MODELS and this many mapped bytes (~8 MB of page tables): a first switch to one of
+# them costs what a switch back does.
+PRELOAD_BYTES = 4 << 30
+
+
+def _shm_path(info: ModelInfo) -> str:
+    if info.shm is None:
+        raise RequestError(ErrorCode.BAD_MODEL, f"{info.name!r} has no weights in shared memory "
+                           "(a simulated model? use --backend sim)")
+    return info.shm.path
 
 
 def file_key(path: str) -> tuple:
@@ -102,6 +115,14 @@ class Held:
     model: Model
     stop: threading.Event
     fetching: threading.Thread
+
+    @classmethod
+    def open(cls, path: str) -> "Held":
+        """Map the file, fill its page tables on another core, build its layers (views, no copy)."""
+        mf = map_shared(path)
+        stop = threading.Event()
+        fetching = prefetch(mf, stop)
+        return cls(mf, Model(parse_config(mf.config), mf.tensors()), stop, fetching)
 
     def close(self) -> None:
         """Unmap once no tensor view is left (and the prefetch has stopped). Unmapping a model's pages
@@ -143,36 +164,100 @@ class CpuBackend(EngineBackend):
         self.kv = KVShell(kv)
         self._alpha_plan = 0.0
         self.tokenizers = TokenizerCache()
+        self._lock = threading.Lock()  # _held and _current: a preload runs beside the step's thread
 
     # -- residency ---------------------------------------------------------------------------------
     def switch(self, info: ModelInfo) -> None:
-        if info.shm is None:
-            raise RequestError(ErrorCode.BAD_MODEL, f"{info.name!r} has no weights in shared memory "
-                               "(a simulated model? use --backend sim)")
-        key = file_key(info.shm.path)
-        held = self._held.pop(key, None)  # before the current model joins the held ones (which may let one go)
-        self._release()
-        if held is None:  # not held: map it, fill its page tables on another core, build its layers
-            mf = map_shared(info.shm.path)
-            stop = threading.Event()
-            fetching = prefetch(mf, stop)
-            held = Held(mf, Model(parse_config(mf.config), mf.tensors()), stop, fetching)
+        key = file_key(_shm_path(info))
+        with self._lock:
+            held = self._held.pop(key, None)  # before the current model joins the held ones (which may let one go)
+            self._release()
+        if held is None:  # not held (nor preloaded): map it and build its layers now
+            held = Held.open(info.shm.path)
         mf, model = held.file, held.model
+        self.tokenizers.prefetch(mf.tokenizer_json)  # parsed (if not yet) beside the prefill; first use waits
         blocks = self.kv.opts.device_blocks or max(
             1, self.memory_budget_bytes // (BLOCK_SIZE * kv_bytes_per_token(mf.config, model.dtype.itemsize)))
         self.engine = Engine(mf.config, {}, None, kv_blocks=blocks, block_size=BLOCK_SIZE, model=model,
                              host_kv_blocks=self.kv.opts.host_blocks)
         self.engine.tokenizer = self.tokenizers.get(mf.tokenizer_json)
-        self._current, self.model = (key, held), info
+        with self._lock:
+            raced = self._held.pop(key, None)  # a preload of the same file that finished meanwhile
+            self._current, self.model = (key, held), info
+        if raced is not None and raced is not held:
+            raced.close()
+
+    def preload(self, info: ModelInfo) -> None:
+        """Ahead of a switch (the scheduler's Preload, or a request queued behind another model's): map the
+        file, build its layers, start parsing its tokenizer, and hold it, so that the switch costs what a
+        switch back to a held model does. Runs beside the step's thread; a model held or served is kept."""
+        path = _shm_path(info)
+        key = file_key(path)
+        with self._lock:
+            if key in self._held or (self._current is not None and self._current[0] == key):
+                return
+        held = Held.open(path)  # outside the lock: a switch or step meanwhile is not held up
+        self.tokenizers.prefetch(held.file.tokenizer_json)
+        with self._lock:
+            if key in self._held or (self._current is not None and self._current[0] == key):
+                held.close()  # a switch or another preload got there first
+                return
+            self._held[key] = held
+            self._held.move_to_end(key, last=False)  # let go first: a guess must not push out what was served
+            self._trim()
+
+    def evict(self, info: ModelInfo) -> None:
+        """Let a held model go (its mapping, page tables, layers); the one served stays."""
+        if info.shm is None:
+            return
+        with self._lock:
+            held = next((self._held.pop(k) for k in list(self._held) if k[0] == info.shm.path), None)
+        if held is not None:
+            held.close()
+
+    def prepare(self, infos: list[ModelInfo], limit: int = 32) -> tuple[int, int]:
+        """At slice start, for the catalog's models: preload those that fit in ``HELD_MODELS`` and
+        ``PRELOAD_BYTES`` (catalog order), and parse the tokenizers of the others (up to the cache's size,
+        reading at most ``limit`` model files' indexes), all beside whatever comes meanwhile. (models preloaded,
+        distinct tokenizers started)."""
+        real = [i for i in infos if i.shm is not None]
+        preloaded, mapped = 0, 0
+        started: list[bytes] = []
+        for info in real[:limit]:
+            if preloaded < HELD_MODELS and mapped + info.shm.size <= PRELOAD_BYTES:
+                try:
+                    self.preload(info)
+                except (ModelError, RequestError, OSError):
+                    continue  # removed since the list, or not a model file: its switch will say so
+                preloaded, mapped = preloaded + 1, mapped + info.shm.size
+                continue
+            if len(started) >= self.tokenizers.size:
+                continue
+            try:
+                mf = read_layout(info.shm.path)
+            except ModelError:
+                continue
+            try:
+                tok = mf.tokenizer_json
+            finally:
+                mf.close()
+            if tok is not None and tok not in started:
+                started.append(tok)
+                self.tokenizers.prefetch(tok)
+        return preloaded, len(started)
 
     def _release(self) -> None:
-        """Stop serving the current model; it stays held (mapped, built) among the last ``HELD_MODELS``."""
+        """Stop serving the current model; it stays held (mapped, built) among the last ``HELD_MODELS``.
+        The caller holds ``_lock``."""
         self.engine, self.model = None, None
         self.requests.clear()
         if self._current is not None:
             key, held = self._current
             self._held[key] = held
             self._current = None
+        self._trim()
+
+    def _trim(self) -> None:
         for key in [k for k in self._held if not _still_published(k)]:  # removed or republished: its memory
             self._held.pop(key).close()                                   # goes once nothing maps it
         while len(self._held) > HELD_MODELS:

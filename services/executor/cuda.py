@@ -39,8 +39,8 @@ from c2cq.schemas.catalog import ModelInfo
 from c2cq.schemas.enums import ErrorCode
 from c2cq.services.executor.backend import StepResult
 from c2cq.services.executor.cpu import BLOCK_SIZE, kv_bytes_per_token
+from c2cq.services.executor.engine_requests import EngineBackend, EngineRequests
 from c2cq.services.executor.kv_shell import KVOptions, KVShell
-from c2cq.services.executor.engine_requests import EngineBackend, EngineRequests, TokenizerCache
 from c2cq.services.executor.model import Engine
 from c2cq.services.executor.model.engine import StepStats as EngineStats
 from c2cq.services.executor.model.weights import Linear
@@ -48,6 +48,7 @@ from c2cq.services.executor.pinned import CudaDriver, Driver, PinnedFile
 from c2cq.services.executor.residency import (
     EMBED, MemoryPlan, copied_whole, next_copies, plan_memory, resident_share, target_rows,
 )
+from c2cq.services.executor.tokenizer_cache import TokenizerCache
 
 DEFAULT_CHUNK_BYTES = 64 << 20  # per residency copy: ~1 ms of an H100's PCIe link, ~0.15 ms of NVLink-C2C
 PROBE_BYTES = 128 << 20

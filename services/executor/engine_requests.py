@@ -1,4 +1,4 @@
-"""What the cpu and cuda backends share around an Engine: request bookkeeping, parsed tokenizers, and
+"""What the cpu and cuda backends share around an Engine: request bookkeeping and
 the step with its restart after a failed forward (``EngineBackend``).
 
 add/abort arrive on the event loop while a step runs in a worker thread: they are queued here and
@@ -9,7 +9,7 @@ applied by the next step, in the step's thread, in arrival order. Each request's
 from __future__ import annotations
 
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable
 
 from c2cq import log
@@ -20,28 +20,7 @@ from c2cq.schemas.executor import AssignRequest
 from c2cq.services.executor.backend import Output, StepResult
 from c2cq.services.executor.model import Engine, SamplingParams, StepOutput
 from c2cq.services.executor.model.engine import StepStats as EngineStats
-from c2cq.services.executor.model.detokenizer import load_tokenizer
 from c2cq.services.executor.kv_shell import KVShell
-
-# Tokenizers kept across switches, keyed by their tokenizer.json bytes (exact; comparing 3.4 MB costs
-# ~1 ms, a blake2b of it 6 ms): parsing one is most of a small model's switch (SmolLM2's: ~0.25 s,
-# holding the GIL); each entry holds ~6 MB of tokenizer and its 3.4 MB of JSON.
-TOKENIZER_CACHE = 8
-
-
-class TokenizerCache:
-    def __init__(self, size: int = TOKENIZER_CACHE) -> None:
-        self.size = size
-        self._cache: OrderedDict[bytes, object] = OrderedDict()  # least recently used first
-
-    def get(self, tokenizer_json: bytes | None):
-        if tokenizer_json is None:
-            return None
-        tok = self._cache.pop(tokenizer_json, None)
-        self._cache[tokenizer_json] = tok = load_tokenizer(tokenizer_json) if tok is None else tok
-        while len(self._cache) > self.size:
-            self._cache.popitem(last=False)
-        return tok
 
 
 class EngineRequests:

@@ -25,7 +25,9 @@ from c2cq.codec import Codec, encode
 from c2cq.errors import WireError
 from c2cq.rundir import RunDir
 from c2cq.schemas import executor as m
-from c2cq.schemas.catalog import CatalogError, DescribeModel, FromCatalog, ModelInfo, ModelInfoReply
+from c2cq.schemas.catalog import (
+    CatalogError, DescribeModel, FromCatalog, ListModels, ModelInfo, ModelInfoReply, ModelListReply,
+)
 from c2cq.schemas.enums import ErrorCode, FinishReason
 from c2cq.services.executor.backend import Backend, StepResult
 from c2cq.services.executor.kv_flags import add_kv_flags, kv_options
@@ -64,6 +66,8 @@ class Executor:
         self._stats = StepResult()
         self._stats_steps = 0
         self._stats_since = time.monotonic()
+        self._preloading: set[str] = set()  # models a preload is mapping and building now
+        self._tasks: set[asyncio.Task] = set()  # background work (preloads), referenced until done
 
     # -- events out -----------------------------------------------------------------------------
     def emit(self, cls, **fields) -> None:
@@ -98,6 +102,53 @@ class Executor:
             except (TimeoutError, WireError) as e:
                 return f"catalog unavailable: {e or type(e).__name__}"
 
+    async def list_models(self) -> tuple[ModelInfo, ...]:
+        """Every model the catalog has (empty when it does not answer in time)."""
+        async with self._catalog_lock:
+            await self.catalog.send(encode(ListModels()))
+            try:
+                while True:
+                    reply = self.catalog_codec.decode(await asyncio.wait_for(self.catalog.recv(), 5.0))
+                    if isinstance(reply, ModelListReply):
+                        return reply.models
+            except (TimeoutError, WireError):
+                return ()
+
+    # -- ahead of a switch (backends that can: cpu) -----------------------------------------------
+    def background(self, work) -> None:
+        task = asyncio.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def preload(self, model: str) -> None:
+        """Map and build ``model`` and parse its tokenizer beside the current work, for its switch to come."""
+        preload = getattr(self.backend, "preload", None)
+        if preload is None or model in self._preloading or model == self.queue.model:
+            return
+        self._preloading.add(model)
+        try:
+            info = await self.describe(model)
+            if not isinstance(info, str) and info.shm is not None:
+                await asyncio.to_thread(preload, info)
+        except Exception as e:  # a preload is a guess: failing it costs the switch its head start, nothing else
+            self.log.warning("preload_failed", model=model, error=str(e))
+        finally:
+            self._preloading.discard(model)
+
+    async def evict(self, model: str) -> None:
+        evict = getattr(self.backend, "evict", None)
+        info = self.models.get(model)
+        if evict is not None and info is not None and model != self.queue.model:
+            await asyncio.to_thread(evict, info)
+
+    async def prepare(self) -> None:
+        """At start: what the backend can make ready for the catalog's models (cpu: preloads, tokenizers)."""
+        prepare = getattr(self.backend, "prepare", None)
+        if prepare is not None:
+            models = list(await self.list_models())
+            preloaded, tokenizers = await asyncio.to_thread(prepare, models)
+            self.log.info("prepared", models=len(models), preloaded=preloaded, tokenizers=tokenizers)
+
     # -- commands in ----------------------------------------------------------------------------
     def on_command(self, cmd) -> None:
         if isinstance(cmd, m.AssignRequest):
@@ -105,6 +156,8 @@ class Executor:
                 self.fail(cmd.request_id, ErrorCode.SHUTTING_DOWN, "the executor is draining")
             elif self.queue.admit(cmd):
                 self.backend.add(cmd)
+            elif self.queue.running:  # it waits behind another model's requests: make its switch cheap meanwhile
+                self.background(self.preload(cmd.model))
         elif isinstance(cmd, m.AbortRequest):
             if self.queue.remove(cmd.request_id) == "running":
                 self.backend.abort(cmd.request_id)
@@ -113,8 +166,10 @@ class Executor:
             self.backend.set_alpha(cmd.alpha)
         elif isinstance(cmd, m.Drain):
             self.draining = True
-        elif isinstance(cmd, (m.PreloadModel, m.EvictModel)):
-            pass  # residency is managed by the backend as it serves; explicit control comes with issue 5
+        elif isinstance(cmd, m.PreloadModel):
+            self.background(self.preload(cmd.model))
+        elif isinstance(cmd, m.EvictModel):
+            self.background(self.evict(cmd.model))
         self.wake.set()
 
     async def recv_loop(self) -> None:
@@ -259,6 +314,7 @@ async def amain(args: argparse.Namespace) -> None:
     stop = lifecycle.shutdown_flag()
     ex.announce()
     tasks = [asyncio.create_task(c) for c in (ex.recv_loop(), ex.work_loop(), ex.heartbeat_loop())]
+    ex.background(ex.prepare())
     lifecycle.signal_ready()
     ex.log.info("ready", backend=args.backend, boot_id=ex.boot_id, kv_policy=args.kv_policy, kv_blocks=args.kv_blocks,
                 kv_host_blocks=args.kv_host_blocks)

@@ -9,7 +9,7 @@ import torch
 
 from c2cq.errors import RequestError
 from c2cq.services.executor.model.engine import Engine
-from c2cq.services.executor.model.sampler import SamplingParams, filter_logits, new_generator, sample
+from c2cq.services.executor.model.sampler import SamplingParams, filter_logits, new_generator, sample, sample_rows
 
 from .conftest import drain, prompt, token_ids
 
@@ -23,6 +23,19 @@ def test_top_p_keeps_the_smallest_nucleus():
     assert kept(0.7) == [1, 3]
     assert kept(0.9) == [1, 2, 3]
     assert kept(1.0) == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_sample_rows_gives_each_row_what_sample_gives_it(dtype):
+    """Greedy rows through one argmax, seeded rows through their own streams, in any mix and order."""
+    logits = torch.randn(5, 50, generator=torch.Generator().manual_seed(1)).to(dtype)
+    logits[3, 7] = logits[3, 9] = logits[3].max() + 1  # a tie: the first index, as argmax of one row
+    params = [SamplingParams(), SamplingParams(temperature=0.8, seed=5), SamplingParams(),
+              SamplingParams(), SamplingParams(temperature=1.3, top_k=4, seed=6)]
+    got = sample_rows(logits, params, [new_generator(p.seed) for p in params])
+    assert got == [sample(logits[i], p, new_generator(p.seed)) for i, p in enumerate(params)]
+    assert got[3] == 7
+    assert sample_rows(logits[:1], params[:1], [new_generator(0)]) == [int(logits[0].float().argmax())]
 
 
 def test_top_k_masks_all_but_k():

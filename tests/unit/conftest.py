@@ -27,9 +27,10 @@ def shm(tmp_path):
     shutil.rmtree(folder, ignore_errors=True)
 
 
-def publish_tiny(shm, name: str, seed: int):
+def publish_tiny(shm, name: str, seed: int, tokenizer_json: bytes | None = None):
     """A random fp32 TINY model published under ``name``: its ModelInfo, as the catalog describes it."""
     files, folder = shm
-    write_random(files / f"{name}-{seed}.c2cqm", TINY, {}, dtype="fp32", seed=seed, progress=False)
+    meta = {"tokenizer_json": tokenizer_json} if tokenizer_json else {}
+    write_random(files / f"{name}-{seed}.c2cqm", TINY, meta, dtype="fp32", seed=seed, progress=False)
     path = publish(files / f"{name}-{seed}.c2cqm", folder, name)
     return msgspec.structs.replace(describe_file(name, path), shm=ShmRef(path=str(path), size=path.stat().st_size))

@@ -30,6 +30,7 @@ class AttnGroup:
     k_pos: torch.Tensor  # [B, L] long, each gathered slot's position in its sequence
     k_seq: torch.Tensor  # [B, L] long, each gathered slot's sequence within the entry (-1: past its end)
     masks: dict[int | None, torch.Tensor] = field(default_factory=dict)  # by window: [B, 1, n, L] bool
+    biases: dict[tuple, torch.Tensor] = field(default_factory=dict)  # by (window, groups, dtype): [B, 1, g·n, L]
 
     @property
     def n(self) -> int:
@@ -47,6 +48,20 @@ class AttnGroup:
                 allowed &= k_pos > q_pos - window
             self.masks[window] = allowed[:, None]
         return self.masks[window]
+
+    def bias(self, window: int | None, groups: int, dtype: torch.dtype) -> torch.Tensor:
+        """The mask as SDPA's additive form (0 or -inf) in the queries' dtype, its rows repeated for the
+        ``groups`` query heads of a KV head: built once per step, not converted by every layer's call
+        (fp32 SDPA at batch 8: 62 µs with the bool mask, 39 with this)."""
+        key = (window, groups, dtype)
+        if key not in self.biases:
+            allowed = self.mask(window)
+            b, _, n, length = allowed.shape
+            if groups > 1 and n > 1:  # a single query per entry broadcasts over the groups as it is
+                allowed = allowed[:, :, None].expand(b, 1, groups, n, length).reshape(b, 1, groups * n, length)
+            self.biases[key] = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(
+                ~allowed, float("-inf"))
+        return self.biases[key]
 
     def to(self, device: torch.device) -> "AttnGroup":
         return AttnGroup(*(t.to(device) for t in (self.rows, self.blocks, self.q_pos, self.q_seq, self.k_pos,
@@ -115,10 +130,7 @@ def _attend(q: torch.Tensor, pool: torch.Tensor, group: AttnGroup, window: int |
     kv = pool.view(num_blocks, -1).index_select(0, group.flat_blocks).view(b, -1, 2, hkv, d)
     k, v = kv[:, :, 0].transpose(1, 2), kv[:, :, 1].transpose(1, 2)  # [B, Hkv, L, D]
     qg = q.view(b, n, hkv, g, d).permute(0, 2, 3, 1, 4).reshape(b, hkv, g * n, d)
-    mask = group.mask(window)
-    if g > 1:
-        mask = mask[:, :, None].expand(b, 1, g, n, mask.shape[-1]).reshape(b, 1, g * n, mask.shape[-1])
-    out = F.scaled_dot_product_attention(qg, k, v, attn_mask=mask)  # [B, Hkv, g·n, D]
+    out = F.scaled_dot_product_attention(qg, k, v, attn_mask=group.bias(window, g, q.dtype))  # [B, Hkv, g·n, D]
     return out.view(b, hkv, g, n, d).permute(0, 3, 1, 2, 4).reshape(b * n, heads, d)
 
 

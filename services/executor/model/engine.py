@@ -17,7 +17,7 @@ from c2cq.services.executor.model.detokenizer import IncrementalDetokenizer, loa
 from c2cq.services.executor.model.errors import KVRotationError
 from c2cq.services.executor.model.kv_host import HostKVPool
 from c2cq.services.executor.model.model import Model
-from c2cq.services.executor.model.sampler import SamplingParams, new_generator, sample
+from c2cq.services.executor.model.sampler import SamplingParams, new_generator, sample_rows
 from c2cq.services.executor.model.sequence import Sequence
 from c2cq.services.executor.model.stop import StopText
 from c2cq.services.executor.model.weights import MakeLinear, host_only
@@ -284,16 +284,11 @@ class Engine:
         self.last_stats = StepStats(prefill_tokens=sum(n for _, n in plan) - decode, decode_tokens=decode,
                                     num_seqs=len(plan), weight_bytes=counter.reset(), weight_bytes_host=host,
                                     kv_rotations=rotations, kv_bytes_rotated=moved)
-        outputs = []
-        row = 0
-        for (seq, n), wanted in zip(plan, want, strict=True):
+        for seq, n in plan:
             seq.num_cached += n
-            if not wanted:
-                continue
-            token = sample(logits[row], seq.params, seq.generator)
-            row += 1
-            outputs.append(self._append(seq, token))
-        return outputs
+        sampled = [seq for (seq, _), wanted in zip(plan, want, strict=True) if wanted]  # logits' rows, in order
+        tokens = sample_rows(logits, [s.params for s in sampled], [s.generator for s in sampled])
+        return [self._append(seq, token) for seq, token in zip(sampled, tokens, strict=True)]
 
     def _append(self, seq: Sequence, token: int) -> StepOutput:
         seq.tokens.append(token)

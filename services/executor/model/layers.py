@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from c2cq.services.executor.model.attention import paged_attention
 from c2cq.services.executor.model.batch import FlatBatch
 from c2cq.services.executor.model.kv_cache import KVCache
-from c2cq.services.executor.model.rope import apply_rope
+from c2cq.services.executor.model.rope import RopeTables
 from c2cq.services.executor.model.weights import Linear, Projection
 
 ACT: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
@@ -22,10 +22,11 @@ ACT: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """RMSNorm over the last dim, computed in fp32 and scaled in the input dtype (as Hugging Face)."""
-    h = x.to(torch.float32)
-    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
-    return weight * h.to(x.dtype)
+    """RMSNorm over the last dim, computed in fp32 and scaled in the input dtype (as Hugging Face:
+    ``weight * (h * rsqrt(mean(h²) + eps)).to(dtype)``, torch's one fused kernel for the normalisation)."""
+    if x.dtype == torch.float32 and weight.dtype == torch.float32:
+        return F.rms_norm(x, (x.shape[-1],), weight, eps)
+    return weight * F.rms_norm(x.to(torch.float32), (x.shape[-1],), None, eps).to(x.dtype)
 
 
 class Mlp:
@@ -37,7 +38,7 @@ class Mlp:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.gate_up(x)
-        return self.down(self.act(gate) * up)
+        return self.down(self.act(gate).mul_(up))
 
 
 class Attention:
@@ -52,16 +53,19 @@ class Attention:
         self.eps, self.window = eps, window
         self.q_norm, self.k_norm = q_norm, k_norm
 
-    def __call__(self, x: torch.Tensor, batch: FlatBatch, cache: KVCache, cos: torch.Tensor,
-                 sin: torch.Tensor) -> torch.Tensor:
-        t = x.shape[0]
-        q, k, v = self.qkv(x)
-        q = q.reshape(t, self.num_heads, self.head_dim)
-        k = k.reshape(t, self.num_kv_heads, self.head_dim)
-        v = v.reshape(t, self.num_kv_heads, self.head_dim)
-        if self.q_norm is not None and self.k_norm is not None:
-            q, k = rms_norm(q, self.q_norm, self.eps), rms_norm(k, self.k_norm, self.eps)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+    def __call__(self, x: torch.Tensor, batch: FlatBatch, cache: KVCache, rope: RopeTables) -> torch.Tensor:
+        t, heads, kv_heads, d = x.shape[0], self.num_heads, self.num_kv_heads, self.head_dim
+        fused = self.qkv.fused(x)
+        if fused is not None and self.q_norm is None:  # q and k side by side: rotated as one tensor
+            qk = rope.apply(fused[:, :(heads + kv_heads) * d].view(t, heads + kv_heads, d))
+            q, k = qk[:, :heads], qk[:, heads:]
+            v = fused[:, (heads + kv_heads) * d:].view(t, kv_heads, d)
+        else:
+            q, k, v = fused.split(self.qkv.sizes, dim=-1) if fused is not None else self.qkv(x)
+            q, k, v = q.view(t, heads, d), k.view(t, kv_heads, d), v.view(t, kv_heads, d)
+            if self.q_norm is not None and self.k_norm is not None:
+                q, k = rms_norm(q, self.q_norm, self.eps), rms_norm(k, self.k_norm, self.eps)
+            q, k = rope.apply(q), rope.apply(k)
         cache.write(self.layer, batch.slots, k, v)
         out = paged_attention(q, cache.pools[self.layer], batch.attn, self.window)
-        return self.o(out.reshape(t, self.num_heads * self.head_dim))
+        return self.o(out.reshape(t, heads * d))

@@ -13,7 +13,7 @@ from c2cq.services.executor.model.errors import ModelConfigError
 from c2cq.services.executor.model.kv_cache import KVCache
 from c2cq.services.executor.model.layers import Attention, Mlp, rms_norm
 from c2cq.services.executor.model.moe import MoeBlock
-from c2cq.services.executor.model.rope import Rope
+from c2cq.services.executor.model.rope import Rope, RopeTables
 from c2cq.services.executor.model.weights import LinearWeights, MakeLinear, host_only
 
 
@@ -23,9 +23,8 @@ class DecoderLayer:
         self.attn, self.mlp = attn, mlp
         self.in_norm, self.post_norm, self.eps = in_norm, post_norm, eps
 
-    def __call__(self, h: torch.Tensor, batch: FlatBatch, cache: KVCache, cos: torch.Tensor,
-                 sin: torch.Tensor) -> torch.Tensor:
-        h = h + self.attn(rms_norm(h, self.in_norm, self.eps), batch, cache, cos, sin)
+    def __call__(self, h: torch.Tensor, batch: FlatBatch, cache: KVCache, rope: RopeTables) -> torch.Tensor:
+        h = h + self.attn(rms_norm(h, self.in_norm, self.eps), batch, cache, rope)
         return h + self.mlp(rms_norm(h, self.post_norm, self.eps))
 
 
@@ -131,7 +130,7 @@ class Model:
             batch = batch.to(self.device)
         h = F.embedding(batch.input_ids, self.embed)
         self.weights.counter.add(batch.input_ids.numel() * self.embed.shape[1] * self.embed.element_size())
-        cos, sin = self.rope.cos_sin(batch.positions, batch.rope_lens, self.dtype)
+        rope = self.rope.tables(batch.positions, batch.rope_lens, self.dtype)
         for layer in self.layers:
-            h = layer(h, batch, cache, cos, sin)
+            h = layer(h, batch, cache, rope)
         return self.lm_head(rms_norm(h[batch.logits_rows], self.norm, self.cfg.rms_norm_eps))

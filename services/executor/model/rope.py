@@ -97,6 +97,29 @@ class Rope:
         scale = self.config.attention_factor
         return (emb.cos() * scale).to(dtype), (emb.sin() * scale).to(dtype)
 
+    def tables(self, positions: torch.Tensor, seq_lens: torch.Tensor, dtype: torch.dtype) -> "RopeTables":
+        """The step's rotation, built once and shared by every layer."""
+        cos, sin = self.cos_sin(positions, seq_lens, dtype)
+        half = sin.shape[-1] // 2
+        return RopeTables(cos[:, None, :], torch.cat((-sin[:, :half], sin[:, half:]), dim=-1)[:, None, :])
+
+
+class RopeTables:
+    """cos and sign-folded sin [tokens, 1, head_dim] of one step: rotating is x·cos + swap(x)·sin′ where
+    swap exchanges the two halves of the head and sin′ carries rotate_half's minus sign (−a·s = a·(−s)
+    exactly, so the result is Hugging Face's ``x·cos + rotate_half(x)·sin`` bit for bit)."""
+
+    __slots__ = ("cos", "sin")
+
+    def __init__(self, cos: torch.Tensor, sin: torch.Tensor) -> None:
+        self.cos, self.sin = cos, sin
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        """Rotate ``x`` [tokens, heads, head_dim] (any strides): a new contiguous tensor."""
+        t, h, d = x.shape
+        swapped = x.unflatten(-1, (2, d // 2)).flip(-2).view(t, h, d)
+        return x * self.cos + swapped * self.sin
+
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
     half = x.shape[-1] // 2

@@ -58,12 +58,12 @@ class Linear:
     weight: SplitWeight
     bias: torch.Tensor | None
     counter: ReadCounter
+    nbytes: int = 0  # bytes of W and b a call reads (set from the weight; a resplit keeps the total)
 
-    @property
-    def nbytes(self) -> int:
+    def __post_init__(self) -> None:
         w = self.weight
-        size = (w.hbm.numel() + w.host.numel()) * w.host.element_size()
-        return size + (0 if self.bias is None else self.bias.numel() * self.bias.element_size())
+        bias = 0 if self.bias is None else self.bias.numel() * self.bias.element_size()
+        self.nbytes = (w.hbm.numel() + w.host.numel()) * w.host.element_size() + bias
 
     def resplit(self, weight: SplitWeight) -> None:
         """Swap in ``weight``, the same N × K weight split at another row."""
@@ -106,6 +106,10 @@ class Projection:
         if len(self.linears) == 1 and len(self.sizes) > 1:
             return list(self.linears[0](x).split(self.sizes, dim=-1))
         return [lin(x) for lin in self.linears]
+
+    def fused(self, x: torch.Tensor) -> torch.Tensor | None:
+        """All outputs side by side [.., sum of sizes] from the one fused product; None when not fused."""
+        return self.linears[0](x) if len(self.linears) == 1 else None
 
 
 class LinearWeights:
