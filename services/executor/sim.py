@@ -51,10 +51,12 @@ def link_time_s(bytes_host: float, bytes_copy: float, link_bps: float, copy_shar
     ((host + copy) / link); else the reads run at (1 − share) of it throughout."""
     if bytes_host <= 0:
         return 0.0
-    together = (bytes_host + max(0.0, bytes_copy)) / link_bps
+    # max() and min() of two written out (the same results: they run at every step)
+    together = (bytes_host + (bytes_copy if bytes_copy > 0.0 else 0.0)) / link_bps
     if copy_share >= 1.0:
         return together
-    return min(together, bytes_host / ((1.0 - copy_share) * link_bps))
+    apart = bytes_host / ((1.0 - copy_share) * link_bps)
+    return apart if apart < together else together
 
 
 def roofline_s(*, bytes_hbm: float, bytes_host: float, params: int, tokens: int, flops: float, hbm_bps: float,
@@ -66,8 +68,10 @@ def roofline_s(*, bytes_hbm: float, bytes_host: float, params: int, tokens: int,
 
 def _roofline(bytes_hbm, bytes_host, params, tokens, flops, hbm_bps, link_bps, bytes_copy, copy_share) -> float:
     """``roofline_s`` with positional arguments (the step's hot path)."""
-    t_mem = max(bytes_hbm / hbm_bps, link_time_s(bytes_host, bytes_copy, link_bps, copy_share))
-    return max(t_mem, 2.0 * params * tokens / flops)
+    t_hbm, t_link = bytes_hbm / hbm_bps, link_time_s(bytes_host, bytes_copy, link_bps, copy_share)
+    t_mem = t_link if t_link > t_hbm else t_hbm  # max(), written out
+    t_comp = 2.0 * params * tokens / flops
+    return t_comp if t_comp > t_mem else t_mem
 
 
 def resident_after(alpha: float, cap: float, busy_s: float, link_bps: float, model_bytes: int,
@@ -196,7 +200,9 @@ class SimBackend:
         res.bytes_hbm = hbm = int(alpha * size)
         res.bytes_host = host = size - hbm
         link = self.link_share_bps
-        to_copy = max(0.0, (cap - alpha) * size)
+        to_copy = (cap - alpha) * size
+        if not to_copy > 0.0:
+            to_copy = 0.0  # max(0.0, …)
         busy = _roofline(hbm, host, m.parameters, prefill + len(decoding), p.flops, p.hbm_bps, link, to_copy,
                          p.copy_share)
         res.busy_s = busy * p.time_scale
@@ -219,10 +225,10 @@ class SimBackend:
             tok = (z ^ (z >> 31)) % vocab
             s.produced = idx = idx + 1
             if idx >= s.req.max_tokens:
-                add(Output(s.rid, idx - 1, (tok,), f" t{tok}", _LENGTH, prompt_tokens=s.prompt_tokens))
+                add(Output(s.rid, idx - 1, (tok,), f" t{tok}", _LENGTH, s.prompt_tokens))
                 del seqs[s.rid]
             else:
-                add(Output(s.rid, idx - 1, (tok,), f" t{tok}", None, prompt_tokens=s.prompt_tokens))
+                add(Output(s.rid, idx - 1, (tok,), f" t{tok}", None, s.prompt_tokens))
 
     def batch(self) -> list[_Seq]:
         """The sequences the next step runs, in step order (a simulator repeating a decode step)."""
