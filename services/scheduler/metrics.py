@@ -210,28 +210,25 @@ def _stats(st: "State", m: Metrics, e, s: StepStats) -> None:
     if e.executor_id not in st.executors:
         return  # a slice that never announced itself
     eid, C = e.executor_id, m.counters
-    # counters only grow: a negative figure (a broken executor) is not counted (every StepStats
-    # comes here: _inc inlined)
+    # counters only grow: a negative figure (a broken executor) is not counted
     if s.bytes_hbm > 0 or s.bytes_host > 0:
-        read = C["weight_bytes_read"]
-        if s.bytes_hbm > 0:
-            k = eid + SEP + "device"
-            read[k] = read.get(k, 0.0) + s.bytes_hbm
-        if s.bytes_host > 0:
-            k = eid + SEP + "host"
-            read[k] = read.get(k, 0.0) + s.bytes_host
+        _inc_two(C["weight_bytes_read"], eid, "device", s.bytes_hbm, "host", s.bytes_host)
     if s.prefill_tokens > 0 or s.decode_tokens > 0:
-        tokens = C["executor_tokens"]
-        if s.prefill_tokens > 0:
-            k = eid + SEP + "prefill"
-            tokens[k] = tokens.get(k, 0.0) + s.prefill_tokens
-        if s.decode_tokens > 0:
-            k = eid + SEP + "decode"
-            tokens[k] = tokens.get(k, 0.0) + s.decode_tokens
+        _inc_two(C["executor_tokens"], eid, "prefill", s.prefill_tokens, "decode", s.decode_tokens)
     if s.kv_rotations > 0:
         _inc(m.counters["kv_rotations"], eid, s.kv_rotations)
     if s.kv_bytes_rotated > 0:
         _inc(m.counters["kv_bytes_rotated"], eid, s.kv_bytes_rotated)
+
+
+def _inc_two(series: dict[str, float], eid: str, ka: str, va: float, kb: str, vb: float) -> None:
+    """Two of an executor's counters, each only if positive (every StepStats comes here: one call, not four)."""
+    if va > 0:
+        k = eid + SEP + ka
+        series[k] = series.get(k, 0.0) + va
+    if vb > 0:
+        k = eid + SEP + kb
+        series[k] = series.get(k, 0.0) + vb
 
 
 def _resident(st: "State", m: Metrics, e, r: ModelResident) -> None:
