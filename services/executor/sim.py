@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from itertools import islice
 
 import numpy as np
 
@@ -24,6 +25,7 @@ from c2cq.services.executor.backend import Output, StepResult
 
 _MASK = (1 << 64) - 1
 _GOLDEN = 0x9E3779B97F4A7C15
+_LENGTH = FinishReason.LENGTH
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,18 +51,27 @@ def link_time_s(bytes_host: float, bytes_copy: float, link_bps: float, copy_shar
     ((host + copy) / link); else the reads run at (1 − share) of it throughout."""
     if bytes_host <= 0:
         return 0.0
-    together = (bytes_host + max(0.0, bytes_copy)) / link_bps
+    # max() and min() of two written out (the same results: they run at every step)
+    together = (bytes_host + (bytes_copy if bytes_copy > 0.0 else 0.0)) / link_bps
     if copy_share >= 1.0:
         return together
-    return min(together, bytes_host / ((1.0 - copy_share) * link_bps))
+    apart = bytes_host / ((1.0 - copy_share) * link_bps)
+    return apart if apart < together else together
 
 
 def roofline_s(*, bytes_hbm: float, bytes_host: float, params: int, tokens: int, flops: float, hbm_bps: float,
                link_bps: float, bytes_copy: float = 0.0, copy_share: float = 0.5) -> float:
     """One step's duration: weight reads from HBM and over the link overlap, compute overlaps both;
     a residency copy in flight (``bytes_copy`` still to go) slows the link reads it shares the link with."""
-    t_mem = max(bytes_hbm / hbm_bps, link_time_s(bytes_host, bytes_copy, link_bps, copy_share))
-    return max(t_mem, 2.0 * params * tokens / flops)
+    return _roofline(bytes_hbm, bytes_host, params, tokens, flops, hbm_bps, link_bps, bytes_copy, copy_share)
+
+
+def _roofline(bytes_hbm, bytes_host, params, tokens, flops, hbm_bps, link_bps, bytes_copy, copy_share) -> float:
+    """``roofline_s`` with positional arguments (the step's hot path)."""
+    t_hbm, t_link = bytes_hbm / hbm_bps, link_time_s(bytes_host, bytes_copy, link_bps, copy_share)
+    t_mem = t_link if t_link > t_hbm else t_hbm  # max(), written out
+    t_comp = 2.0 * params * tokens / flops
+    return t_comp if t_comp > t_mem else t_mem
 
 
 def resident_after(alpha: float, cap: float, busy_s: float, link_bps: float, model_bytes: int,
@@ -155,32 +166,23 @@ class SimBackend:
         return min(self._alpha_cap, self.p.hbm_bytes / self.model.bytes) if self.model.bytes else 1.0
 
     def step(self, chunk_tokens: int) -> StepResult:
+        # one pass over the batch (it runs for every step of every slice: written for speed)
         m, res = self.model, StepResult()
         self.copied_bytes = 0.0
         seqs = self.seqs
-        if len(seqs) > self.max_batch:
-            batch = []
-            for s in seqs.values():
-                batch.append(s)
-                if len(batch) == self.max_batch:
-                    break
-        else:
-            batch = list(seqs.values())
+        batch = list(seqs.values()) if len(seqs) <= self.max_batch else list(islice(seqs.values(), self.max_batch))
         outputs = res.outputs
-        live = []
-        for s in batch:  # resumed with every token already delivered: complete without a token past max_tokens
-            if s.produced >= s.req.max_tokens:
-                outputs.append(Output(s.rid, s.produced, (), "", FinishReason.LENGTH, prompt_tokens=s.prompt_tokens))
-                del seqs[s.rid]
-            else:
-                live.append(s)
-        if not live:
-            return res
         budget = max(1, chunk_tokens)
         prefill = 0
+        live = False
         decoding = []
-        for s in live:  # chunked prefill first, within the chunk budget
-            if s.prefilled < s.prompt_tokens:
+        for s in batch:
+            if s.produced >= s.req.max_tokens:  # resumed with every token delivered: complete without a token past max_tokens
+                outputs.append(Output(s.rid, s.produced, (), "", FinishReason.LENGTH, prompt_tokens=s.prompt_tokens))
+                del seqs[s.rid]
+                continue
+            live = True
+            if s.prefilled < s.prompt_tokens:  # chunked prefill first, within the chunk budget
                 if budget > 0:
                     take = min(budget, s.prompt_tokens - s.prefilled)
                     s.prefilled += take
@@ -189,38 +191,44 @@ class SimBackend:
                 if s.prefilled < s.prompt_tokens:
                     continue
             decoding.append(s)
+        if not live:
+            return res
         res.prefill_tokens = prefill
         res.decode_tokens = len(decoding)
-        tokens = prefill + len(decoding)
-        alpha, cap = self._alpha, self._resident_cap()
-        res.bytes_hbm = int(alpha * m.bytes)
-        res.bytes_host = m.bytes - res.bytes_hbm
+        alpha, p, size = self._alpha, self.p, m.bytes
+        cap = min(self._alpha_cap, p.hbm_bytes / size) if size else 1.0
+        res.bytes_hbm = hbm = int(alpha * size)
+        res.bytes_host = host = size - hbm
         link = self.link_share_bps
-        to_copy = max(0.0, (cap - alpha) * m.bytes)
-        busy = roofline_s(bytes_hbm=res.bytes_hbm, bytes_host=res.bytes_host, params=m.parameters, tokens=tokens,
-                          flops=self.p.flops, hbm_bps=self.p.hbm_bps, link_bps=link, bytes_copy=to_copy,
-                          copy_share=self.p.copy_share)
-        res.busy_s = busy * self.p.time_scale
+        to_copy = (cap - alpha) * size
+        if not to_copy > 0.0:
+            to_copy = 0.0  # max(0.0, …)
+        busy = _roofline(hbm, host, m.parameters, prefill + len(decoding), p.flops, p.hbm_bps, link, to_copy,
+                         p.copy_share)
+        res.busy_s = busy * p.time_scale
         self._decode(decoding, outputs)
         # progressive residency: the copy gets what the step's reads left of the link
         if alpha < cap:
-            new = resident_after(alpha, cap, busy, link, m.bytes, res.bytes_host)
-            self.copied_bytes = (new - alpha) * m.bytes
+            new = resident_after(alpha, cap, busy, link, size, host)
+            self.copied_bytes = (new - alpha) * size
             self._alpha = new
         return res
 
     def _decode(self, decoding: list[_Seq], outputs: list[Output]) -> None:
-        """Each sequence produces its next token (and ends at max_tokens)."""
-        seqs, vocab = self.seqs, self.model.vocab_size
+        """Each sequence produces its next token (and ends at max_tokens); ``_token`` inlined."""
+        seqs, vocab, add = self.seqs, self.model.vocab_size, outputs.append
         for s in decoding:
             idx = s.produced
-            tok = _token(s.seed, idx, vocab)
-            s.produced = idx + 1
-            done = s.produced >= s.req.max_tokens
-            outputs.append(Output(s.rid, idx, (tok,), f" t{tok}", FinishReason.LENGTH if done else None,
-                                  prompt_tokens=s.prompt_tokens))
-            if done:
+            z = (s.seed + (idx + 1) * _GOLDEN) & _MASK
+            z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK
+            z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK
+            tok = (z ^ (z >> 31)) % vocab
+            s.produced = idx = idx + 1
+            if idx >= s.req.max_tokens:
+                add(Output(s.rid, idx - 1, (tok,), f" t{tok}", _LENGTH, s.prompt_tokens))
                 del seqs[s.rid]
+            else:
+                add(Output(s.rid, idx - 1, (tok,), f" t{tok}", None, s.prompt_tokens))
 
     def batch(self) -> list[_Seq]:
         """The sequences the next step runs, in step order (a simulator repeating a decode step)."""

@@ -52,17 +52,21 @@ def _on_link(x: ExecutorView) -> bool:
 def relink(st: State, group: str) -> None:
     """Recompute one link's capacity and load from its live members (sums, never differences)."""
     cap, used, n, busy = 0.0, 0.0, 0, 0
-    for eid in st.groups.get(group, ()):
-        y = st.executors.get(eid)
+    executors = st.executors
+    for eid in st.groups.get(group, ()):  # it runs at every StepStats: _on_link and max() inlined
+        y = executors.get(eid)
         if y is None:
             continue
-        y.on_link = _on_link(y)
-        if y.state == "lost":
+        state = y.state
+        y.on_link = on = state == "ready" and bool(y.active) and y.alpha < 1.0
+        if state == "lost":
             continue
-        cap = max(cap, y.est.link_bps)
-        used += y.est.link_used_bps
+        est = y.est
+        if est.link_bps > cap:
+            cap = est.link_bps
+        used += est.link_used_bps
         n += 1
-        busy += y.on_link
+        busy += on
     if not n:
         st.links.pop(group, None)
         return

@@ -197,30 +197,38 @@ def observe(st: "State", e, out: list) -> None:
     on = _ON_INPUT.get(type(msg))
     if on is not None:
         on(st, m, e, msg)
-    for o in out:
-        c = getattr(o, "msg", None)
-        on = _ON_OUTPUT.get(type(c))
-        if on is not None:
-            on(st, m, e, c)
+    if out:
+        get = _ON_OUTPUT.get
+        for o in out:
+            c = getattr(o, "msg", None)
+            on = get(type(c))
+            if on is not None:
+                on(st, m, e, c)
 
 
 def _stats(st: "State", m: Metrics, e, s: StepStats) -> None:
     if e.executor_id not in st.executors:
         return  # a slice that never announced itself
-    eid, read, tokens = e.executor_id, m.counters["weight_bytes_read"], m.counters["executor_tokens"]
+    eid, C = e.executor_id, m.counters
     # counters only grow: a negative figure (a broken executor) is not counted
-    if s.bytes_hbm > 0:
-        _inc(read, eid + SEP + "device", s.bytes_hbm)
-    if s.bytes_host > 0:
-        _inc(read, eid + SEP + "host", s.bytes_host)
-    if s.prefill_tokens > 0:
-        _inc(tokens, eid + SEP + "prefill", s.prefill_tokens)
-    if s.decode_tokens > 0:
-        _inc(tokens, eid + SEP + "decode", s.decode_tokens)
+    if s.bytes_hbm > 0 or s.bytes_host > 0:
+        _inc_two(C["weight_bytes_read"], eid, "device", s.bytes_hbm, "host", s.bytes_host)
+    if s.prefill_tokens > 0 or s.decode_tokens > 0:
+        _inc_two(C["executor_tokens"], eid, "prefill", s.prefill_tokens, "decode", s.decode_tokens)
     if s.kv_rotations > 0:
         _inc(m.counters["kv_rotations"], eid, s.kv_rotations)
     if s.kv_bytes_rotated > 0:
         _inc(m.counters["kv_bytes_rotated"], eid, s.kv_bytes_rotated)
+
+
+def _inc_two(series: dict[str, float], eid: str, ka: str, va: float, kb: str, vb: float) -> None:
+    """Two of an executor's counters, each only if positive (every StepStats comes here: one call, not four)."""
+    if va > 0:
+        k = eid + SEP + ka
+        series[k] = series.get(k, 0.0) + va
+    if vb > 0:
+        k = eid + SEP + kb
+        series[k] = series.get(k, 0.0) + vb
 
 
 def _resident(st: "State", m: Metrics, e, r: ModelResident) -> None:

@@ -194,25 +194,30 @@ class SimExecutor:
         return t
 
     def _work(self) -> None:
-        b = self.backend
-        self._switch_if_idle()
-        while not b.has_work() and self.queue.pending and not self.queue.running:
-            self._switch_if_idle()  # the previous switch failed its requests: try the next model
+        b, q = self.backend, self.queue
+        if q.pending and not q.running:  # else _switch_if_idle has nothing to do
+            self._switch_if_idle()
+            while not b.has_work() and q.pending and not q.running:
+                self._switch_if_idle()  # the previous switch failed its requests: try the next model
         if not b.has_work():
             self.stepping = False
             return
-        if self.engine.now < self.ready_at:  # the switch is still setting up
-            self.engine.at(self.ready_at, self._work)
+        engine = self.engine
+        if engine.now < self.ready_at:  # the switch is still setting up
+            engine.at(self.ready_at, self._work)
             return
         uses_link = b.alpha() < 1.0  # it streams, or copies, or both
-        b.link_share_bps = min(self.spec.profile.link_bps, self.link.share(joining=True))
+        link = self.link
+        share = link.capacity_bps / max(1, link.users + 1)  # link.share(joining=True), inlined
+        cap = self.spec.profile.link_bps
+        b.link_share_bps = cap if cap <= share else share  # min(cap, share)
         res = b.step(self.chunk_tokens)
         if uses_link:
-            self.link.users += 1
-        self.link.bytes += res.bytes_host + b.copied_bytes
+            link.users += 1
+        link.bytes += res.bytes_host + b.copied_bytes
         if self.runs and not uses_link and self._run_of_steps(res):
             return
-        self.engine.after(res.busy_s, self._publish, res, uses_link)
+        engine.at(engine.now + res.busy_s, self._publish, res, uses_link)
 
     # -- runs of alike, silent decode steps (one event for many) ------------------------------
     def _run_of_steps(self, res: StepResult) -> bool:
@@ -307,14 +312,14 @@ class SimExecutor:
         if streamed:
             self.link.users -= 1
         now = self.engine.now
-        running, held = self.queue.running, self.held
+        running, held, started = self.queue.running, self.held, self.started
         for o in res.outputs:
             rid = o.request_id
             if rid not in running:
                 continue  # aborted while the step ran
             if o.token_ids:
-                if rid not in self.started:  # the first token: at once
-                    self.started.add(rid)
+                if rid not in started:  # the first token: at once
+                    started.add(rid)
                     t0 = self.switch_at.pop(rid, None)
                     if t0 is not None:
                         self.rec.switch(index_of(rid), now - t0)
@@ -334,7 +339,7 @@ class SimExecutor:
                     self.emit(m.TokensProduced, request_id=rid, index=h[0], token_ids=tuple(h[1]), text="".join(h[2]))
                 self.queue.remove(rid)
                 self.switch_at.pop(rid, None)
-                self.started.discard(rid)
+                started.discard(rid)
                 self.emit(m.RequestCompleted, request_id=rid, finish_reason=o.finish,
                           prompt_tokens=o.prompt_tokens, completion_tokens=o.index + len(o.token_ids),
                           error_code=(o.code or ErrorCode.INTERNAL) if o.error else None, message=o.error)
@@ -345,7 +350,7 @@ class SimExecutor:
         self._stats_steps += 1
         if now - self._stats_since >= STATS_S:
             self.emit(m.StepStats, step_s=s.busy_s / self._stats_steps, tokens=s.prefill_tokens + s.decode_tokens,
-                      prefill_tokens=s.prefill_tokens, decode_tokens=s.decode_tokens, batch=len(self.queue.running),
+                      prefill_tokens=s.prefill_tokens, decode_tokens=s.decode_tokens, batch=len(running),
                       bytes_hbm=s.bytes_hbm, bytes_host=s.bytes_host, model=self.queue.model, **self._kv_fields())
             self._stats, self._stats_steps, self._stats_since = StepResult(), 0, now
         self._work()

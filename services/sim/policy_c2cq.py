@@ -80,7 +80,7 @@ class C2cqPolicy:
         if self.feeding:
             self.engine.at(self.engine.now, self._arrive, eid, msg)
         else:
-            self._arrive(eid, msg)
+            self._feed(ev.ExecutorSaid(at=self.engine.now, executor_id=eid, msg=msg))
 
     def _arrive(self, eid: str, msg) -> None:
         self._feed(ev.ExecutorSaid(at=self.engine.now, executor_id=eid, msg=msg))
@@ -99,17 +99,17 @@ class C2cqPolicy:
         try:
             _, cmds = core.apply(self.state, e)
             for c in cmds:
-                self._command(c)
+                t = type(c)
+                if t is ToExecutor:
+                    self.executors[c.executor_id].on_command(c.msg)
+                elif t is ToClient:
+                    msg = c.msg
+                    if type(msg) is not TokensEmitted or msg.seq == 0:  # later batches change no outcome
+                        self._to_client(msg)
+                else:
+                    self.plan_steps += 1
         finally:
             self.feeding = False
-
-    def _command(self, c) -> None:
-        if isinstance(c, ToExecutor):
-            self.executors[c.executor_id].on_command(c.msg)
-        elif isinstance(c, ToClient):
-            self._to_client(c.msg)
-        else:
-            self.plan_steps += 1
 
     # -- outputs to the client -----------------------------------------------------------------
     def _to_client(self, msg) -> None:
