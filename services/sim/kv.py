@@ -287,6 +287,7 @@ class KVBackend(SimBackend):
     def step(self, chunk_tokens: int) -> StepResult:
         now, m = self.clock(), self.model
         self.releasing = 0  # the last step's copies out have finished
+        self.copied_bytes = 0.0  # (the backend's step resets it too, but a step may run nothing)
         for s in self.seqs.values():
             b = self.blocks[s.rid]
             b.joins = False

@@ -112,6 +112,25 @@ def test_a_prefill_short_of_room_takes_what_room_there_is():
     assert b._used() == (POOL, 0)
 
 
+def test_bytes_copied_in_count_on_the_link_once():
+    """A step that runs nothing (the request copied back in joins the next step) counts its copy; the
+    step after it, copying nothing, counts nothing (not the last step's copy again)."""
+    clock = [0.0]
+    b = backend(KVPolicy.ROTATE, clock)
+    b.add(assign("A", 200, 100))
+    for _ in range(6):
+        clock[0] += b.step(512).busy_s
+    b.add(assign("B", 150, 5, ttft_ms=300.0, tpot_ms=100.0))
+    clock[0] += b.step(512).busy_s  # A goes out for B
+    assert b.blocks["A"].rotated
+    b.abort("B")
+    clock[0] += b.step(512).busy_s  # nothing waits: A comes back, and runs from the next step
+    assert b.blocks["A"].joins and b.copied_bytes == b.blocks["A"].device * block_bytes(MODEL, b.kv)
+    b.abort("A")
+    b.step(512)
+    assert b.copied_bytes == 0
+
+
 def test_a_copy_takes_link_time():
     """The step that rotates A out lasts at least A's bytes over the link's d2h share."""
     clock = [0.0]
