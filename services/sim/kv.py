@@ -8,19 +8,22 @@ of ``block_tokens`` tokens; a block of a model holds K and V of every layer:
 ``block_tokens × layers × 2 × (hidden × kv_dim_share) × dtype bytes``. The host pool is
 ``host_bytes`` per slice (profiles.toml [kv], with sources).
 
-Each step, as the real engine (services/executor/model/engine.py ``_schedule``) with KVRotor
-before it (kv_rotor.py): first the policy's decision from the step's inputs (waiting requests — every
-one before its first token, with the blocks its next chunk lacks: one part-way through its prompt
-still waits, else the policy, seeing nothing wait, would bring back the request it just rotated out
-for it, step after step — with their TTFT deadlines, running ones with their next-token deadlines, rotated ones); then the batch
-in arrival order — a decode needs room for one more token, a prefill chunk room for its tokens (as
-much of the chunk as there is room for: taken whole or not at all, an old long prompt short of a
-few blocks would preempt its juniors step after step and never start); when blocks run out the youngest requests holding blocks are
-preempted (their KV recomputed later) so the oldest progresses; a decode that still finds no room
-preempts itself. Under every policy that much is today's engine; ``block`` adds nothing, ``rotate``
-and ``recompute`` make room for an urgent head as ``decide`` says. A request the policy frees for
-recompute goes behind the waiting requests (kept in arrival order it would, being older, take the
-room straight back from the head it was freed for, step after step).
+Each step, as the real engine (services/executor/model/engine.py ``_schedule``) with KVRotor before
+it (kv_rotor.py): first the policy's decision from the step's inputs (waiting requests — every one
+before its first token, with the blocks its next chunk lacks: one part-way through its prompt still
+waits, else the policy, seeing nothing wait, would bring back the request it just rotated out for
+it, step after step — with their TTFT deadlines, running ones with their next-token deadlines,
+rotated ones, and the blocks the running decodes grow by this step); then the batch in arrival order
+— a decode needs room for one more token, a prefill chunk room for its tokens (as much of the chunk
+as there is room for: taken whole or not at all, an old long prompt short of a few blocks would
+preempt its juniors step after step and never start); when blocks run out the youngest requests
+holding blocks are preempted (their KV recomputed later) so the oldest progresses; a decode that
+still finds no room preempts itself — except that one whose missing blocks are being copied out this
+step waits a step for them instead (a rotation that made room is not followed by a recompute). Under
+every policy that much is today's engine; ``block`` adds nothing, ``rotate`` and ``recompute`` make
+room for an urgent head, a due rotated request or decodes that cannot grow, as ``decide`` says. A request the policy frees for recompute goes behind the
+waiting requests (kept in arrival order it would, being older, take the room straight back from the
+head it was freed for, step after step).
 
 Copies. Blocks rotated out are freed only after the step that copies them (never reused before
 the copy has finished); blocks rotated in join the batch from the next step on. A step's copies
@@ -32,13 +35,16 @@ its copies. Bytes copied in count on the link (``copied_bytes``).
 With no pressure (every request fits, nothing rotated) the batch is the backend's own and the
 step is exactly the backend's: a run with the KV model is the run without it, plus KV figures in
 StepStats.
+
+SLO. As the real executor (kv_shell.py, kv_rotor.py): a request's targets are the ones its
+AssignRequest carries (``slo``, less ``waited_ms`` for its TTFT), and TPOT is judged on the mean —
+its k-th token after the first is due at first + k · TPOT.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from c2cq.errors import ConfigError
 from c2cq.schemas.catalog import ModelInfo
@@ -58,6 +64,10 @@ from c2cq.services.executor.sim import SimBackend, SliceProfile
 from c2cq.services.sim.errors import SimError
 
 KV_POLICIES = tuple(p.value for p in KVPolicy)
+# what a request that names no target gets: services/executor/kv_shell.py's defaults (not imported: that
+# module pulls in the torch engine; tests/sim/test_kv.py checks they agree)
+DEFAULT_TTFT_S = 10.0
+DEFAULT_TPOT_S = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,8 +80,6 @@ class KVSetup:
     host_bytes: float = 32e9
     d2h_ratio: float = 0.79
     max_blocks_per_step: int = 4096
-    # a request's SLO targets, by executor-side id: (TTFT deadline in virtual time, TPOT target s)
-    slo_of: Callable[[str], tuple[float, float]] = field(default=lambda rid: (math.inf, math.inf))
 
     def __post_init__(self) -> None:
         if self.block_tokens < 1 or not 0.0 < self.kv_dim_share <= 1.0 or self.host_bytes < 0:
@@ -83,16 +91,35 @@ def block_bytes(info: ModelInfo, kv: KVSetup) -> int:
     return max(1, int(kv.block_tokens * info.num_layers * 2 * info.hidden_size * kv.kv_dim_share * dtype))
 
 
+def targets(req: AssignRequest) -> tuple[float, float]:
+    """(TTFT s from now, TPOT s) of a request added now, as the real executor derives them
+    (services/executor/kv_shell.py ``KVShell.added``): the targets AssignRequest carries (the
+    executor's defaults where it names none) less the time it already waited at the scheduler; a
+    migrated request's next token is due a TPOT on."""
+    slo = req.slo
+    tpot = slo.tpot_ms / 1e3 if slo.tpot_ms is not None else DEFAULT_TPOT_S
+    if req.resume_token_ids:
+        return tpot, tpot
+    return (slo.ttft_ms / 1e3 if slo.ttft_ms is not None else DEFAULT_TTFT_S) - req.waited_ms / 1e3, tpot
+
+
 @dataclass(slots=True)
 class _Blocks:
     ttft_deadline: float
     tpot_s: float
+    resumed: int = 0  # tokens delivered before it came here (a migration)
     device: int = 0
     host: int = 0
     rotated: bool = False
     joins: bool = False  # rotated back in this step: runs from the next step on
-    last_token: float | None = None  # when its last token was seen (the start of the step after it)
-    seen: int = 0  # its output count then
+    first_token: float | None = None  # when its first token here was seen (the start of the step after it)
+
+    def token_deadline(self, produced: int, now: float) -> float:
+        """When its next token is due, TPOT judged on the mean as KVRotor does: the k-th token after
+        the first at first + k · TPOT (before its first token: a TPOT from now)."""
+        if self.first_token is None:
+            return now + self.tpot_s
+        return self.first_token + (produced - self.resumed) * self.tpot_s
 
 
 class KVBackend(SimBackend):
@@ -135,8 +162,8 @@ class KVBackend(SimBackend):
     # -- requests ---------------------------------------------------------------------------------
     def add(self, req: AssignRequest) -> None:
         super().add(req)
-        deadline, tpot = self.kv.slo_of(req.request_id)
-        self.blocks[req.request_id] = _Blocks(deadline, tpot, seen=len(req.resume_token_ids))
+        ttft, tpot = targets(req)
+        self.blocks[req.request_id] = _Blocks(self.clock() + ttft, tpot, resumed=len(req.resume_token_ids))
 
     def abort(self, request_id: str) -> None:
         super().abort(request_id)
@@ -158,9 +185,10 @@ class KVBackend(SimBackend):
         """The rotation decision, applied; the bytes it copies (in, out)."""
         waiting, running, rotated = [], [], []
         per_token = 2.0 * self.model.parameters / self.p.flops
+        growth = 0
         for s in self.seqs.values():
             b = self.blocks[s.rid]
-            deadline = (b.last_token if b.last_token is not None else now) + b.tpot_s
+            deadline = b.token_deadline(s.produced, now)
             if b.rotated:
                 rotated.append(Rotated(s.rid, b.host, deadline))
             elif s.produced == 0:  # before its first token, whatever of its prompt it holds
@@ -168,12 +196,17 @@ class KVBackend(SimBackend):
                 need = max(0, self._need(self._kv_tokens(s) + min(pending, chunk)) - b.device)
                 waiting.append(Waiting(s.rid, need, b.ttft_deadline, pending * per_token))
             elif b.device:
-                running.append(Running(s.rid, b.device, s.produced > 0, deadline))
-        if not waiting and not rotated:
-            return 0, 0
+                # as KVRotor: a decode crossing into a new block grows the running set; only a decoding
+                # request makes room (one re-prefilling after a recompute would lose that work too)
+                decoding = s.prefilled >= s.prompt_tokens
+                growth += max(0, self._need(self._kv_tokens(s) + 1) - b.device) if decoding else 0
+                running.append(Running(s.rid, b.device, decoding, deadline))
         used, host_used = self._used()
-        d = decide(now, waiting, running, rotated, FreeBlocks(max(0, cap - used), max(0, host_cap - host_used)),
-                   self.cfg)
+        free = max(0, cap - used)
+        if not waiting and not rotated and growth <= free:
+            return 0, 0  # decide's "no pressure", without building it
+        d = decide(now, waiting, running, rotated, FreeBlocks(free, max(0, host_cap - host_used)), self.cfg,
+                   growth)
         bb, moved_in, moved_out = self.block_bytes(), 0, 0
         for mv in d.rotate_out:
             b = self.blocks[mv.request_id]
@@ -198,12 +231,16 @@ class KVBackend(SimBackend):
     # -- the batch --------------------------------------------------------------------------------
     def _plan(self, chunk: int, cap: int) -> tuple[list, int]:
         """The step's sequences in arrival order (engine._schedule) and the prefill tokens they take:
-        room for each one's tokens, the youngest preempted when blocks run out; a prefill chunk
-        short of room takes what room there is (and is the step's last prefill); at most max_batch."""
+        room for each one's tokens, the youngest preempted when blocks run out — unless blocks
+        being copied out this step cover what it lacks: then it waits for them (a decode skips the
+        step; a prefill takes what room there is), so a rotation that made room is not followed by a
+        recompute; a prefill chunk short of room takes what room there is (and is the step's last
+        prefill); at most max_batch."""
         order = [s for s in self.seqs.values() if not self.blocks[s.rid].rotated and not self.blocks[s.rid].joins]
         used, _ = self._used()
         bt = self.kv.block_tokens
         free, budget, taken = cap - used, max(1, chunk), 0
+        coming = self.releasing  # blocks this step's copies out free: room from the next step on
         plan, preempted = [], set()
         for i, s in enumerate(order):
             if len(plan) == self.max_batch:
@@ -214,8 +251,11 @@ class KVBackend(SimBackend):
             decoding = s.prefilled >= s.prompt_tokens
             kv = self._kv_tokens(s)
             take = 1 if decoding else min(budget, s.prompt_tokens - s.prefilled)
-            want, partial = self._need(kv + take) - b.device, False
-            if want > free:
+            want, partial, waits = self._need(kv + take) - b.device, False, False
+            if 0 < want - free <= coming:  # the room it lacks is being copied out: it waits a step, drops nothing
+                coming -= want - free
+                waits = True
+            elif want > free:
                 for v in reversed(order[i + 1:]):  # the youngest holders first
                     if want <= free:
                         break
@@ -228,7 +268,7 @@ class KVBackend(SimBackend):
             if want > free:
                 room = (b.device + free) * bt - kv  # tokens its blocks and the free ones hold
                 if decoding or room < 1:
-                    if decoding and b.device:
+                    if decoding and b.device and not waits:
                         free += b.device
                         self._preempt(s)
                         self.total_preemptions += 1
@@ -247,11 +287,12 @@ class KVBackend(SimBackend):
     def step(self, chunk_tokens: int) -> StepResult:
         now, m = self.clock(), self.model
         self.releasing = 0  # the last step's copies out have finished
+        self.copied_bytes = 0.0  # (the backend's step resets it too, but a step may run nothing)
         for s in self.seqs.values():
             b = self.blocks[s.rid]
             b.joins = False
-            if s.produced != b.seen:  # it produced since (a step, or a run of steps, that ended by now)
-                b.last_token, b.seen = now, s.produced
+            if b.first_token is None and s.produced > b.resumed:  # its first token came in a step that ended by now
+                b.first_token = now
         cap, host_cap = self.device_blocks(), self.host_blocks()
         failed = self._too_big(cap)
         moved_in, moved_out = self._decide(now, chunk_tokens, cap, host_cap)

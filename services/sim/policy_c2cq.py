@@ -4,7 +4,6 @@ commands applied to simulated executors in virtual time."""
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 
 from c2cq.loadgen.workload import PlannedRequest
@@ -43,9 +42,6 @@ class C2cqPolicy:
             fixed_s=prof.c2cq_switch_fixed_s, eager_copy=prof.c2cq_eager_copy, register_bps=prof.c2cq_register_bps,
             register_on_switch=prof.c2cq_register_on_switch)
         liveness = self.state.cfg.heartbeat_timeout_s / 2  # the core declares an executor lost after the timeout
-        self.slos: dict[int, tuple[float, float]] = {}  # request index → (TTFT deadline, TPOT target s)
-        if kv is not None:
-            kv = dataclasses.replace(kv, slo_of=self._slo_of)
         self.executors = {s.executor_id: SimExecutor(s, engine, links[s.group], models, self._said, rec,
                                                      phase=0.5 * i / max(1, n), costs=costs, liveness_s=liveness,
                                                      kv=kv)
@@ -58,12 +54,7 @@ class C2cqPolicy:
 
     def submit(self, req: PlannedRequest) -> None:
         self.rec.arrive(req)
-        self.slos[req.index] = (self.engine.now + req.ttft_ms / 1e3, req.tpot_ms / 1e3)
         self._feed(ev.Submitted(at=self.engine.now, client=CLIENT, msg=submit_of(req), info=self.models.get(req.model)))
-
-    def _slo_of(self, exec_rid: str) -> tuple[float, float]:
-        """The KV model's view of a request's targets (what AssignRequest would carry)."""
-        return self.slos.get(index_of(exec_rid), (float("inf"), float("inf")))
 
     def kv_totals(self) -> dict:
         """What the slices' KV tiers did over the run, summed (empty without the KV model)."""

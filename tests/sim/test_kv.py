@@ -6,15 +6,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
-
 import pytest
 
 from c2cq import cli
+from c2cq.schemas.client import SLO
 from c2cq.schemas.executor import AssignRequest
 from c2cq.services.catalog.sim_models import sim_model
 from c2cq.services.executor.rotation import KVPolicy
 from c2cq.services.executor.sim import SliceProfile
+from c2cq.services.sim import kv as sim_kv
 from c2cq.services.sim.kv import KVBackend, KVSetup, block_bytes
 from c2cq.services.sim.run import run_policy
 
@@ -24,9 +24,8 @@ MODEL = sim_model("m", 576, 30, 1536, 49152)
 POOL = 20  # device blocks (16 tokens each)
 
 
-def backend(policy: KVPolicy, slos: dict, clock: list[float]) -> KVBackend:
-    kv = KVSetup(policy=policy, host_bytes=64 * block_bytes(MODEL, KVSetup(policy=policy)),
-                 slo_of=lambda rid: slos[rid])
+def backend(policy: KVPolicy, clock: list[float]) -> KVBackend:
+    kv = KVSetup(policy=policy, host_bytes=64 * block_bytes(MODEL, KVSetup(policy=policy)))
     bb = block_bytes(MODEL, kv)
     prof = SliceProfile(hbm_bytes=MODEL.bytes + POOL * bb, hbm_bps=1e12, flops=1e15, link_bps=1e11, max_batch=8)
     b = KVBackend(prof, kv, clock=lambda: clock[0])
@@ -34,22 +33,26 @@ def backend(policy: KVPolicy, slos: dict, clock: list[float]) -> KVBackend:
     return b
 
 
+def assign(rid: str, prompt: int, max_tokens: int, *, ttft_ms: float | None = None, tpot_ms: float = 500.0,
+           waited_ms: float = 0.0) -> AssignRequest:
+    return AssignRequest(request_id=rid, model="m", prompt_token_ids=(1,) * prompt, max_tokens=max_tokens,
+                         slo=SLO(ttft_ms=ttft_ms, tpot_ms=tpot_ms), waited_ms=waited_ms)
+
+
 def drive(policy: KVPolicy) -> tuple[KVBackend, dict[str, list[tuple[int, float]]]]:
     """A (200-token prompt, 100 tokens, TPOT 0.5 s) holds most of the pool when B (150-token prompt,
     TTFT due in 0.3 s) arrives: B lacks 3 of its 10 blocks."""
     clock = [0.0]
-    slos = {"A": (math.inf, 0.5)}
-    b = backend(policy, slos, clock)
+    b = backend(policy, clock)
     assert b.device_blocks() == POOL
-    b.add(AssignRequest(request_id="A", model="m", prompt_token_ids=(1,) * 200, max_tokens=100))
+    b.add(assign("A", 200, 100))
     got: dict[str, list[tuple[int, float]]] = {"A": [], "B": []}
     steps = 0
     while b.has_work():
         steps += 1
         assert steps < 1000
-        if len(got["A"]) == 5 and "B" not in slos:
-            slos["B"] = (clock[0] + 0.3, 0.1)
-            b.add(AssignRequest(request_id="B", model="m", prompt_token_ids=(1,) * 150, max_tokens=5))
+        if len(got["A"]) == 5 and "B" not in b.blocks and not got["B"]:
+            b.add(assign("B", 150, 5, ttft_ms=500.0, tpot_ms=100.0, waited_ms=200.0))  # TTFT due in 0.3 s
         res = b.step(512)
         clock[0] += res.busy_s
         used, host = b._used()
@@ -86,10 +89,9 @@ def test_recompute_frees_the_running_request_and_prefills_it_again():
 
 def test_a_request_larger_than_the_device_pool_fails_at_once_and_the_others_run():
     clock = [0.0]
-    slos = {"big": (math.inf, 0.5), "A": (math.inf, 0.5)}
-    b = backend(KVPolicy.ROTATE, slos, clock)
-    b.add(AssignRequest(request_id="big", model="m", prompt_token_ids=(1,) * (POOL * 16), max_tokens=4))
-    b.add(AssignRequest(request_id="A", model="m", prompt_token_ids=(1,) * 100, max_tokens=4))
+    b = backend(KVPolicy.ROTATE, clock)
+    b.add(assign("big", POOL * 16, 4))
+    b.add(assign("A", 100, 4))
     res = b.step(512)
     failed = [o for o in res.outputs if o.error]
     assert [(o.request_id, o.code) for o in failed] == [("big", "prompt_too_long")]
@@ -101,28 +103,98 @@ def test_a_prefill_short_of_room_takes_what_room_there_is():
     """(the engine's partial chunk: taken whole or not at all, an old long prompt short of a few
     blocks would preempt its juniors step after step and never start)"""
     clock = [0.0]
-    b = backend(KVPolicy.BLOCK, {"A": (math.inf, 0.5), "C": (math.inf, 0.5)}, clock)
-    b.add(AssignRequest(request_id="A", model="m", prompt_token_ids=(1,) * 200, max_tokens=100))
+    b = backend(KVPolicy.BLOCK, clock)
+    b.add(assign("A", 200, 100))
     b.step(512)  # A: its prompt (13 blocks) and first token
-    b.add(AssignRequest(request_id="C", model="m", prompt_token_ids=(1,) * 150, max_tokens=4))
+    b.add(assign("C", 150, 4))
     res = b.step(512)
     assert b.seqs["C"].prefilled == 7 * 16 and b.blocks["C"].device == 7 and res.prefill_tokens == 7 * 16
     assert b._used() == (POOL, 0)
 
 
+def test_bytes_copied_in_count_on_the_link_once():
+    """A step that runs nothing (the request copied back in joins the next step) counts its copy; the
+    step after it, copying nothing, counts nothing (not the last step's copy again)."""
+    clock = [0.0]
+    b = backend(KVPolicy.ROTATE, clock)
+    b.add(assign("A", 200, 100))
+    for _ in range(6):
+        clock[0] += b.step(512).busy_s
+    b.add(assign("B", 150, 5, ttft_ms=300.0, tpot_ms=100.0))
+    clock[0] += b.step(512).busy_s  # A goes out for B
+    assert b.blocks["A"].rotated
+    b.abort("B")
+    clock[0] += b.step(512).busy_s  # nothing waits: A comes back, and runs from the next step
+    assert b.blocks["A"].joins and b.copied_bytes == b.blocks["A"].device * block_bytes(MODEL, b.kv)
+    b.abort("A")
+    b.step(512)
+    assert b.copied_bytes == 0
+
+
 def test_a_copy_takes_link_time():
     """The step that rotates A out lasts at least A's bytes over the link's d2h share."""
     clock = [0.0]
-    slos = {"A": (math.inf, 0.5)}
-    b = backend(KVPolicy.ROTATE, slos, clock)
-    b.add(AssignRequest(request_id="A", model="m", prompt_token_ids=(1,) * 200, max_tokens=100))
+    b = backend(KVPolicy.ROTATE, clock)
+    b.add(assign("A", 200, 100))
     for _ in range(6):
         clock[0] += b.step(512).busy_s
-    slos["B"] = (clock[0] + 0.3, 0.1)
-    b.add(AssignRequest(request_id="B", model="m", prompt_token_ids=(1,) * 150, max_tokens=5))
+    b.add(assign("B", 150, 5, ttft_ms=300.0, tpot_ms=100.0))
     res = b.step(512)
     out_bytes = b.total_bytes
     assert out_bytes > 0 and res.busy_s >= out_bytes / (1e11 * b.kv.d2h_ratio) * (1 - 1e-12)
+
+
+def test_a_request_s_deadlines_come_from_its_assign_as_the_executor_derives_them():
+    from c2cq.services.executor import kv_shell  # (imports the torch engine: not from the simulator)
+
+    assert (sim_kv.DEFAULT_TTFT_S, sim_kv.DEFAULT_TPOT_S) == (kv_shell.DEFAULT_TTFT_S, kv_shell.DEFAULT_TPOT_S)
+    clock = [5.0]
+    b = backend(KVPolicy.ROTATE, clock)
+    b.add(assign("A", 100, 50, ttft_ms=2000.0, tpot_ms=200.0, waited_ms=500.0))
+    b.add(AssignRequest(request_id="D", model="m", prompt_token_ids=(1,) * 10, max_tokens=5))  # names no target
+    b.add(AssignRequest(request_id="M", model="m", prompt_token_ids=(1,) * 10, max_tokens=5, resume_token_ids=(7, 7),
+                        slo=SLO(ttft_ms=2000.0, tpot_ms=300.0)))  # migrated: a TPOT on
+    a, d, m = b.blocks["A"], b.blocks["D"], b.blocks["M"]
+    assert (a.ttft_deadline, a.tpot_s) == (5.0 + 1.5, 0.2)
+    assert (d.ttft_deadline, d.tpot_s) == (5.0 + sim_kv.DEFAULT_TTFT_S, sim_kv.DEFAULT_TPOT_S)
+    assert (m.ttft_deadline, m.tpot_s) == (5.0 + 0.3, 0.3)
+
+
+def test_tpot_is_judged_on_the_mean_a_request_ahead_of_its_pace_banks_slack():
+    """(as KVRotor: the k-th token after the first is due at first + k · TPOT)"""
+    clock = [0.0]
+    b = backend(KVPolicy.ROTATE, clock)
+    b.add(assign("A", 100, 50, tpot_ms=200.0))
+    assert b.blocks["A"].token_deadline(b.seqs["A"].produced, 3.0) == 3.2  # before its first token
+    clock[0] = 1.0
+    b.step(512)  # its first token
+    for _ in range(4):
+        clock[0] += 0.01
+        b.step(512)
+    first = b.blocks["A"].first_token
+    assert first == 1.01 and b.seqs["A"].produced == 5
+    # its first token and 4 more: the next (the 5th after the first) is due 5 TPOTs after the first
+    assert b.blocks["A"].token_deadline(b.seqs["A"].produced, clock[0]) == pytest.approx(first + 5 * 0.2)
+
+
+@pytest.mark.parametrize("policy", [KVPolicy.ROTATE, KVPolicy.BLOCK])
+def test_running_requests_that_cannot_grow_make_room_by_slack_not_by_age(policy):
+    """Two decodes fill the pool; at the next block boundary ``decide`` sees the growth: under rotate
+    the one with more TPOT slack (the older, TPOT 500 ms) goes to host; under block the engine
+    drops the youngest for recompute, as today."""
+    clock = [0.0]
+    b = backend(policy, clock)
+    b.add(assign("A", 150, 40, tpot_ms=500.0))
+    b.add(assign("C", 150, 40, tpot_ms=100.0))
+    steps = 0
+    while not (b.total_rotations or b.total_preemptions):
+        steps += 1
+        assert steps < 30
+        clock[0] += max(b.step(512).busy_s, 0.001)
+    if policy is KVPolicy.ROTATE:
+        assert b.blocks["A"].rotated and b.total_preemptions == 0
+    else:
+        assert b.blocks["C"].device == 0 and not b.blocks["A"].rotated
 
 
 @pytest.mark.parametrize("policy", ["block", "rotate", "recompute"])
