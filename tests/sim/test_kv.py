@@ -112,15 +112,21 @@ def test_a_prefill_short_of_room_takes_what_room_there_is():
     assert b._used() == (POOL, 0)
 
 
-def test_bytes_copied_in_count_on_the_link_once():
-    """A step that runs nothing (the request copied back in joins the next step) counts its copy; the
-    step after it, copying nothing, counts nothing (not the last step's copy again)."""
-    clock = [0.0]
+def a_decodes_then_b_arrives(clock):
+    """A rotate slice where A decodes for a few steps, then B arrives with a tight TTFT (not stepped yet)."""
     b = backend(KVPolicy.ROTATE, clock)
     b.add(assign("A", 200, 100))
     for _ in range(6):
         clock[0] += b.step(512).busy_s
     b.add(assign("B", 150, 5, ttft_ms=300.0, tpot_ms=100.0))
+    return b
+
+
+def test_bytes_copied_in_count_on_the_link_once():
+    """A step that runs nothing (the request copied back in joins the next step) counts its copy; the
+    step after it, copying nothing, counts nothing (not the last step's copy again)."""
+    clock = [0.0]
+    b = a_decodes_then_b_arrives(clock)
     clock[0] += b.step(512).busy_s  # A goes out for B
     assert b.blocks["A"].rotated
     b.abort("B")
@@ -133,12 +139,7 @@ def test_bytes_copied_in_count_on_the_link_once():
 
 def test_a_copy_takes_link_time():
     """The step that rotates A out lasts at least A's bytes over the link's d2h share."""
-    clock = [0.0]
-    b = backend(KVPolicy.ROTATE, clock)
-    b.add(assign("A", 200, 100))
-    for _ in range(6):
-        clock[0] += b.step(512).busy_s
-    b.add(assign("B", 150, 5, ttft_ms=300.0, tpot_ms=100.0))
+    b = a_decodes_then_b_arrives([0.0])
     res = b.step(512)
     out_bytes = b.total_bytes
     assert out_bytes > 0 and res.busy_s >= out_bytes / (1e11 * b.kv.d2h_ratio) * (1 - 1e-12)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 
+import msgspec
+
 from c2cq.schemas.client import SamplingParams as WireSampling
 from c2cq.schemas.executor import AssignRequest
 from c2cq.services.executor import cpu
