@@ -56,6 +56,7 @@ class KVState:
     rotated: bool
     host_blocks: int
     grow: int = 0  # device blocks its next decode step adds (a decode crossing into a new block)
+    cached: int = 0  # tokens whose KV it holds (a part-prefilled request: the chunks run so far)
 
 
 class Engine:
@@ -168,7 +169,8 @@ class Engine:
         host = self.host
         return [KVState(s.request_id, len(s.table.blocks), s.pending, s.num_output > 0,
                         s.request_id in self._rotated, host.blocks_of(s.request_id) if host is not None else 0,
-                        s.table.blocks_needed(s.num_cached + 1) if s.pending == 1 and s.table.blocks else 0)
+                        s.table.blocks_needed(s.num_cached + 1) if s.pending == 1 and s.table.blocks else 0,
+                        s.num_cached)
                 for s in order]
 
     def preempt(self, request_id: str, behind: str | None = None) -> None:

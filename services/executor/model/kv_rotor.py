@@ -80,8 +80,12 @@ class KVRotor:
             if st.rotated:
                 if eng.host is not None and eng.host.tier(st.request_id) is Tier.HOST:
                     rotated.append(Rotated(st.request_id, st.host_blocks, self._deadline(st.request_id, now)))
-            elif st.device_blocks == 0 and not st.has_output:
-                need = -(-min(st.pending, chunk_tokens) // bs)
+            elif not st.has_output:
+                # before its first token it waits, whatever of its prompt it holds (a part-prefilled head
+                # counted as running would drop out of the waiting list, and the policy, seeing nothing
+                # wait, would bring back the request it had just rotated out for it): with the blocks its
+                # next chunk still lacks
+                need = max(0, -(-(st.cached + min(st.pending, chunk_tokens)) // bs) - st.device_blocks)
                 deadline = clock.ttft_deadline if clock is not None else float("inf")
                 waiting.append(Waiting(st.request_id, need, deadline, st.pending * self.prefill_s_per_token))
             elif st.device_blocks:
