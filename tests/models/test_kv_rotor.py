@@ -57,6 +57,9 @@ def test_rotation_serves_a_late_request_sooner_with_the_same_tokens(checkpoints)
     assert rotor.rotations >= 2  # out, and back in
     assert first_rotated <= LATE_AT + 2 < first_blocked
     assert engine.free_blocks == 16 and engine.host.num_free == 16 and not engine.rotated
+    # the victim's full blocks were copied ahead: rotating it out copied less than it brought back
+    host = engine.host
+    assert host.bytes_ahead > 0 and host.bytes_at_rotate < host.bytes_in and host.ahead_blocks == 0
 
 
 @pytest.mark.parametrize("policy", list(KVPolicy))
