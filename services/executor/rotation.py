@@ -38,10 +38,13 @@ class RotationConfig:
     victim_min_slack_s: float = 0.2  # a running request makes room only with more TPOT slack than this
     return_slack_s: float = 0.05  # a rotated request comes back once its TPOT slack is below this
     copy_s_per_block: float = 0.0  # estimated time to copy one block in (taken off a rotated request's slack)
+    ahead_blocks_per_step: int = 8  # full blocks of likely victims copied to host ahead per step (0: none)
 
     def __post_init__(self) -> None:
         if self.max_blocks_per_step < 1:
             raise ConfigError(f"max_blocks_per_step must be >= 1, got {self.max_blocks_per_step}")
+        if self.ahead_blocks_per_step < 0:
+            raise ConfigError(f"ahead_blocks_per_step must be >= 0, got {self.ahead_blocks_per_step}")
         if self.copy_s_per_block < 0:
             raise ConfigError(f"copy_s_per_block must be >= 0, got {self.copy_s_per_block}")
         if self.return_slack_s >= self.victim_min_slack_s:  # else a request could go out and back every step

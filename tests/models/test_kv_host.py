@@ -240,3 +240,49 @@ def test_a_copy_out_sees_what_the_compute_stream_queued_before_it():
     for layer in range(LAYERS):
         k, v = cache.read(layer, tables["a"], lengths["a"])
         assert torch.equal(k, torch.full_like(k, layer)) and torch.equal(v, -torch.ones_like(v))
+
+
+def test_blocks_copied_ahead_leave_only_the_last_block_to_copy_and_come_back_bitwise_equal():
+    gen = torch.Generator().manual_seed(11)
+    cache, tables, lengths = fragmented(torch.float32, gen)
+    host = HostKVPool.like(cache, num_blocks=8)
+    a = tables["a"].blocks  # 3 blocks, 11 tokens: the first 2 full
+    before = snapshot(cache, tables["a"], lengths["a"])
+    assert host.copy_ahead(cache, "a", a[:1], max_blocks=4) == 1
+    assert host.copy_ahead(cache, "a", a[:2], max_blocks=4) == 1 and host.copy_ahead(cache, "a", a[:2], 4) == 0
+    assert host.num_free == 6 and host.room == 8 and host.ahead_of("a") == 2
+    with pytest.raises(KVRotationError, match="copied ahead, it must not be written"):
+        host.check_write("a", 1)  # a step writing into a full block: refused
+    host.check_write("a", 2)
+    with pytest.raises(KVRotationError, match="not the ones copied ahead"):
+        host.copy_out(cache, {"a": [a[1], a[0], a[2]]})
+    at_rotate = host.bytes_at_rotate
+    host.copy_out(cache, {"a": a})
+    assert host.bytes_at_rotate - at_rotate == host.block_nbytes  # only the last, partial block
+    assert host.bytes_out == 3 * host.block_nbytes and host.ahead_blocks == 0
+    tables["a"].blocks = []
+    host.complete(cache)
+    tables["a"].blocks = host.copy_in(cache, ["a"])["a"]
+    host.complete(cache)
+    assert bitwise_equal(snapshot(cache, tables["a"], lengths["a"]), before)
+    assert host.num_free == 8
+
+
+def test_copies_ahead_are_taken_back_for_a_rotation_and_dropped_with_their_request():
+    cache, tables, _ = fragmented(torch.float32, torch.Generator().manual_seed(3))
+    host = HostKVPool.like(cache, num_blocks=5)
+    host.copy_ahead(cache, "b", tables["b"].blocks[:2], max_blocks=2)
+    host.copy_ahead(cache, "c", tables["c"].blocks[:2], max_blocks=2)
+    assert host.num_free == 1 and host.room == 5
+    host.copy_out(cache, {"a": tables["a"].blocks})  # 3 blocks: takes back a copy ahead
+    assert host.num_free == 0 and host.ahead_blocks == 2
+    with pytest.raises(OutOfHostKVBlocks):
+        host.copy_out(cache, {"b": tables["b"].blocks})  # 1 block more than b's copies ahead, none left
+    for rid in ("b", "c"):
+        host.drop_ahead(rid)
+        host.drop_ahead(rid)  # none left: a no-op
+    host.complete(cache)
+    with pytest.raises(KVRotationError, match="on host"):
+        host.copy_ahead(cache, "a", tables["a"].blocks[:2], max_blocks=2)  # its KV is on host already
+    host.drop("a")
+    assert host.num_free == 5 and host.ahead_blocks == 0

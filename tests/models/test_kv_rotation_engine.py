@@ -14,9 +14,10 @@ from c2cq.services.executor.model.sampler import SamplingParams
 from .conftest import prompt
 
 
-def run(ck, arrivals, *, kv_blocks, host_kv_blocks=0, rotate_every=0, seed=0):
+def run(ck, arrivals, *, kv_blocks, host_kv_blocks=0, rotate_every=0, seed=0, ahead=0):
     """Step the engine with requests arriving at given steps; every ``rotate_every`` steps rotate a random
-    running request out and, the step after, the longest-rotated one back in."""
+    running request out and, the step after, the longest-rotated one back in; ``ahead``: full blocks of
+    the running requests copied ahead each step (before the rotation)."""
     engine = Engine(ck.config, ck.tensors, None, kv_blocks=kv_blocks, block_size=4, host_kv_blocks=host_kv_blocks)
     pick = torch.Generator().manual_seed(seed)
     got: dict[str, list[int]] = {}
@@ -27,6 +28,9 @@ def run(ck, arrivals, *, kv_blocks, host_kv_blocks=0, rotate_every=0, seed=0):
             engine.add(rid, ids, params)
         if step > max(arrivals) and not engine.num_requests:
             break
+        if ahead:
+            engine.copy_ahead([s.request_id for s in engine.kv_states() if s.device_blocks and not s.rotated],
+                              ahead)
         if rotate_every and step % rotate_every == 0:
             running = sorted(engine.request_ids - engine.rotated)
             if running:
@@ -57,6 +61,12 @@ def test_rotation_every_k_steps_keeps_greedy_tokens(checkpoints, name):
         assert rotations >= 5 and got == expected
         assert engine.free_blocks == 64 and engine.host.num_free == 64 and not engine.rotated
         assert engine.host.bytes_out == engine.host.bytes_in > 0
+        # with full blocks copied ahead: the same tokens, both pools full again, less copied at rotation
+        got, engine, _ = run(ck, arrivals, kv_blocks=64, host_kv_blocks=64, rotate_every=k, seed=k, ahead=2)
+        assert got == expected
+        assert engine.free_blocks == 64 and engine.host.num_free == 64 and engine.host.ahead_blocks == 0
+        host = engine.host
+        assert 0 < host.bytes_at_rotate < host.bytes_in <= host.bytes_out == host.bytes_at_rotate + host.bytes_ahead
 
 
 def two_started(ck, b_len: int) -> Engine:

@@ -57,6 +57,9 @@ def test_rotation_serves_a_late_request_sooner_with_the_same_tokens(checkpoints)
     assert rotor.rotations >= 2  # out, and back in
     assert first_rotated <= LATE_AT + 2 < first_blocked
     assert engine.free_blocks == 16 and engine.host.num_free == 16 and not engine.rotated
+    # the victim's full blocks were copied ahead: rotating it out copied less than it brought back
+    host = engine.host
+    assert host.bytes_ahead > 0 and host.bytes_at_rotate < host.bytes_in and host.ahead_blocks == 0
 
 
 @pytest.mark.parametrize("policy", list(KVPolicy))
@@ -91,3 +94,45 @@ def test_recompute_victims_queue_behind_the_head_they_made_room_for(checkpoints)
     assert got == serve(ck, None, kv_blocks=256)[0]
     assert first <= LATE_AT + 2 < first_blocked
     assert rotor.recomputes >= 1 and engine.free_blocks == 16
+
+
+def test_a_part_prefilled_head_still_waits_and_gets_room_every_step(checkpoints):
+    """A long prompt prefilled in chunks stays the head waiting request while it holds blocks and has no
+    token yet (counted as running it dropped out of the waiting list: it stalled with its chunks held
+    while the policy saw nothing wait and brought the request rotated out for it back); it progresses every
+    step, no request goes out and back on consecutive steps, and the tokens are unchanged."""
+    ck = checkpoints("llama")
+    long_late = [("late", prompt(3, 40), SamplingParams(max_tokens=4))]
+
+    def run(kv_blocks: int, policy: KVPolicy):
+        engine = Engine(ck.config, ck.tensors, None, kv_blocks=kv_blocks, block_size=4, host_kv_blocks=32)
+        rotor = KVRotor(engine, RotationConfig(policy=policy), prefill_s_per_token=0.01)
+        arrivals = {0: [("a", prompt(1, 8), LONG), ("b", prompt(2, 8), LONG)], 12: long_late}
+        got: dict[str, list[int]] = {}
+        heads, cached, moves = [], [], []
+        for step in range(400):
+            now = step * DT
+            for rid, ids, params in arrivals.get(step, []):
+                engine.add(rid, ids, params)
+                rotor.track(rid, now, ttft_s=0.5, tpot_s=1.0)
+            if step > 12 and not engine.num_requests:
+                return got, heads, cached, moves, engine
+            d = rotor.before_step(now, chunk_tokens=4)
+            moves.append(({m.request_id for m in d.rotate_out}, {m.request_id for m in d.rotate_in}))
+            if step >= 12 and "late" not in got:
+                heads.append(d.head)
+                cached.append(next(st.cached for st in engine.kv_states() if st.request_id == "late"))
+            for out in engine.step(chunk_tokens=4):
+                got.setdefault(out.request_id, []).extend(out.new_token_ids)
+                rotor.token(out.request_id, now + DT)
+        raise AssertionError("requests did not finish")
+
+    expected = run(256, KVPolicy.BLOCK)[0]
+    got, heads, cached, moves, engine = run(16, KVPolicy.ROTATE)
+    assert got == expected
+    assert heads and all(h == "late" for h in heads)
+    assert all(b > a for a, b in zip(cached, cached[1:])), cached  # a chunk every step until its first token
+    assert sum(len(o) + len(i) for o, i in moves) >= 2
+    for (out, back), (out2, back2) in zip(moves, moves[1:]):
+        assert not (out & back2) and not (back & out2)
+    assert engine.free_blocks == 16 and engine.host.num_free == 32 and not engine.rotated

@@ -56,6 +56,7 @@ class KVState:
     rotated: bool
     host_blocks: int
     grow: int = 0  # device blocks its next decode step adds (a decode crossing into a new block)
+    cached: int = 0  # tokens whose KV it holds (a part-prefilled request: the chunks run so far)
 
 
 class Engine:
@@ -111,6 +112,8 @@ class Engine:
         if request_id in self._rotated:
             self.host.drop(request_id)
             self._rotated.discard(request_id)
+        elif self.host is not None:
+            self.host.drop_ahead(request_id)
         seq.table.release(self.cache.allocator)
         return True
 
@@ -135,6 +138,20 @@ class Engine:
         self.host.copy_in(self.cache, request_ids)
         self._rotations += len(request_ids)
 
+    def copy_ahead(self, request_ids: list[str], max_blocks: int) -> int:
+        """Copy up to ``max_blocks`` full blocks of these running requests (in this order) to the host pool
+        ahead of a rotation, so that rotating one out later copies only its last blocks; blocks copied."""
+        if self.host is None:
+            raise KVRotationError("this engine has no host KV pool")
+        copied = 0
+        for rid in request_ids:
+            seq = self._seqs.get(rid)
+            if seq is None or rid in self._rotated:
+                raise KVRotationError(f"request {rid!r} is not running here")
+            full = seq.table.blocks[:seq.num_cached // self.cache.block_size]
+            copied += self.host.copy_ahead(self.cache, rid, full, max_blocks - copied)
+        return copied
+
     def _settle(self, wait: bool = True) -> None:
         """Finish the pending copies (``wait=False``: those done by now, on cuda; the others stay pending,
         overlapping the step); requests copied back in get their blocks and run again."""
@@ -154,7 +171,7 @@ class Engine:
         """(device used, device free, host used, host free) KV blocks now; blocks held by a pending copy
         count as used."""
         alloc, host = self.cache.allocator, self.host
-        free_host = 0 if host is None else host.num_free
+        free_host = 0 if host is None else host.room  # copies ahead are a cache: any rotation takes them
         return (alloc.num_blocks - alloc.num_free, alloc.num_free,
                 0 if host is None else host.num_blocks - free_host, free_host)
 
@@ -168,7 +185,8 @@ class Engine:
         host = self.host
         return [KVState(s.request_id, len(s.table.blocks), s.pending, s.num_output > 0,
                         s.request_id in self._rotated, host.blocks_of(s.request_id) if host is not None else 0,
-                        s.table.blocks_needed(s.num_cached + 1) if s.pending == 1 and s.table.blocks else 0)
+                        s.table.blocks_needed(s.num_cached + 1) if s.pending == 1 and s.table.blocks else 0,
+                        s.num_cached)
                 for s in order]
 
     def preempt(self, request_id: str, behind: str | None = None) -> None:
@@ -217,6 +235,8 @@ class Engine:
     # -- scheduling -------------------------------------------------------------------------------
     def _preempt(self, seq: Sequence) -> None:
         """Free a sequence's blocks; it recomputes its KV (prompt + output so far) later."""
+        if self.host is not None:
+            self.host.drop_ahead(seq.request_id)
         seq.table.release(self.cache.allocator)
         seq.num_cached = 0
         seq.preemptions += 1
@@ -273,6 +293,9 @@ class Engine:
         if not plan:
             self.last_stats = StepStats(0, 0, 0, 0, kv_rotations=rotations, kv_bytes_rotated=moved)
             return []
+        if self.host is not None:
+            for seq, _ in plan:
+                self.host.check_write(seq.request_id, seq.num_cached // self.cache.block_size)
         chunks = [(seq.tokens[seq.num_cached:seq.num_cached + n], seq.num_cached, seq.table) for seq, n in plan]
         want = [seq.num_cached + n == len(seq.tokens) for seq, n in plan]
         decode = sum(1 for seq, n in plan if n == 1 and seq.pending == 1 and seq.num_output > 0)

@@ -12,6 +12,14 @@ A request is in at most one tier: copying out takes its device blocks from the c
 table must drop them), copying in hands new device blocks back only on completion. On a CPU slice the
 copies are synchronous and ``complete()`` only does the accounting.
 
+Copies ahead (DuplexKV): while a request that is a likely victim decodes, its full blocks (which no
+longer change) may be copied to host blocks ahead of time (``copy_ahead``); a later ``copy_out`` then
+copies only the blocks not yet copied (its last, partial block) and takes the ahead copies as its first
+host blocks. An ahead copy is a cache: its host blocks count as room (``room``), taken back when a
+rotation needs them, dropped when the request ends or is preempted (``drop_ahead``, after its copy has
+finished), and a write into a block copied ahead is refused (``check_write``): it cannot happen to a full
+block, and if it did the host copy would be stale.
+
 On cuda the host pool is pinned and the copies run on a copy stream of their own, so they overlap the
 compute stream's steps, in both directions at once (out: device → host, in: host → device, each its
 own DMA). Each batch first waits for what the compute stream has queued (the blocks it reads were
@@ -48,6 +56,13 @@ class _Entry:
     done: torch.cuda.Event | None = None  # the pending copy's event (cuda); None: complete when issued
 
 
+@dataclass(slots=True)
+class _Ahead:
+    device: list[int]  # the request's first device blocks (position order), copied ahead
+    host: list[int]  # their host copies
+    done: torch.cuda.Event | None = None  # the last batch that copied some of them (cuda)
+
+
 @dataclass(frozen=True, slots=True)
 class Completed:
     """What one ``complete()`` finished: requests now on host, and requests back on device with their
@@ -68,10 +83,13 @@ class HostKVPool:
                                 pin_memory=pin)
         self._free = list(range(num_blocks - 1, -1, -1))
         self._entries: dict[str, _Entry] = {}
+        self._ahead: dict[str, _Ahead] = {}
         self._stream: torch.cuda.Stream | None = None  # the copy stream (cuda), made on first use
         self._inflight: list[tuple[torch.cuda.Event, tuple[torch.Tensor, ...]]] = []  # staging kept to its event
         self.bytes_out = 0  # since start
         self.bytes_in = 0
+        self.bytes_ahead = 0  # of bytes_out, copied ahead (some of it dropped unused)
+        self.bytes_at_rotate = 0  # of bytes_out, copied when a request was rotated out
 
     @classmethod
     def like(cls, cache: KVCache, num_blocks: int) -> HostKVPool:
@@ -84,6 +102,21 @@ class HostKVPool:
     @property
     def num_free(self) -> int:
         return len(self._free)
+
+    @property
+    def ahead_blocks(self) -> int:
+        """Host blocks held by copies ahead (taken back when a rotation needs them)."""
+        return sum(len(a.host) for a in self._ahead.values())
+
+    @property
+    def room(self) -> int:
+        """Host blocks a rotation out may take: the free ones and those of copies ahead."""
+        return len(self._free) + self.ahead_blocks
+
+    def ahead_of(self, request_id: str) -> int:
+        """Blocks of this request copied ahead (its first ones)."""
+        a = self._ahead.get(request_id)
+        return 0 if a is None else len(a.device)
 
     @property
     def block_nbytes(self) -> int:
@@ -115,7 +148,11 @@ class HostKVPool:
         blocks per request. The device blocks now belong to the copy: the caller's tables must drop them;
         they return to the device allocator on ``complete()``."""
         self._check_cache(cache)
-        want = sum(len(b) for b in seq_blocks.values())
+        for rid, blocks in seq_blocks.items():
+            a = self._ahead.get(rid)
+            if a is not None and list(blocks[:len(a.device)]) != a.device:
+                raise KVRotationError(f"request {rid!r}: its first blocks are not the ones copied ahead")
+        want = sum(len(b) - self.ahead_of(rid) for rid, b in seq_blocks.items())
         in_flight = {b for e in self._entries.values() for b in e.device}
         free_dev = cache.allocator.free_set()
         seen: set[int] = set()
@@ -132,27 +169,90 @@ class HostKVPool:
                 if b in seen:
                     raise KVRotationError(f"request {rid!r}: device block {b} is in two tables")
                 seen.add(b)
-        if want > len(self._free):
+        others = [r for r in self._ahead if r not in seq_blocks]
+        if want > len(self._free) + sum(len(self._ahead[r].host) for r in others):
             raise OutOfHostKVBlocks(f"need {want} host KV blocks, {len(self._free)} of {self.num_blocks} free")
-        dev_ids = [b for blocks in seq_blocks.values() for b in blocks]
+        while want > len(self._free):  # take back other requests' copies ahead (same stream: in order)
+            self._free.extend(reversed(self._ahead.pop(others.pop()).host))
+        ahead = {rid: self._ahead.pop(rid) for rid in seq_blocks if rid in self._ahead}
+        dev_ids = [b for rid, blocks in seq_blocks.items() for b in blocks[self._k(ahead, rid):]]
         host_ids = [self._free.pop() for _ in dev_ids]
         done = None
         if dev_ids:
-            device = cache.pools[0].device
-            with self._copying(device):
-                ids = torch.tensor(dev_ids, dtype=torch.long, device=device)
-                staging = torch.stack([p.index_select(0, ids) for p in cache.pools], dim=1)  # block-first
-                for i, h in enumerate(host_ids):
-                    self.data[h].copy_(staging[i], non_blocking=True)
-                done = self._record(device, ids, staging)
+            done = self._to_host(cache, dev_ids, host_ids)
             self.bytes_out += len(host_ids) * self.block_nbytes
+            self.bytes_at_rotate += len(host_ids) * self.block_nbytes
         out: dict[str, list[int]] = {}
         at = 0
         for rid, blocks in seq_blocks.items():
-            out[rid] = host_ids[at:at + len(blocks)]
-            self._entries[rid] = _Entry(Tier.OUT_PENDING, out[rid], list(blocks), done)
-            at += len(blocks)
+            a, k = ahead.get(rid), self._k(ahead, rid)
+            out[rid] = (a.host if a is not None else []) + host_ids[at:at + len(blocks) - k]
+            # one stream: this batch done means the copies ahead are too
+            self._entries[rid] = _Entry(Tier.OUT_PENDING, out[rid], list(blocks),
+                                        done if done is not None or a is None else a.done)
+            at += len(blocks) - k
         return out
+
+    def _to_host(self, cache: KVCache, dev_ids: list[int], host_ids: list[int]) -> torch.cuda.Event | None:
+        """Queue the copy of these device blocks (all layers) to these host blocks; its event (cuda)."""
+        device = cache.pools[0].device
+        with self._copying(device):
+            ids = torch.tensor(dev_ids, dtype=torch.long, device=device)
+            staging = torch.stack([p.index_select(0, ids) for p in cache.pools], dim=1)  # block-first
+            for i, h in enumerate(host_ids):
+                self.data[h].copy_(staging[i], non_blocking=True)
+            return self._record(device, ids, staging)
+
+    @staticmethod
+    def _k(ahead: Mapping[str, _Ahead], rid: str) -> int:
+        a = ahead.get(rid)
+        return 0 if a is None else len(a.device)
+
+    def copy_ahead(self, cache: KVCache, request_id: str, full_blocks: Sequence[int], max_blocks: int) -> int:
+        """Copy up to ``max_blocks`` more of a running request's full blocks (its first ones, position
+        order: ``full_blocks`` are all it has, the ones already copied ahead first) to host blocks; the
+        number copied. The device blocks stay the request's (they are read, never written again)."""
+        self._check_cache(cache)
+        if request_id in self._entries:
+            raise KVRotationError(f"request {request_id!r} is {self._entries[request_id].tier.value}")
+        a = self._ahead.get(request_id)
+        k = 0 if a is None else len(a.device)
+        if list(full_blocks[:k]) != (a.device if a is not None else []):
+            raise KVRotationError(f"request {request_id!r}: its first blocks are not the ones copied ahead")
+        new = list(full_blocks[k:k + max(0, min(max_blocks, len(self._free)))])
+        if not new:
+            return 0
+        free_dev = cache.allocator.free_set()
+        if any(not 0 <= b < cache.allocator.num_blocks or b in free_dev for b in new):
+            raise KVRotationError(f"request {request_id!r}: a block to copy ahead is not a table's")
+        host_ids = [self._free.pop() for _ in new]
+        done = self._to_host(cache, new, host_ids)
+        if a is None:
+            a = self._ahead[request_id] = _Ahead([], [])
+        a.device += new
+        a.host += host_ids
+        a.done = done
+        nbytes = len(new) * self.block_nbytes
+        self.bytes_out += nbytes
+        self.bytes_ahead += nbytes
+        return len(new)
+
+    def check_write(self, request_id: str, first_block: int) -> None:
+        """A step writes this request's KV from its block ``first_block`` on: refused when that block was
+        copied ahead (only full blocks are, and a full block is never written again)."""
+        if first_block < self.ahead_of(request_id):
+            raise KVRotationError(f"request {request_id!r}: block {first_block} was copied ahead, it must "
+                                  f"not be written (only full blocks are copied ahead)")
+
+    def drop_ahead(self, request_id: str) -> None:
+        """Free a request's copies ahead (it ends, or is preempted for recompute); its device blocks may be
+        reused once this returns (it waits for their copy on cuda). No-op when it has none."""
+        a = self._ahead.pop(request_id, None)
+        if a is None:
+            return
+        if a.done is not None:
+            a.done.synchronize()
+        self._free.extend(reversed(a.host))
 
     def copy_in(self, cache: KVCache, request_ids: Iterable[str]) -> dict[str, list[int]]:
         """Start copying rotated requests back into newly allocated device blocks; returns them per request.

@@ -70,6 +70,22 @@ class KVRotor:
             return now + clock.tpot_s
         return clock.first_token + (clock.since_first + 1) * clock.tpot_s
 
+    def _copy_ahead(self, now: float, d: Decision, running: list[Running]) -> None:
+        """Under pressure (a decision that was not "no pressure", or a quarter of the device pool or less
+        free) and with host room to spare (over half the pool free), copy the full blocks of the
+        likely victims ahead — the decoding requests of most TPOT slack first, as ``decide`` picks them —
+        so that rotating one out later moves only its last block."""
+        eng = self.engine
+        if d.reason == "no pressure" and eng.free_blocks > eng.cache.allocator.num_blocks // 4:
+            return
+        spare = min(self.cfg.ahead_blocks_per_step, eng.host.num_free - eng.host.num_blocks // 2)
+        if spare <= 0:
+            return
+        out = {m.request_id for m in d.rotate_out} | {m.request_id for m in d.recompute}
+        likely = sorted((r for r in running if r.first_token and r.request_id not in out),
+                        key=lambda r: (-(r.token_deadline - now), r.request_id))
+        eng.copy_ahead([r.request_id for r in likely], spare)
+
     def before_step(self, now: float, chunk_tokens: int) -> Decision:
         eng = self.engine
         bs = eng.cache.block_size
@@ -80,8 +96,12 @@ class KVRotor:
             if st.rotated:
                 if eng.host is not None and eng.host.tier(st.request_id) is Tier.HOST:
                     rotated.append(Rotated(st.request_id, st.host_blocks, self._deadline(st.request_id, now)))
-            elif st.device_blocks == 0 and not st.has_output:
-                need = -(-min(st.pending, chunk_tokens) // bs)
+            elif not st.has_output:
+                # before its first token it waits, whatever of its prompt it holds (a part-prefilled head
+                # counted as running would drop out of the waiting list, and the policy, seeing nothing
+                # wait, would bring back the request it had just rotated out for it): with the blocks its
+                # next chunk still lacks
+                need = max(0, -(-(st.cached + min(st.pending, chunk_tokens)) // bs) - st.device_blocks)
                 deadline = clock.ttft_deadline if clock is not None else float("inf")
                 waiting.append(Waiting(st.request_id, need, deadline, st.pending * self.prefill_s_per_token))
             elif st.device_blocks:
@@ -89,7 +109,7 @@ class KVRotor:
                 # only a decoding request makes room: one still (re-)prefilling would lose that work too
                 running.append(Running(st.request_id, st.device_blocks, st.has_output and st.pending == 1,
                                        self._deadline(st.request_id, now)))
-        host_free = eng.host.num_free if eng.host is not None else 0
+        host_free = eng.host.room if eng.host is not None else 0  # copies ahead are taken back as needed
         d = decide(now, waiting, running, rotated, FreeBlocks(eng.free_blocks, host_free), self.cfg,
                    growth)
         if d.rotate_out:
@@ -99,6 +119,8 @@ class KVRotor:
         for m in d.recompute:
             eng.preempt(m.request_id, behind=d.head)
         self.rotations += len(d.rotate_out) + len(d.rotate_in)
+        if self.cfg.policy is KVPolicy.ROTATE and self.cfg.ahead_blocks_per_step:
+            self._copy_ahead(now, d, running)
         self.recomputes += len(d.recompute)
         self.last = d
         if not d.empty:
