@@ -121,3 +121,54 @@ def test_step_stats_report_both_tiers_and_what_rotated(checkpoints):
     assert (msg.kv_device_used, msg.kv_device_free, msg.kv_host_used, msg.kv_host_free) == (2, 30, 3, 13)
     assert msg.kv_rotations == 2 and msg.kv_bytes_rotated == 150
     assert StepResult().kv_stats()["kv_device_free"] is None
+
+
+class _Running:
+    """A copy's event that has not finished (what a cuda copy stream gives while the copy runs)."""
+
+    def query(self) -> bool:
+        return False
+
+
+def test_a_decode_waits_for_blocks_a_copy_out_still_holds_rather_than_preempting(checkpoints):
+    """On cuda a rotation's copy out holds its device blocks until its event: a decode short of exactly
+    those blocks waits a step for them instead of preempting (itself, here: no younger request), and
+    runs once the copy is done; tokens stay those of an unbounded pool."""
+    ck = checkpoints("llama")
+    params = SamplingParams(max_tokens=6)
+    a, b = prompt(3, 7), prompt(4, 7)
+    ref = Engine(ck.config, ck.tensors, None, kv_blocks=64, block_size=4)
+    ref.add("A", a, params)
+    ref.add("B", b, params)
+    want: dict[str, list[int]] = {}
+    while ref.num_requests:
+        for out in ref.step(chunk_tokens=16):
+            want.setdefault(out.request_id, []).extend(out.new_token_ids)
+    engine = Engine(ck.config, ck.tensors, None, kv_blocks=4, block_size=4, host_kv_blocks=8)
+    engine.add("A", a, params)
+    engine.add("B", b, params)
+    got: dict[str, list[int]] = {}
+
+    def step() -> set[str]:
+        outs = engine.step(chunk_tokens=16)
+        for out in outs:
+            got.setdefault(out.request_id, []).extend(out.new_token_ids)
+        return {out.request_id for out in outs}
+
+    step()  # both prompts (2 blocks each: the pool is full) and their first tokens
+    step()  # position 7: the last slot of each one's second block
+    assert engine.free_blocks == 0
+    engine.rotate_out(["A"])
+    pending = _Running()  # A's copy out still runs: its 2 device blocks are not free yet
+    engine.host._entries["A"].done = pending
+    engine.host._inflight.append((pending, ()))
+    assert engine.host.releasing == 2
+    assert step() == set() and engine.preemptions == 0  # B needs a block for position 8: it waits
+    engine.host._entries["A"].done = None  # the copy finished
+    engine.host._inflight.clear()
+    assert step() == {"B"} and engine.preemptions == 0
+    while engine.num_requests:
+        if "A" in engine.rotated and engine.free_blocks >= engine.host.blocks_of("A"):
+            engine.rotate_in(["A"])
+        step()
+    assert got == want and engine.kv_blocks == (0, 4, 0, 8)

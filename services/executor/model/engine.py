@@ -262,12 +262,15 @@ class Engine:
         plan: list[tuple[Sequence, int]] = []
         budget = chunk_tokens
         preempted: set[str] = set()
+        releasing = 0 if self.host is None else self.host.releasing  # on cuda: copies out still running
         for i, seq in enumerate(order):
             if seq.request_id in preempted or seq.request_id in self._rotated:
                 continue
             decoding = seq.pending == 1 and seq.num_cached > 0
             if not decoding and budget == 0:
                 continue
+            if 0 < seq.table.blocks_needed(seq.num_cached + 1) - alloc.num_free <= releasing:
+                continue  # the blocks a rotation is copying out cover it: wait a step, preempt nobody
             if not self._make_room(seq, seq.num_cached + 1, order[i + 1:], preempted):
                 if decoding:
                     self._preempt(seq)

@@ -127,6 +127,11 @@ class HostKVPool:
     def pending(self) -> bool:
         return any(e.tier is not Tier.HOST for e in self._entries.values())
 
+    @property
+    def releasing(self) -> int:
+        """Device blocks held by copies out not yet complete: back in the device allocator once they are."""
+        return sum(len(e.device) for e in self._entries.values() if e.tier is Tier.OUT_PENDING)
+
     def tier(self, request_id: str) -> Tier | None:
         entry = self._entries.get(request_id)
         return None if entry is None else entry.tier
