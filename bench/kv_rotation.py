@@ -163,7 +163,7 @@ def main() -> None:
     ap.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()) / "c2cq-bench-kv")
     ap.add_argument("--policies", default="rotate,recompute,block")
     ap.add_argument("--duration", type=float, default=30.0, help="seconds of arrivals per policy")
-    ap.add_argument("--rate", type=float, default=0.8, help="requests per second (Poisson)")
+    ap.add_argument("--rate", type=float, default=1.3, help="requests per second (Poisson)")
     ap.add_argument("--prompt", type=int, nargs=2, default=(32, 97), metavar=("MIN", "MAX"))
     ap.add_argument("--new", type=int, nargs=2, default=(128, 321), metavar=("MIN", "MAX"))
     ap.add_argument("--kv-blocks", type=int, default=40, help="device KV pool, blocks of 16 tokens")
