@@ -14,11 +14,8 @@ from c2cq.schemas.executor import AssignRequest
 from c2cq.services.executor.model.engine import Engine, StepOutput
 from c2cq.services.executor.model.kv_rotor import KVRotor
 from c2cq.services.executor.kv_flags import KVOptions
-from c2cq.services.executor.rotation import KVPolicy
+from c2cq.services.executor.rotation import KVPolicy, targets
 
-# what a request that names no target gets (the scheduler sends its defaults; these cover old senders)
-DEFAULT_TTFT_S = 10.0
-DEFAULT_TPOT_S = 1.0
 PREFILL_S_PER_TOKEN = 1e-3  # the estimate before any prefill step was measured
 EWMA = 0.2  # weight of the newest step in the running average
 
@@ -41,12 +38,7 @@ class KVShell:
     def added(self, req: AssignRequest, now: float) -> None:
         if self.rotor is None:
             return
-        slo = req.slo
-        tpot = slo.tpot_ms / 1e3 if slo.tpot_ms is not None else DEFAULT_TPOT_S
-        if req.resume_token_ids:  # migrated: its first token was delivered; the next is due a TPOT on
-            ttft = tpot
-        else:
-            ttft = (slo.ttft_ms / 1e3 if slo.ttft_ms is not None else DEFAULT_TTFT_S) - req.waited_ms / 1e3
+        ttft, tpot = targets(req)
         self.rotor.track(req.request_id, now, ttft_s=ttft, tpot_s=tpot)
 
     def before_step(self, engine: Engine, now: float, chunk_tokens: int) -> None:

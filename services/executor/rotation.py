@@ -22,6 +22,22 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from c2cq.errors import ConfigError
+from c2cq.schemas.executor import AssignRequest
+
+# what a request that names no target gets (the scheduler sends its defaults; these cover old senders)
+DEFAULT_TTFT_S = 10.0
+DEFAULT_TPOT_S = 1.0
+
+
+def targets(req: AssignRequest) -> tuple[float, float]:
+    """(TTFT s from now, TPOT s) of a request an executor takes now: the targets its AssignRequest
+    carries (the defaults where it names none) less the time it already waited at the scheduler; a
+    migrated request's next token is due a TPOT on. The executor and the simulator both derive them here."""
+    slo = req.slo
+    tpot = slo.tpot_ms / 1e3 if slo.tpot_ms is not None else DEFAULT_TPOT_S
+    if req.resume_token_ids:
+        return tpot, tpot
+    return (slo.ttft_ms / 1e3 if slo.ttft_ms is not None else DEFAULT_TTFT_S) - req.waited_ms / 1e3, tpot
 
 
 class KVPolicy(enum.StrEnum):

@@ -59,15 +59,12 @@ from c2cq.services.executor.rotation import (
     Running,
     Waiting,
     decide,
+    targets,
 )
 from c2cq.services.executor.sim import SimBackend, SliceProfile
 from c2cq.services.sim.errors import SimError
 
 KV_POLICIES = tuple(p.value for p in KVPolicy)
-# what a request that names no target gets: services/executor/kv_shell.py's defaults (not imported: that
-# module pulls in the torch engine; tests/sim/test_kv.py checks they agree)
-DEFAULT_TTFT_S = 10.0
-DEFAULT_TPOT_S = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,18 +86,6 @@ class KVSetup:
 def block_bytes(info: ModelInfo, kv: KVSetup) -> int:
     dtype = info.bytes / info.parameters if info.parameters else 2.0
     return max(1, int(kv.block_tokens * info.num_layers * 2 * info.hidden_size * kv.kv_dim_share * dtype))
-
-
-def targets(req: AssignRequest) -> tuple[float, float]:
-    """(TTFT s from now, TPOT s) of a request added now, as the real executor derives them
-    (services/executor/kv_shell.py ``KVShell.added``): the targets AssignRequest carries (the
-    executor's defaults where it names none) less the time it already waited at the scheduler; a
-    migrated request's next token is due a TPOT on."""
-    slo = req.slo
-    tpot = slo.tpot_ms / 1e3 if slo.tpot_ms is not None else DEFAULT_TPOT_S
-    if req.resume_token_ids:
-        return tpot, tpot
-    return (slo.ttft_ms / 1e3 if slo.ttft_ms is not None else DEFAULT_TTFT_S) - req.waited_ms / 1e3, tpot
 
 
 @dataclass(slots=True)

@@ -12,6 +12,7 @@ from c2cq import cli
 from c2cq.schemas.client import SLO
 from c2cq.schemas.executor import AssignRequest
 from c2cq.services.catalog.sim_models import sim_model
+from c2cq.services.executor import rotation
 from c2cq.services.executor.rotation import KVPolicy
 from c2cq.services.executor.sim import SliceProfile
 from c2cq.services.sim import kv as sim_kv
@@ -148,7 +149,7 @@ def test_a_copy_takes_link_time():
 def test_a_request_s_deadlines_come_from_its_assign_as_the_executor_derives_them():
     from c2cq.services.executor import kv_shell  # (imports the torch engine: not from the simulator)
 
-    assert (sim_kv.DEFAULT_TTFT_S, sim_kv.DEFAULT_TPOT_S) == (kv_shell.DEFAULT_TTFT_S, kv_shell.DEFAULT_TPOT_S)
+    assert sim_kv.targets is kv_shell.targets is rotation.targets  # one derivation for both
     clock = [5.0]
     b = backend(KVPolicy.ROTATE, clock)
     b.add(assign("A", 100, 50, ttft_ms=2000.0, tpot_ms=200.0, waited_ms=500.0))
@@ -157,7 +158,7 @@ def test_a_request_s_deadlines_come_from_its_assign_as_the_executor_derives_them
                         slo=SLO(ttft_ms=2000.0, tpot_ms=300.0)))  # migrated: a TPOT on
     a, d, m = b.blocks["A"], b.blocks["D"], b.blocks["M"]
     assert (a.ttft_deadline, a.tpot_s) == (5.0 + 1.5, 0.2)
-    assert (d.ttft_deadline, d.tpot_s) == (5.0 + sim_kv.DEFAULT_TTFT_S, sim_kv.DEFAULT_TPOT_S)
+    assert (d.ttft_deadline, d.tpot_s) == (5.0 + rotation.DEFAULT_TTFT_S, rotation.DEFAULT_TPOT_S)
     assert (m.ttft_deadline, m.tpot_s) == (5.0 + 0.3, 0.3)
 
 
