@@ -73,12 +73,12 @@ def register(sub) -> None:
 
 
 def _specs(args: argparse.Namespace, rd: RunDir) -> tuple[list[ChildSpec], list]:
+    kv_options(args)  # bad KV flags fail `c2cq up` at once, not each executor in turn
     if args.role == "control":
         return roles.control_specs(args, rd, gateway_spec), []
     if args.role == "node":
         return roles.node_specs(args, rd)
     home = ["--home", str(rd.home)]
-    kv_options(args)  # bad KV flags fail `c2cq up` at once, not each executor in turn
     slices = discover(args.backend, args.slices, args.per_gpu)
     if not slices:
         raise ConfigError(f"no slices found for backend {args.backend!r} (no GPU visible to NVML?)")

@@ -20,7 +20,7 @@ import socket
 from c2cq import links
 from c2cq.errors import ConfigError
 from c2cq.rundir import RunDir
-from c2cq.services.executor.kv_flags import kv_argv, kv_options
+from c2cq.services.executor.kv_flags import kv_argv
 from c2cq.supervisor.discover import discover
 from c2cq.supervisor.manager import ChildSpec, service_argv
 
@@ -65,7 +65,6 @@ def node_specs(args: argparse.Namespace, rd: RunDir) -> tuple[list[ChildSpec], l
     if not args.join:
         raise ConfigError("--role node needs --join tcp://CONTROL:PORT (the control plane's executors port)")
     host = args.node_name or os.environ.get("C2CQ_NODE_NAME") or socket.gethostname()
-    kv_options(args)  # bad KV flags fail at once, not each executor in turn
     slices = discover(args.backend, args.slices, args.per_gpu)
     if not slices:
         raise ConfigError(f"no slices found for backend {args.backend!r} (no GPU visible to NVML?)")
