@@ -20,7 +20,7 @@ from netns import Host, control_addr
 
 TINY = {"architectures": ["LlamaForCausalLM"], "hidden_size": 64, "intermediate_size": 136, "num_hidden_layers": 2,
         "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 97, "rms_norm_eps": 1e-5,
-        "tie_word_embeddings": False, "rope_theta": 10000.0, "max_position_embeddings": 256}
+        "tie_word_embeddings": False, "rope_theta": 10000.0, "max_position_embeddings": 1024}
 MODELS = ("tiny-a", "tiny-b")
 EXEC_PORT = 7101
 

@@ -30,7 +30,8 @@ pytestmark = pytest.mark.timeout(420)
 RATE_HZ = 6
 MAX_TOKENS = 64
 PROMPTS = [[1, 2, 3, 4, 5], list(range(10, 30)), [7, 8]]
-BURST, BURST_TOKENS = 32, 200  # long requests sent at once just before the cut (prompt + tokens < 256 positions)
+BURST, BURST_TOKENS = 32, 800  # long requests sent at once just before the cut (prompt + tokens < 1024 positions):
+#                                 a burst streams for seconds even on a fast engine, so the cut finds it in flight
 MIN_ON_N0 = 3  # the cut waits (bounded) until at least this many are in flight on n0
 
 
