@@ -6,8 +6,12 @@ __all__ = ["AsyncClient", "Client", "C2CQError", "PeerDeadError", "RequestError"
 
 
 def __getattr__(name: str):  # the client pulls in zmq: import it only when asked for
-    if name in ("AsyncClient", "Client"):
-        from c2cq import client
+    if name == "AsyncClient":
+        from c2cq.client import AsyncClient
 
-        return getattr(client, name)
+        return AsyncClient
+    if name == "Client":
+        from c2cq.blocking import Client
+
+        return Client
     raise AttributeError(name)

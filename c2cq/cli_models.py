@@ -35,7 +35,7 @@ def _usage(rd: RunDir) -> tuple[dict[str, list[tuple[str, int]]], dict[str, int]
     for a slice); both empty when no instance runs."""
     if read_pid(rd) is None:
         return {}, {}
-    from c2cq.client import Client
+    from c2cq.blocking import Client
 
     with Client(home=str(rd.home), timeout=10) as c:
         reply = c.status()

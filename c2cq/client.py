@@ -1,4 +1,4 @@
-"""The client library: ``AsyncClient`` (asyncio) and the blocking ``Client``.
+"""The client library: ``AsyncClient`` (asyncio); the blocking ``Client`` is in c2cq.blocking.
 
 One DEALER socket carries any number of concurrent requests; a reader task routes replies to
 each request's stream. Errors arrive as typed exceptions, never as silence: a rejection is a
@@ -16,11 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
 
 import zmq
 import zmq.asyncio
@@ -365,61 +363,9 @@ class AsyncClient:
         return await self._ask(MetricsQuery, "metrics", timeout)
 
 
-@dataclass
-class _Loop:
-    loop: asyncio.AbstractEventLoop
-    thread: threading.Thread
+def __getattr__(name: str):  # the blocking Client lives beside this module (c2cq.blocking)
+    if name == "Client":
+        from c2cq.blocking import Client
 
-
-class Client:
-    """A blocking wrapper: the AsyncClient runs on a private event loop in a daemon thread."""
-
-    def __init__(self, address: str | None = None, **kw) -> None:
-        loop = asyncio.new_event_loop()
-        t = threading.Thread(target=loop.run_forever, name="c2cq-client", daemon=True)
-        t.start()
-        self._l = _Loop(loop, t)
-        self._async = AsyncClient(address, **kw)
-        try:
-            self._call(self._async.connect())
-        except BaseException:  # e.g. an AuthError: the private loop goes too
-            self._l.loop.call_soon_threadsafe(self._l.loop.stop)
-            t.join(timeout=5)
-            raise
-
-    def _call(self, coro):
-        return asyncio.run_coroutine_threadsafe(coro, self._l.loop).result()
-
-    def generate(self, model: str, prompt: str | None = None, **kw) -> str:
-        return self._call(self._async.generate(model, prompt, **kw))
-
-    def stream(self, model: str, prompt: str | None = None, **kw) -> Iterator[str]:
-        s = self._call(self._async.submit(model, prompt, **kw))
-        while True:
-            try:
-                yield self._call(s.__anext__()).text
-            except StopAsyncIteration:
-                return
-
-    def submit(self, model: str, prompt: str | None = None, **kw) -> Stream:
-        return self._call(self._async.submit(model, prompt, **kw))
-
-    def cancel(self, request_id: str) -> None:
-        self._call(self._async.cancel(request_id))
-
-    def status(self) -> StatusReply:
-        return self._call(self._async.status())
-
-    def close(self) -> None:
-        self._call(self._async.close())
-        self._l.loop.call_soon_threadsafe(self._l.loop.stop)
-        self._l.thread.join(timeout=5)
-
-    def __enter__(self) -> "Client":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def metrics(self) -> MetricsReply:
-        return self._call(self._async.metrics())
+        return Client
+    raise AttributeError(name)

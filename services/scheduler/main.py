@@ -18,7 +18,7 @@ import zmq.asyncio
 
 from c2cq import curve, lifecycle, links, log
 from c2cq.codec import Codec, encode
-from c2cq.errors import AuthError, WireError
+from c2cq.errors import WireError
 from c2cq.rundir import RunDir
 from c2cq.schemas.catalog import (
     CatalogError,
@@ -36,9 +36,10 @@ from c2cq.schemas.executor import ExecutorToScheduler, SliceReady
 from c2cq.services.scheduler import core
 from c2cq.services.scheduler import events as ev
 from c2cq.services.scheduler.journal import Journal, log_path
+from c2cq.services.scheduler.peers import Peers
 from c2cq.services.scheduler.state import Config, State, ToClient, ToExecutor, ToLog
 from c2cq.services.scheduler.validate import Limits
-from c2cq.transport import GONE, SENT, Throttled, make_socket, recv_batch, send_nowait, try_send
+from c2cq.transport import GONE, SENT, make_socket, recv_batch, send_nowait, try_send
 
 TICK_S = 0.25
 CATALOG_REFRESH_S = 2.0
@@ -81,9 +82,8 @@ class Shell:
         self.outbox_since: dict[bytes, float] = {}
         # commands for congested executors, in order: executor id → (its boot when queued, frames)
         self.exec_outbox: dict[str, tuple[str, deque[list[bytes]]]] = {}
-        self.malformed = {name: Throttled(self.log, "malformed_frames", socket=name) for name in ("client", "executor", "catalog")}
-        self.refusals = {name: Throttled(self.log, "peer_key_refused", socket=name) for name in ("executor", "catalog")}
-        self.allowed = curve.allowed_dir(rd.home)
+        self.peers = Peers(curve.allowed_dir(rd.home), self.log)
+        self.malformed, self.refusals = self.peers.malformed, self.peers.refusals
         self._last_refresh = 0.0
         self._catalog_lock = asyncio.Lock()
 
@@ -256,37 +256,9 @@ class Shell:
                     self.emit(core.query(self.state, ident, msg))
             self.ingest(batch)
 
-    async def messages(self, sock: zmq.asyncio.Socket, codec: Codec, name: str) -> list[tuple[str, bytes, object, str]]:
-        """What arrived on a peer-facing ROUTER socket: (peer name, routing id, message, the peer's CURVE
-        public key — its User-Id — or "" on a socket without CURVE); frames that do not decode (or a
-        routing id that is not UTF-8) are counted as malformed and dropped."""
-        keyed = sock.getsockopt(zmq.MECHANISM) == zmq.CURVE
-        out = []
-        for frames in await recv_batch(sock, copy=False):  # Frames: a copy loses the User-Id
-            if len(frames) != 2:
-                continue
-            ident, frame = frames[0].bytes, frames[1]
-            try:
-                out.append((ident.decode(), ident, codec.decode(frame.buffer), curve.peer_key(frame) if keyed else ""))
-            except (WireError, UnicodeDecodeError, AuthError) as e:  # AuthError: no User-Id on a CURVE socket
-                self.malformed[name](str(e)[:200])
-        return out
-
-    def refused(self, name: str, peer: str, recorded: str, key: str) -> bool:
-        """A peer name (an executor id, a host) registered with one key and claimed by another is refused
-        while the recorded key is still listed in the allowed folder: a stolen name does not take over a
-        live peer's work. An operator who removes the old key there (rotated or revoked) lets the new key
-        take the name over (its next SliceReady or report records it)."""
-        if not key or not recorded or key == recorded or recorded.encode() not in curve.allowed_keys(self.allowed):
-            return False
-        self.refusals[name](str(AuthError(
-            f"{name} {peer!r} is registered with key {recorded}; refused a peer with key {key} (remove the old key "
-            f"from {self.allowed} to hand the name over)")))
-        return True
-
     def said(self, eid: str, msg, key: str) -> ev.ExecutorSaid | None:
         x = self.state.executors.get(eid)
-        if self.refused("executor", eid, x.peer_key if x is not None else "", key):
+        if self.peers.refused("executor", eid, x.peer_key if x is not None else "", key):
             return None
         if not isinstance(msg, SliceReady) or not key:
             return ev.ExecutorSaid(at=time.monotonic(), executor_id=eid, msg=msg)
@@ -296,7 +268,7 @@ class Shell:
 
     async def executor_loop(self) -> None:
         while True:
-            said = [self.said(eid, msg, key) for eid, _, msg, key in await self.messages(self.executors, self.exec_codec,
+            said = [self.said(eid, msg, key) for eid, _, msg, key in await self.peers.messages(self.executors, self.exec_codec,
                                                                                       "executor")]
             self.ingest([e for e in said if e is not None])  # first: a restarted executor's SliceReady voids what was queued for the old one
             if self.exec_outbox:  # an executor that speaks may have made room
@@ -306,9 +278,9 @@ class Shell:
         """Each report (HostModels) is logged as HostReported and answered with the registry's files."""
         while True:
             batch: list[ev.SchedEvent] = []
-            for _, ident, msg, key in await self.messages(self.node_catalogs, self.node_codec, "catalog"):
+            for _, ident, msg, key in await self.peers.messages(self.node_catalogs, self.node_codec, "catalog"):
                 h = self.state.hosts.get(msg.host)
-                if self.refused("catalog", msg.host, h.peer_key if h is not None else "", key):
+                if self.peers.refused("catalog", msg.host, h.peer_key if h is not None else "", key):
                     continue
                 if h is None or (tuple(h.published), tuple(h.publishing), h.peer_key) != (msg.published,
                                                                                           msg.publishing, key):
