@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from c2cq.client import AsyncClient, Stream
-from c2cq.schemas.client import MetricsReply, StatusReply
+from c2cq.schemas.client import MetricsReply, ModelsReply, StatusReply
 
 
 @dataclass
@@ -69,3 +69,6 @@ class Client:
 
     def metrics(self) -> MetricsReply:
         return self._call(self._async.metrics())
+
+    def models(self) -> ModelsReply:
+        return self._call(self._async.models())

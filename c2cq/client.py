@@ -33,6 +33,8 @@ from c2cq.schemas.client import (
     CancelRequest,
     MetricsQuery,
     MetricsReply,
+    ModelsQuery,
+    ModelsReply,
     Ping,
     Pong,
     RequestAccepted,
@@ -219,7 +221,7 @@ class AsyncClient:
                     continue
                 if isinstance(msg, (Pong,)):
                     continue
-                if isinstance(msg, (StatusReply, MetricsReply)):
+                if isinstance(msg, (StatusReply, MetricsReply, ModelsReply)):
                     fut = self._status.pop(msg.nonce, None)
                     if fut is not None and not fut.done():
                         fut.set_result(msg)
@@ -361,6 +363,10 @@ class AsyncClient:
         """The scheduler's metrics now: every request whichever client sent it (see
         c2cq.services.scheduler.metrics for the names and what a scheduler restart does to them)."""
         return await self._ask(MetricsQuery, "metrics", timeout)
+
+    async def models(self, timeout: float = 5.0) -> ModelsReply:
+        """The models the scheduler can serve (its view of the catalog), from any host it is reachable from."""
+        return await self._ask(ModelsQuery, "models", timeout)
 
 
 def __getattr__(name: str):  # the blocking Client lives beside this module (c2cq.blocking)

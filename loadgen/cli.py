@@ -2,8 +2,8 @@
 server (``--target URL``; table, JSON, PNG plots).
 
 The pure part turns flags into trace requests and a workload (:func:`source_requests`,
-:func:`workload_config` and the small parsers); :func:`cmd_loadgen` is the shell that asks the
-catalog for its models, runs :func:`c2cq.loadgen.runner.run_open_loop` through AsyncClient
+:func:`workload_config` and the small parsers); :func:`cmd_loadgen` is the shell that asks for the
+models (c2cq.loadgen.models), runs :func:`c2cq.loadgen.runner.run_open_loop` through AsyncClient
 and writes the outputs.
 """
 
@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -21,7 +20,9 @@ from pathlib import Path
 
 from c2cq.errors import ConfigError
 from c2cq.loadgen import arrivals, traces, workload
-from c2cq.loadgen.report import Report, RequestRecord, Status
+from c2cq.loadgen.models import listed_models
+from c2cq.loadgen.progress import ProgressBar
+from c2cq.loadgen.report import Report
 from c2cq.loadgen.runner import ClientTarget, MonotonicClock, RunResult, run_open_loop
 from c2cq.loadgen.traces import TraceRequest
 from c2cq.loadgen.workload import DEFAULT_SLO_CLASSES, PlannedRequest, SloClass, Workload, WorkloadConfig
@@ -292,59 +293,15 @@ def plan_summary(plan: Sequence[PlannedRequest]) -> str:
 # --- the shell -------------------------------------------------------------------------------
 
 
-class ProgressBar:
-    """tqdm over completed requests, with sent / in flight / rejected / errors alongside."""
-
-    def __init__(self, total: int, enabled: bool) -> None:
-        from tqdm import tqdm
-
-        self.bar = tqdm(total=total, unit="req", desc="loadgen", disable=not enabled, mininterval=0.5,
-                        dynamic_ncols=True, file=sys.stderr)
-        self.sent = self.in_flight = self.rejected = self.errors = 0
-
-    def on_sent(self, req: PlannedRequest) -> None:
-        self.sent += 1
-        self.in_flight += 1
-        self._postfix()
-
-    def on_done(self, record: RequestRecord) -> None:
-        self.in_flight -= 1
-        self.rejected += record.status == Status.REJECTED
-        self.errors += record.status == Status.ERROR
-        self._postfix()
-        self.bar.update(1)
-
-    def _postfix(self) -> None:
-        self.bar.set_postfix_str(f"sent={self.sent} in_flight={self.in_flight} rejected={self.rejected} "
-                                 f"errors={self.errors}", refresh=False)
-
-    def close(self) -> None:
-        self.bar.close()
-
-
 def cmd_loadgen(args: argparse.Namespace) -> int:
-    from c2cq import catalog_client
     from c2cq.rundir import RunDir
-    from c2cq.schemas.catalog import ListModels
-    from c2cq.supervisor.manager import read_pid
 
     rd = RunDir.from_env(args.home)
-    if args.target is None and read_pid(rd) is None and not args.dry_run:
-        raise ConfigError(f"no instance runs in {rd.home}; start one with `c2cq up` (or pass --home, or --target)")
     if args.plot_window is not None and not (math.isfinite(args.plot_window) and args.plot_window > 0):
         raise ConfigError("--plot-window must be > 0")
     if not (math.isfinite(args.timeout) and args.timeout > 0):
         raise ConfigError("--timeout must be > 0")
-    if args.target is not None:
-        from c2cq.loadgen.openai_target import check_base, list_models
-
-        args.api_key = args.api_key or os.environ.get("OPENAI_API_KEY")
-        listed = list_models(check_base(args.target), api_key=args.api_key)
-        vocab_sizes: dict[str, int] = {}  # not listed over HTTP: token ids stay below DEFAULT_VOCAB
-    else:
-        infos = catalog_client.call(rd, ListModels()).models
-        listed = [m.name for m in infos]
-        vocab_sizes = {m.name: m.vocab_size for m in infos}
+    listed, vocab_sizes = listed_models(args, rd)
     catalog = choose_catalog(listed, args.models)
     requests = source_requests(args)
     cfg = workload_config(args, requests, catalog)

@@ -141,6 +141,29 @@ class MetricsReply(Message, frozen=True, kw_only=True, tag="metrics"):
     events: int = 0  # events folded into them so far
 
 
-ClientToScheduler = Union[SubmitRequest, CancelRequest, Ping, StatusQuery, MetricsQuery]
+class ModelsQuery(Message, frozen=True, kw_only=True, tag="models_query"):
+    """The catalog as the scheduler knows it: what a client on another host (``c2cq --connect``) can
+    name, without reaching the control plane's catalog itself."""
+
+    nonce: int
+
+
+class ModelEntry(msgspec.Struct, frozen=True, kw_only=True):
+    name: str
+    kind: str  # "real" | "sim"
+    architecture: str
+    parameters: int
+    dtype: str
+    vocab_size: int
+    max_context: int
+
+
+class ModelsReply(Message, frozen=True, kw_only=True, tag="models"):
+    nonce: int
+    models: tuple[ModelEntry, ...]
+    error: str | None = None  # the catalog did not answer: ``models`` is what the scheduler last heard
+
+
+ClientToScheduler = Union[SubmitRequest, CancelRequest, Ping, StatusQuery, MetricsQuery, ModelsQuery]
 SchedulerToClient = Union[RequestAccepted, TokensEmitted, RequestFinished, RequestRejected, Pong, StatusReply,
-                          MetricsReply]
+                          MetricsReply, ModelsReply]

@@ -30,7 +30,15 @@ from c2cq.schemas.catalog import (
     ModelListReply,
     NodeCatalogToScheduler,
 )
-from c2cq.schemas.client import CancelRequest, ClientToScheduler, RequestRejected, SubmitRequest
+from c2cq.schemas.client import (
+    CancelRequest,
+    ClientToScheduler,
+    ModelEntry,
+    ModelsQuery,
+    ModelsReply,
+    RequestRejected,
+    SubmitRequest,
+)
 from c2cq.schemas.enums import ErrorCode
 from c2cq.schemas.executor import ExecutorToScheduler, SliceReady
 from c2cq.services.scheduler import core
@@ -199,21 +207,24 @@ class Shell:
             self.ingest([ev.CancelAsked(at=time.monotonic(), client=ident, request_id=rid) for rid in rids])
 
     # -- the catalog ----------------------------------------------------------------------------
-    async def refresh_models(self, force: bool = False) -> None:
+    async def refresh_models(self, force: bool = False) -> str | None:
+        """Ask the catalog for its models (and the registry's files, with node catalogs) unless it was
+        moments ago; returns why it could not (the models last heard stay), else None."""
         async with self._catalog_lock:
             if not force and time.monotonic() - self._last_refresh < 0.2:
-                return
+                return None
             self._last_refresh = time.monotonic()
             try:
                 reply = await self._ask(ListModels(), ModelListReply)
                 files = await self._ask(ListFiles(), ModelFiles) if self.node_catalogs is not None else None
             except (TimeoutError, WireError) as e:
                 self.log.warning("catalog_unavailable", error=str(e) or type(e).__name__)
-                return
+                return f"the catalog did not answer: {str(e) or type(e).__name__}"
             if isinstance(reply, ModelListReply):
                 self.models = {m.name: m for m in reply.models}
             if isinstance(files, ModelFiles):
                 self.files = files
+            return reply.message if isinstance(reply, CatalogError) else None
 
     async def _ask(self, msg, kind: type):
         await self.catalog.send(encode(msg))
@@ -221,6 +232,14 @@ class Shell:
             reply = self.catalog_codec.decode(await asyncio.wait_for(self.catalog.recv(), timeout=2.0))
             if isinstance(reply, (kind, CatalogError)):
                 return reply
+
+    async def models_reply(self, nonce: int) -> ModelsReply:
+        """The catalog's models as of now; what was last heard, with the error, when it does not answer."""
+        error = await self.refresh_models()
+        rows = tuple(ModelEntry(name=m.name, kind=str(m.kind), architecture=m.architecture, parameters=m.parameters,
+                                dtype=m.dtype, vocab_size=m.vocab_size, max_context=m.max_context)
+                     for m in sorted(self.models.values(), key=lambda m: m.name))
+        return ModelsReply(nonce=nonce, models=rows, error=error)
 
     async def resolve(self, name: str) -> ModelInfo | None:
         if name not in self.models:
@@ -249,6 +268,8 @@ class Shell:
                     batch.append(ev.Submitted(at=time.monotonic(), client=ident, msg=msg, info=info))
                 elif isinstance(msg, CancelRequest):
                     batch.append(ev.CancelAsked(at=time.monotonic(), client=ident, request_id=msg.request_id))
+                elif isinstance(msg, ModelsQuery):  # the catalog is the shell's: answered here, not by the core
+                    self.to_client(ident, [ident, encode(await self.models_reply(msg.nonce))])
                 else:  # a query sees every message that came before it: a submit, then a status, shows it
                     if batch:
                         self.ingest(batch)

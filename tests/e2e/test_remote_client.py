@@ -6,6 +6,7 @@ host's own clients keep the ipc socket."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import socket
 import subprocess
@@ -56,6 +57,7 @@ def test_a_remote_client_over_curve_gets_tokens_and_wrong_keys_fail_in_bounded_t
     async def go():
         async with AsyncClient(addr, home=str(inst.home), handshake_timeout=HANDSHAKE_S) as c:  # keys from HOME/keys
             text = await c.generate("sim-000", "hello there", max_tokens=5)
+            listed = await c.models()
         failures = {}
         for name, kw in {
             "wrong server key": {"curve": curve.CurveClient(keys=client_keys, server_key=stranger.public)},
@@ -67,9 +69,13 @@ def test_a_remote_client_over_curve_gets_tokens_and_wrong_keys_fail_in_bounded_t
             with pytest.raises(AuthError) as err:
                 await AsyncClient(addr, home=str(inst.home), handshake_timeout=HANDSHAKE_S, **kw).connect()
             failures[name] = (str(err.value), time.monotonic() - t0)
-        return text, failures
+        return text, failures, listed
 
-    text, failures = asyncio.run(go())
+    text, failures, listed = asyncio.run(go())
+    catalog = json.loads(inst.cli("models", "list", "--json").stdout)  # what the catalog itself says
+    assert [(m.name, m.kind, m.vocab_size) for m in listed.models] == [(m["name"], "sim", m["vocab_size"])
+                                                                      for m in catalog], listed
+    assert listed.error is None
     assert text
     for name, (message, took) in failures.items():
         assert addr in message, (name, message)
@@ -92,6 +98,13 @@ def test_a_remote_client_over_curve_gets_tokens_and_wrong_keys_fail_in_bounded_t
     assert p.returncode == 0 and p.stdout.strip(), p.stderr
     p = subprocess.run([*cli, "status"], env=env, capture_output=True, text=True, timeout=60)
     assert p.returncode == 0 and "1 slices" in p.stdout, (p.stdout, p.stderr)
+    # loadgen there: the models come from the scheduler (the control plane's catalog is not reachable)
+    out = tmp_path / "run"
+    p = subprocess.run([*cli, "loadgen", "--rate", "4", "--duration", "2", "--no-progress", "--out", str(out)], env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, (p.stdout, p.stderr)
+    counts = json.loads((out / "report.json").read_text())["run"]["counts"]
+    assert counts["sent"] > 0 and counts["finished"] == counts["sent"], counts
     env["C2CQ_SERVER_KEY"] = stranger.public.decode()
     p = subprocess.run([*cli, "generate", "hi", "--model", "sim-000", "--max-tokens", "2"], env=env, capture_output=True,
                        text=True, timeout=60)

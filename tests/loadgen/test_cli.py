@@ -182,7 +182,8 @@ def test_dry_run_plans_from_the_catalog_and_a_real_run_needs_an_instance(home, c
     n = len(A.schedule(4.0, duration_s=25.0))
     assert f"plan: {n} requests" in err and "3 models (top: sim-000" in err
     assert main(["--home", str(home), "loadgen", "--rate", "4", "--duration", "25"]) == 1
-    assert "no instance runs" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "no c2cq instance runs" in err and "`c2cq up`" in err, err
 
 
 def test_the_runner_and_command_do_not_import_torch():

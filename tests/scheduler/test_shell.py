@@ -191,3 +191,27 @@ async def test_a_client_gone_past_the_ttl_has_its_requests_cancelled(tmp_path, m
     finally:
         shell.close()
         shell.journal.close()
+
+
+def test_a_models_query_while_the_catalog_is_down_answers_what_was_last_heard_and_why(tmp_path):
+    from c2cq.schemas.catalog import ModelInfo
+    from c2cq.schemas.client import ModelEntry
+    from c2cq.schemas.enums import ModelKind
+
+    async def go():
+        rd = RunDir(tmp_path)
+        shell = shell_main.Shell(rd, State(), Journal(log_path(rd)))  # no catalog process behind its socket
+        shell.log = FakeLog()
+        shell.models = {"m": ModelInfo(name="m", kind=ModelKind.SIM, architecture="LlamaForCausalLM", parameters=10,
+                                       bytes=40, dtype="fp32", vocab_size=97, num_layers=2, hidden_size=8,
+                                       max_context=256)}
+        try:
+            return await shell.models_reply(7), shell.log.lines
+        finally:
+            shell.close()
+
+    reply, lines = asyncio.run(go())
+    assert reply.nonce == 7 and reply.models == (ModelEntry(name="m", kind="sim", architecture="LlamaForCausalLM",
+                                                            parameters=10, dtype="fp32", vocab_size=97, max_context=256),)
+    assert reply.error is not None and "did not answer" in reply.error
+    assert [e for e, _ in lines] == ["catalog_unavailable"]
