@@ -9,7 +9,7 @@ HybridGEMM reads straight from the pinned mapping over the link; the tensors eve
 the slice's memory budget (services/executor/residency.py). All these copies are queued on the
 compute stream, so the switch returns before they finish and the first step runs after them.
 
-Progressive residency: after a switch, a background thread raises each weight's resident rows
+Progressive residency (the rows themselves: services/executor/cuda_rows.py): after a switch, a background thread raises each weight's resident rows
 toward the plan's α (``set_alpha``) within the budget. It copies the next rows on its own CUDA
 stream, a bounded chunk at a time, and between steps (under the lock a step holds) swaps the
 layer's split for the larger one. A weight whose rows are all resident runs the plain HBM GEMM; a
@@ -33,8 +33,7 @@ import torch
 
 from c2cq import log
 from c2cq.errors import ConfigError, RequestError
-from c2cq.kernels.linear import SplitWeight
-from c2cq.kernels.split import DEFAULT_ALIGN, SplitError, WeightShape
+from c2cq.kernels.split import DEFAULT_ALIGN, SplitError
 from c2cq.schemas.catalog import ModelInfo
 from c2cq.schemas.enums import ErrorCode
 from c2cq.services.executor.backend import StepResult
@@ -43,11 +42,9 @@ from c2cq.services.executor.engine_requests import EngineBackend, EngineRequests
 from c2cq.services.executor.kv_shell import KVOptions, KVShell
 from c2cq.services.executor.model import Engine
 from c2cq.services.executor.model.engine import StepStats as EngineStats
-from c2cq.services.executor.model.weights import Linear
 from c2cq.services.executor.pinned import CudaDriver, Driver, PinnedFile
-from c2cq.services.executor.residency import (
-    EMBED, MemoryPlan, copied_whole, next_copies, plan_memory, resident_share, target_rows,
-)
+from c2cq.services.executor.cuda_rows import Residency
+from c2cq.services.executor.residency import EMBED, copied_whole, plan_memory
 from c2cq.services.executor.tokenizer_cache import TokenizerCache
 
 DEFAULT_CHUNK_BYTES = 64 << 20  # per residency copy: ~1 ms of an H100's PCIe link, ~0.15 ms of NVLink-C2C
@@ -81,145 +78,6 @@ def measure_link_bandwidth(device: torch.device, nbytes: int = PROBE_BYTES, repe
     if hasattr(torch._C, "_host_emptyCache"):
         torch._C._host_emptyCache()  # give the probe's pinned buffer back
     return nbytes / best
-
-
-@dataclass(slots=True)
-class _Weight:
-    """One split linear weight: rows [0, rows) in ``buf`` (HBM), the rest read from ``host``."""
-
-    name: str
-    host: torch.Tensor  # the whole N × K weight: a view of the pinned mapping
-    buf: torch.Tensor | None  # HBM rows; capacity buf.shape[0] ≥ rows
-    rows: int
-    linear: Linear | None = None
-
-    @property
-    def shape(self) -> WeightShape:
-        return WeightShape(self.name, self.host.shape[0], self.host.shape[1], self.host.element_size())
-
-    def split(self, device: torch.device) -> SplitWeight:
-        if self.buf is not None:
-            hbm = self.buf[: self.rows]
-        else:
-            hbm = torch.empty((0, self.host.shape[1]), dtype=self.host.dtype, device=device)
-        return SplitWeight(hbm=hbm, host=self.host[self.rows:])
-
-
-@dataclass(slots=True)
-class _Inflight:
-    """Copies issued on the copy stream, committed (swapped in) once ``event`` has completed."""
-
-    event: torch.cuda.Event
-    moves: list[tuple[_Weight, torch.Tensor, int]]  # weight, its new HBM buffer, rows resident after
-
-
-class _Residency:
-    """One engine's split weights: the rows each holds in HBM, its target, and the copies toward it."""
-
-    def __init__(self, device: torch.device, mem: MemoryPlan, align: int) -> None:
-        self.device, self.mem, self.align = device, mem, align
-        self.weights: dict[str, _Weight] = {}  # in the order the model asked for them (its forward order)
-        self.whole_bytes = 0  # linear weights already whole in HBM (a tied lm_head is the embedding)
-        self.target: dict[str, int] = {}
-        self.alpha_planned: float | None = None
-        self.stalled_at: float | None = None  # the plan under which a copy failed: not retried until it changes
-        self.alpha = 0.0
-        self.commits = 0
-
-    # -- building (the engine's make_linear) -------------------------------------------------------
-    def make_linear(self, name: str, tensor: torch.Tensor) -> SplitWeight:
-        if tensor.device.type == "cuda":  # copied whole at the switch (the embedding, as a tied lm_head)
-            self.whole_bytes += tensor.numel() * tensor.element_size()
-            return SplitWeight(hbm=tensor, host=tensor[tensor.shape[0]:])
-        w = _Weight(name, tensor, None, 0)
-        self.weights[name] = w
-        return w.split(self.device)
-
-    def bind(self, engine: Engine) -> None:
-        for lin in engine.model.weights:
-            if lin.name in self.weights:
-                self.weights[lin.name].linear = lin
-        self._update_alpha()
-
-    # -- planning -------------------------------------------------------------------------------
-    def plan(self, alpha: float) -> None:
-        self.target = target_rows([w.shape for w in self.weights.values()], self.mem.weights, alpha, self.align)
-        self.alpha_planned = alpha
-
-    @property
-    def pending(self) -> bool:
-        return any(w.rows != self.target.get(n, 0) or (w.buf is not None and w.buf.shape[0] > self.target.get(n, 0))
-                   for n, w in self.weights.items())
-
-    def _update_alpha(self) -> None:
-        self.alpha = resident_share({n: w.rows for n, w in self.weights.items()},
-                                    [w.shape for w in self.weights.values()], self.whole_bytes)
-
-    # -- moving rows (the caller holds the backend's lock: no step runs) ---------------------------
-    def fill_now(self) -> None:
-        """Copy every weight up to its target on the compute stream, in stream order (before the next step)."""
-        for w in self.weights.values():
-            tgt = self.target.get(w.name, 0)
-            if tgt > w.rows:
-                buf = torch.empty((tgt, w.host.shape[1]), dtype=w.host.dtype, device=self.device)
-                if w.rows:
-                    buf[: w.rows].copy_(w.buf[: w.rows])
-                buf[w.rows: tgt].copy_(w.host[w.rows: tgt], non_blocking=True)
-                w.buf, w.rows = buf, tgt
-                w.linear.resplit(w.split(self.device))
-        self._update_alpha()
-
-    def shrink(self) -> bool:
-        """Drop resident rows above target and free spare capacity, now; True if anything changed."""
-        changed = False
-        for w in self.weights.values():
-            tgt = self.target.get(w.name, 0)
-            if w.buf is None or (w.rows <= tgt and w.buf.shape[0] <= max(tgt, w.rows)):
-                continue
-            keep = min(w.rows, tgt)
-            w.buf = w.buf[:keep].clone() if keep else None
-            w.rows = keep
-            w.linear.resplit(w.split(self.device))
-            changed = True
-        if changed:
-            self._update_alpha()
-            self.commits += 1
-        return changed
-
-    def issue(self, chunk_bytes: int, stream: torch.cuda.Stream) -> _Inflight | None:
-        """Queue the next chunk of host → HBM copies on ``stream``; None when every weight is at target."""
-        copies = next_copies({n: w.rows for n, w in self.weights.items()}, self.target,
-                             {n: w.shape.row_bytes for n, w in self.weights.items()}, list(self.weights),
-                             chunk_bytes, self.align)
-        if not copies:
-            return None
-        compute = torch.cuda.current_stream(self.device)
-        moves = []
-        for c in copies:
-            w = self.weights[c.name]
-            buf = w.buf
-            if buf is None or buf.shape[0] < c.stop:  # grow to the target once; keep the resident rows
-                buf = torch.empty((self.target[c.name], w.host.shape[1]), dtype=w.host.dtype, device=self.device)
-                if w.rows:
-                    buf[: w.rows].copy_(w.buf[: w.rows])  # on the compute stream, ahead of later steps
-            moves.append((w, buf, c.stop))
-        # New buffers may reuse memory the compute stream's queued work still reads: copy after it.
-        stream.wait_stream(compute)
-        with torch.cuda.stream(stream):
-            for (w, buf, stop), c in zip(moves, copies, strict=True):
-                buf[c.start: stop].copy_(w.host[c.start: stop], non_blocking=True)
-                buf.record_stream(stream)
-        event = torch.cuda.Event()
-        event.record(stream)
-        return _Inflight(event, moves)
-
-    def commit(self, inflight: _Inflight) -> None:
-        """Swap in the rows an issued chunk copied (its event has completed)."""
-        for w, buf, stop in inflight.moves:
-            w.buf, w.rows = buf, stop
-            w.linear.resplit(w.split(self.device))
-        self._update_alpha()
-        self.commits += 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,7 +128,7 @@ class CudaBackend(EngineBackend):
         self._chunk_bytes, self._align, self._keep_pinned = chunk_bytes, align, keep_pinned
         self.model: ModelInfo | None = None
         self.engine: Engine | None = None
-        self._res: _Residency | None = None
+        self._res: Residency | None = None
         self._pinned: OrderedDict[str, PinnedFile] = OrderedDict()  # by path, least recently used first
         self.requests = EngineRequests()
         self.kv = KVShell(kv)
@@ -355,7 +213,7 @@ class CudaBackend(EngineBackend):
                                   kv_bytes=kv_bytes)
             except SplitError as e:
                 raise RequestError(ErrorCode.BAD_MODEL, f"{info.name!r} does not fit this slice: {e}") from e
-            res = _Residency(self.torch_device, mem, self._align)
+            res = Residency(self.torch_device, mem, self._align)
             engine = Engine(pf.config, tensors, None, kv_blocks=mem.kv_blocks, block_size=BLOCK_SIZE,
                             make_linear=res.make_linear, host_kv_blocks=self.kv.opts.host_blocks)
             engine.tokenizer = self.tokenizers.get(pf.tokenizer_json)
@@ -386,7 +244,7 @@ class CudaBackend(EngineBackend):
         with self._cv:
             self._cv.notify_all()
 
-    def _replan(self, res: _Residency) -> None:
+    def _replan(self, res: Residency) -> None:
         """Apply a changed plan (under the lock): new targets, and shrink at once what they lower."""
         if res.alpha_planned != self._alpha_plan:
             res.plan(self._alpha_plan)

@@ -273,7 +273,7 @@ def _logits(engine: Engine, ids: list[int]) -> torch.Tensor:
 
 def test_residency_bookkeeping_on_a_cpu_engine(model_file):
     """The backend's _Residency on CPU tensors: fill, shrink and resplit keep the logits; α and byte counts follow."""
-    from c2cq.services.executor.cuda import _Residency
+    from c2cq.services.executor.cuda_rows import Residency as _Residency
     from c2cq.services.executor.residency import MemoryPlan
 
     mf = map_shared(model_file)
