@@ -9,8 +9,8 @@ HybridGEMM reads straight from the pinned mapping over the link; the tensors eve
 the slice's memory budget (services/executor/residency.py). All these copies are queued on the
 compute stream, so the switch returns before they finish and the first step runs after them.
 
-Progressive residency (the rows themselves: services/executor/cuda_rows.py): after a switch, a background thread raises each weight's resident rows
-toward the plan's α (``set_alpha``) within the budget. It copies the next rows on its own CUDA
+Progressive residency (the rows themselves: services/executor/cuda_rows.py): after a switch, a
+background thread raises each weight's resident rows toward the plan's α (``set_alpha``) within the budget. It copies the next rows on its own CUDA
 stream, a bounded chunk at a time, and between steps (under the lock a step holds) swaps the
 layer's split for the larger one. A weight whose rows are all resident runs the plain HBM GEMM; a
 lower α shrinks the resident rows between steps and frees their HBM.
