@@ -20,29 +20,13 @@ from c2cq import curve, lifecycle, links, log
 from c2cq.codec import Codec, encode
 from c2cq.errors import WireError
 from c2cq.rundir import RunDir
-from c2cq.schemas.catalog import (
-    CatalogError,
-    FromCatalog,
-    ListFiles,
-    ListModels,
-    ModelFiles,
-    ModelInfo,
-    ModelListReply,
-    NodeCatalogToScheduler,
-)
-from c2cq.schemas.client import (
-    CancelRequest,
-    ClientToScheduler,
-    ModelEntry,
-    ModelsQuery,
-    ModelsReply,
-    RequestRejected,
-    SubmitRequest,
-)
+from c2cq.schemas.catalog import NodeCatalogToScheduler
+from c2cq.schemas.client import CancelRequest, ClientToScheduler, ModelsQuery, RequestRejected, SubmitRequest
 from c2cq.schemas.enums import ErrorCode
 from c2cq.schemas.executor import ExecutorToScheduler, SliceReady
 from c2cq.services.scheduler import core
 from c2cq.services.scheduler import events as ev
+from c2cq.services.scheduler.catalog_view import CatalogView
 from c2cq.services.scheduler.journal import Journal, log_path
 from c2cq.services.scheduler.peers import Peers
 from c2cq.services.scheduler.state import Config, State, ToClient, ToExecutor, ToLog
@@ -74,17 +58,14 @@ class Shell:
         exec_addr = args.executors or rd.executor_addr
         self.executors = make_socket(self.ctx, zmq.ROUTER, bind=exec_addr, hwm=200_000,
                                      curve=links.server(rd, args, exec_addr), insecure=args.insecure)
-        self.catalog = make_socket(self.ctx, zmq.DEALER, connect=rd.catalog_addr)
         # the nodes' catalogs (many hosts): they report what their host has published, and hear the registry
         self.node_catalogs = None if not args.catalogs else make_socket(
             self.ctx, zmq.ROUTER, bind=args.catalogs, curve=links.server(rd, args, args.catalogs),
             insecure=args.insecure)
         self.node_codec: Codec = Codec(NodeCatalogToScheduler)
-        self.files = ModelFiles(files=())
+        self.catalog = CatalogView(self.ctx, rd.catalog_addr, self.log, with_files=self.node_catalogs is not None)
         self.client_codec: Codec = Codec(ClientToScheduler)
         self.exec_codec: Codec = Codec(ExecutorToScheduler)
-        self.catalog_codec: Codec = Codec(FromCatalog)
-        self.models: dict[str, ModelInfo] = {}
         # frames for clients that were not reachable (e.g. not yet reconnected after a restart)
         self.outbox: dict[bytes, deque[list[bytes]]] = {}
         self.outbox_since: dict[bytes, float] = {}
@@ -92,8 +73,6 @@ class Shell:
         self.exec_outbox: dict[str, tuple[str, deque[list[bytes]]]] = {}
         self.peers = Peers(curve.allowed_dir(rd.home), self.log)
         self.malformed, self.refusals = self.peers.malformed, self.peers.refusals
-        self._last_refresh = 0.0
-        self._catalog_lock = asyncio.Lock()
 
     # -- the one path every input takes: log, apply, send ----------------------------------------
     def ingest(self, events: list[ev.SchedEvent]) -> None:
@@ -206,46 +185,6 @@ class Shell:
             self.log.warning("client_gone_requests_cancelled", requests=len(rids))
             self.ingest([ev.CancelAsked(at=time.monotonic(), client=ident, request_id=rid) for rid in rids])
 
-    # -- the catalog ----------------------------------------------------------------------------
-    async def refresh_models(self, force: bool = False) -> str | None:
-        """Ask the catalog for its models (and the registry's files, with node catalogs) unless it was
-        moments ago; returns why it could not (the models last heard stay), else None."""
-        async with self._catalog_lock:
-            if not force and time.monotonic() - self._last_refresh < 0.2:
-                return None
-            self._last_refresh = time.monotonic()
-            try:
-                reply = await self._ask(ListModels(), ModelListReply)
-                files = await self._ask(ListFiles(), ModelFiles) if self.node_catalogs is not None else None
-            except (TimeoutError, WireError) as e:
-                self.log.warning("catalog_unavailable", error=str(e) or type(e).__name__)
-                return f"the catalog did not answer: {str(e) or type(e).__name__}"
-            if isinstance(reply, ModelListReply):
-                self.models = {m.name: m for m in reply.models}
-            if isinstance(files, ModelFiles):
-                self.files = files
-            return reply.message if isinstance(reply, CatalogError) else None
-
-    async def _ask(self, msg, kind: type):
-        await self.catalog.send(encode(msg))
-        while True:  # skip stale replies of an earlier timed-out query
-            reply = self.catalog_codec.decode(await asyncio.wait_for(self.catalog.recv(), timeout=2.0))
-            if isinstance(reply, (kind, CatalogError)):
-                return reply
-
-    async def models_reply(self, nonce: int) -> ModelsReply:
-        """The catalog's models as of now; what was last heard, with the error, when it does not answer."""
-        error = await self.refresh_models()
-        rows = tuple(ModelEntry(name=m.name, kind=str(m.kind), architecture=m.architecture, parameters=m.parameters,
-                                dtype=m.dtype, vocab_size=m.vocab_size, max_context=m.max_context)
-                     for m in sorted(self.models.values(), key=lambda m: m.name))
-        return ModelsReply(nonce=nonce, models=rows, error=error)
-
-    async def resolve(self, name: str) -> ModelInfo | None:
-        if name not in self.models:
-            await self.refresh_models()
-        return self.models.get(name)
-
     # -- loops ----------------------------------------------------------------------------------
     async def client_loop(self) -> None:
         while True:
@@ -264,12 +203,12 @@ class Shell:
                         request_id=None, code=ErrorCode.MALFORMED, message=f"malformed frame: {str(e)[:200]}"))])
                     continue
                 if isinstance(msg, SubmitRequest):
-                    info = await self.resolve(msg.model)
+                    info = await self.catalog.resolve(msg.model)
                     batch.append(ev.Submitted(at=time.monotonic(), client=ident, msg=msg, info=info))
                 elif isinstance(msg, CancelRequest):
                     batch.append(ev.CancelAsked(at=time.monotonic(), client=ident, request_id=msg.request_id))
                 elif isinstance(msg, ModelsQuery):  # the catalog is the shell's: answered here, not by the core
-                    self.to_client(ident, [ident, encode(await self.models_reply(msg.nonce))])
+                    self.to_client(ident, [ident, encode(await self.catalog.reply(msg.nonce))])
                 else:  # a query sees every message that came before it: a submit, then a status, shows it
                     if batch:
                         self.ingest(batch)
@@ -309,7 +248,7 @@ class Shell:
                         self.log.info("host_registered", host=msg.host, peer_key=key)
                     batch.append(ev.HostReported(at=time.monotonic(), host=msg.host, published=msg.published,
                                                  publishing=msg.publishing, peer_key=key))
-                send_nowait(self.node_catalogs, [ident, encode(self.files)])
+                send_nowait(self.node_catalogs, [ident, encode(self.catalog.files)])
             self.ingest(batch)
 
     async def tick_loop(self) -> None:
@@ -321,11 +260,12 @@ class Shell:
             for ident in list(self.outbox):
                 self.flush_outbox(ident)
             self.journal.maybe_snapshot(self.state)
-            if time.monotonic() - self._last_refresh > CATALOG_REFRESH_S:
-                await self.refresh_models(force=True)
+            if time.monotonic() - self.catalog.last_refresh > CATALOG_REFRESH_S:
+                await self.catalog.refresh(force=True)
 
     def close(self) -> None:
-        for s in (self.clients, self.executors, self.catalog, self.node_catalogs):
+        self.catalog.close()
+        for s in (self.clients, self.executors, self.node_catalogs):
             if s is not None:
                 s.close(linger=0)
         curve.stop_authenticator(self.ctx)  # its sockets are the Context's too: term() would wait on them
@@ -345,7 +285,7 @@ async def amain(args: argparse.Namespace) -> None:
     if state.applied:
         shell.ingest([ev.Recovered(at=time.monotonic())])
     stop = lifecycle.shutdown_flag()
-    await shell.refresh_models(force=True)
+    await shell.catalog.refresh(force=True)
     loops = [shell.client_loop(), shell.executor_loop(), shell.tick_loop()]
     if shell.node_catalogs is not None:
         loops.append(shell.node_catalog_loop())

@@ -1,5 +1,5 @@
 """The scheduler shell: a congested executor (queue at its HWM) is not a lost one; malformed
-frames are counted, not logged one line each."""
+frames are counted, not logged one line each; a dead catalog is asked once, not per client frame."""
 
 from __future__ import annotations
 
@@ -201,17 +201,20 @@ def test_a_models_query_while_the_catalog_is_down_answers_what_was_last_heard_an
     async def go():
         rd = RunDir(tmp_path)
         shell = shell_main.Shell(rd, State(), Journal(log_path(rd)))  # no catalog process behind its socket
-        shell.log = FakeLog()
-        shell.models = {"m": ModelInfo(name="m", kind=ModelKind.SIM, architecture="LlamaForCausalLM", parameters=10,
-                                       bytes=40, dtype="fp32", vocab_size=97, num_layers=2, hidden_size=8,
-                                       max_context=256)}
+        shell.log = shell.catalog.log = FakeLog()
+        shell.catalog.models = {"m": ModelInfo(name="m", kind=ModelKind.SIM, architecture="LlamaForCausalLM",
+                                               parameters=10, bytes=40, dtype="fp32", vocab_size=97, num_layers=2,
+                                               hidden_size=8, max_context=256)}
         try:
-            return await shell.models_reply(7), shell.log.lines
+            first = await shell.catalog.reply(7)
+            again = await shell.catalog.reply(8)  # within RETRY_S: the last answer, not another 2 s wait
+            return first, again, shell.catalog.log.lines
         finally:
             shell.close()
 
-    reply, lines = asyncio.run(go())
+    reply, again, lines = asyncio.run(go())
     assert reply.nonce == 7 and reply.models == (ModelEntry(name="m", kind="sim", architecture="LlamaForCausalLM",
                                                             parameters=10, dtype="fp32", vocab_size=97, max_context=256),)
     assert reply.error is not None and "did not answer" in reply.error
-    assert [e for e, _ in lines] == ["catalog_unavailable"]
+    assert again.nonce == 8 and (again.models, again.error) == (reply.models, reply.error)
+    assert [e for e, _ in lines] == ["catalog_unavailable"]  # one attempt: the second did not ask again
