@@ -189,7 +189,7 @@ class CpuBackend(EngineBackend):
 
     def preload(self, info: ModelInfo) -> None:
         """Ahead of a switch (the scheduler's Preload, or a request queued behind another model's): map the
-        file, build its layers, start parsing its tokenizer, and hold it, so that the switch costs what a
+        file, build its layers, start parsing its tokenizer, warm its GEMMs, and hold it, so that the switch costs what a
         switch back to a held model does. Runs beside the step's thread; a model held or served is kept."""
         path = _shm_path(info)
         key = file_key(path)
@@ -198,6 +198,7 @@ class CpuBackend(EngineBackend):
                 return
         held = Held.open(path)  # outside the lock: a switch or step meanwhile is not held up
         self.tokenizers.prefetch(held.file.tokenizer_json)
+        held.model.warm()  # the GEMM primitives a first request would build (MoE experts: moe.py)
         with self._lock:
             if key in self._held or (self._current is not None and self._current[0] == key):
                 held.close()  # a switch or another preload got there first

@@ -114,6 +114,14 @@ class Model:
                                                  f"embedding's {self.dtype}")
         self.rope = Rope(cfg.rope)
 
+    @torch.inference_mode()
+    def warm(self) -> None:
+        """Build what a first request would otherwise build on a CPU: the experts' GEMM primitives."""
+        done: set = set()
+        for layer in self.layers:
+            if isinstance(layer.mlp, MoeBlock):
+                layer.mlp.warm(done)
+
     @property
     def device(self) -> torch.device:
         """Where activations and the KV cache live: the embedding table's device."""
