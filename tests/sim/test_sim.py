@@ -221,5 +221,6 @@ def test_an_azure_trace_window_runs_through_every_policy(tmp_path):
 def test_a_run_of_tokens_at_once_is_the_tokens_one_by_one():
     from c2cq.services.executor.sim import _token, _tokens
 
-    for seed, start, n, vocab in ((0, 0, 5, 49152), (2**64 - 1, 7, 48, 151936), (0x9E3779B97F4A7C15, 1000, 300, 128256)):
+    for seed, start, n, vocab in ((0, 0, 5, 49152), (2**64 - 1, 12345, 23, 7), (2**64 - 1, 7, 48, 151936),
+                                  (0x9E3779B97F4A7C15, 1000, 300, 128256)):
         assert _tokens(seed, start, n, vocab) == [_token(seed, i, vocab) for i in range(start, start + n)]
