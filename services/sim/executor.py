@@ -254,7 +254,9 @@ class SimExecutor(Shortcuts):
                           error_code=(o.code or ErrorCode.INTERNAL) if o.error else None, message=o.error)
         self._stats.accumulate(res)
         self._stats_steps += 1
-        self._said_after_step()
+        # a step that prefilled or left a sequence out is not followed by a steady one (a cheap
+        # filter: the step after it is computed, and its own publishing looks again)
+        self._said_after_step(None, not res.prefill_tokens and res.decode_tokens == len(self.backend.seqs))
 
     def _emit_stats(self) -> None:
         """The StepStats of the window since the last (the steps' mean duration, their sums)."""

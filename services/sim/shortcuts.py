@@ -164,12 +164,13 @@ class Shortcuts:
         return StepResult(outputs=self.backend.decode_again(batch), busy_s=busy_s, decode_tokens=n, bytes_hbm=hbm,
                           bytes_host=host)
 
-    def _said_after_step(self, nxt: _Steady | None = None) -> None:
+    def _said_after_step(self, nxt: _Steady | None = None, look: bool = True) -> None:
         """The end of ``_publish`` once a step's outputs are held and its figures counted: the next
-        steady step if any (``nxt``: known already; before anything is sent, so that a command it
-        brings clears it), the stream flush and the StepStats if due, the next step."""
+        steady step if any (``nxt``: known already; ``look``: else whether to look for one; before
+        anything is sent, so that a command it brings clears it), the stream flush and the
+        StepStats if due, the next step."""
         if self.steady:
-            self._steady = nxt if nxt is not None else self._steady_next()
+            self._steady = nxt if nxt is not None else self._steady_next() if look else None
         now = self.engine.now
         if self.flush_due is not None and (now >= self.flush_due or not self.held):
             self._flush()
@@ -266,4 +267,4 @@ class Shortcuts:
         s.bytes_host += st.host
         self._stats_steps += 1
         st.left -= 1  # the same batch again, one token further (nothing came to change it)
-        self._said_after_step(st if st.left >= 2 else None)
+        self._said_after_step(st if st.left >= 2 else None, False)
