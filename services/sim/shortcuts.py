@@ -71,13 +71,16 @@ class Shortcuts:
         completes a sequence), and the end time, summed as engine.after would, step by step."""
         t, due, since = self.engine.now, self.flush_due, self._stats_since
         k = 0
+        if due is None:  # nothing held yet: the first step's tokens are, due a stream interval on
+            k, t = 1, t + d
+            if k == last or t - since >= STATS_S:
+                return k, t
+            due = t + STREAM_S
         while True:
             k += 1
             t = t + d
-            if k == last or (due is not None and t >= due) or t - since >= STATS_S:
+            if k == last or t >= due or t - since >= STATS_S:
                 return k, t
-            if due is None:
-                due = t + STREAM_S
 
     def _run_of_steps(self, res: StepResult) -> bool:
         """``res`` was just computed, its model wholly resident: if the steps after it will be the
@@ -149,8 +152,10 @@ class Shortcuts:
                 h[2].append(text)
         n = r.steps if whole else r.steps - 1
         st = self._stats
+        busy, d = st.busy_s, r.step_s
         for _ in range(n):  # summed step by step, as the steps' own ends would
-            st.busy_s += r.step_s
+            busy += d
+        st.busy_s = busy
         st.decode_tokens += r.n * n
         st.bytes_hbm += r.hbm * n
         self._stats_steps += n
