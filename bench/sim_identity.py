@@ -4,11 +4,12 @@ request's outcome, and of the JSON summary (the simulator's own event count left
 events is what a speed-up is allowed to change).
 
     .venv/bin/python bench/sim_identity.py [--workloads mooncake,...] [--gpus h100-sxm,gh200-96]
-        [--out digests.json] [--against digests.json] [--no-runs]
+        [--out digests.json] [--against digests.json] [--no-runs] [--no-steady]
 
 ``--against`` compares with digests written before the change and exits 1 on any difference;
-``--no-runs`` simulates step by step (SimExecutor.runs = False: no run of steps is one event), the
-reference a merge of steps must reproduce.
+``--no-runs`` gives every step its own engine event (SimExecutor.runs = False), ``--no-steady``
+computes every step with SimBackend.step (SimExecutor.steady = False): with both, the plain
+step-by-step reference the shortcuts of services/sim/shortcuts.py must reproduce.
 """
 
 from __future__ import annotations
@@ -53,10 +54,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", type=int, default=1000)
     p.add_argument("--out", type=Path)
     p.add_argument("--against", type=Path)
-    p.add_argument("--no-runs", action="store_true", help="one engine event per step (the reference)")
+    p.add_argument("--no-runs", action="store_true", help="one engine event per step")
+    p.add_argument("--no-steady", action="store_true", help="every step computed by SimBackend.step")
     a = p.parse_args(argv)
     if a.no_runs:
         SimExecutor.runs = False
+    if a.no_steady:
+        SimExecutor.steady = False
     before = json.loads(a.against.read_text()) if a.against else {}
     got, differ = {}, 0
     for w in a.workloads.split(","):
