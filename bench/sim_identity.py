@@ -27,7 +27,7 @@ from c2cq.services.sim.executor import SimExecutor
 from c2cq.services.sim.run import run_policy
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sim_speed import WORKLOADS, sim_args  # noqa: E402
+from sim_speed import WORKLOADS, rows, sim_args  # noqa: E402
 
 
 def digests(flags: list[str]) -> dict[str, str]:
@@ -63,20 +63,15 @@ def main(argv: list[str] | None = None) -> int:
         SimExecutor.steady = False
     before = json.loads(a.against.read_text()) if a.against else {}
     got, differ = {}, 0
-    for w in a.workloads.split(","):
-        flags = [*WORKLOADS[w], "--models-from", "zipf", "--slices", str(a.slices), "--models", str(a.models)]
-        if not Path(flags[1]).exists():
-            print(f"{w}: {flags[1]} is absent, skipped")
-            continue
-        for gpu in a.gpus.split(","):
-            key = f"{w}/{gpu}"
-            got[key] = d = digests([*flags, "--gpu", gpu])
-            old = before.get(key)
-            same = "" if old is None else " ".join(
-                f"{k}:{'same' if old[k] == d[k] else 'DIFFERENT'}" for k in ("fed", "outcomes", "summary"))
-            differ += "DIFFERENT" in same
-            print(f"{key:28} fed {d['fed'][:12]} outcomes {d['outcomes'][:12]} summary {d['summary'][:12]} "
-                  f"engine events {d['engine_events']:>7}  {same}", flush=True)
+    for w, flags, gpu in rows(a.workloads, a.gpus, a.slices, a.models):
+        key = f"{w}/{gpu}"
+        got[key] = d = digests([*flags, "--gpu", gpu])
+        old = before.get(key)
+        same = "" if old is None else " ".join(
+            f"{k}:{'same' if old[k] == d[k] else 'DIFFERENT'}" for k in ("fed", "outcomes", "summary"))
+        differ += "DIFFERENT" in same
+        print(f"{key:28} fed {d['fed'][:12]} outcomes {d['outcomes'][:12]} summary {d['summary'][:12]} "
+              f"engine events {d['engine_events']:>7}  {same}", flush=True)
     if a.out:
         a.out.write_text(json.dumps(got, indent=1, sort_keys=True) + "\n")
     return 1 if differ else 0

@@ -13,9 +13,9 @@ from c2cq.loadgen.workload import PlannedRequest
 from c2cq.services.catalog.sim_models import generate
 from c2cq.services.sim.executor import SimExecutor
 from c2cq.services.sim.profiles import build_cluster, load_profile, parse_layout
-from c2cq.services.sim.run import Scenario, run_policy
+from c2cq.services.sim.run import Scenario
 
-from .test_sim import small_scenario
+from .test_sim import small_scenario, with_and_without
 
 
 def shared_link() -> Scenario:
@@ -43,14 +43,11 @@ def test_steady_streaming_steps_on_a_shared_link_change_nothing_the_scheduler_se
             durations[self.id].add(st.busy_s)
 
     monkeypatch.setattr(SimExecutor, "_steady_start", spy)
-    fast_log: list = []
-    fast, _, _ = run_policy("c2cq", shared_link(), observe=fast_log.append)
+    sc = shared_link()
+    (fast, fast_log), (slow, slow_log) = with_and_without(sc, monkeypatch, "steady")
     # the shortcut was taken, by streaming steps whose link share changed while they went on
     assert sum(len(d) for d in durations.values()) >= 3 and max(len(d) for d in durations.values()) >= 2, durations
-    monkeypatch.setattr(SimExecutor, "steady", False)
-    slow_log: list = []
-    slow, _, _ = run_policy("c2cq", shared_link(), observe=slow_log.append)
-    assert fast["finished"] == len(shared_link().plan)
+    assert fast["finished"] == len(sc.plan)
     assert fast == slow  # the simulator's own event count too: a steady step keeps its event
     assert fast_log == slow_log
 
@@ -58,11 +55,7 @@ def test_steady_streaming_steps_on_a_shared_link_change_nothing_the_scheduler_se
 @pytest.mark.parametrize("gpu", ["gh200-96", "h100-sxm"])
 def test_steady_steps_change_nothing_on_a_mixed_cluster(gpu, monkeypatch):
     """Six slices, forty models from 0.35 to 18 GB: resident and streaming steady steps, runs."""
-    sc = small_scenario(rate=8.0, seconds=30.0, seed=4, gpu=gpu)
-    fast_log: list = []
-    fast, _, _ = run_policy("c2cq", sc, observe=fast_log.append)
-    monkeypatch.setattr(SimExecutor, "steady", False)
-    slow_log: list = []
-    slow, _, _ = run_policy("c2cq", sc, observe=slow_log.append)
+    (fast, fast_log), (slow, slow_log) = with_and_without(small_scenario(rate=8.0, seconds=30.0, seed=4, gpu=gpu),
+                                                          monkeypatch, "steady")
     assert fast == slow
     assert fast_log == slow_log
