@@ -51,6 +51,17 @@ def sim_args(flags: list[str]) -> argparse.Namespace:
     return p.parse_args(["sim", *flags])
 
 
+def rows(workloads: str, gpus: str, slices: int, models: int):
+    """(workload, its `c2cq sim` flags, GPU) for each row whose trace is here (a missing one is said and skipped)."""
+    for w in workloads.split(","):
+        flags = [*WORKLOADS[w], "--models-from", "zipf", "--slices", str(slices), "--models", str(models)]
+        if not Path(flags[1]).exists():
+            print(f"{w}: {flags[1]} is absent, skipped")
+            continue
+        for gpu in gpus.split(","):
+            yield w, flags, gpu
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="sim_speed")
     p.add_argument("--workloads", default=",".join(WORKLOADS))
@@ -63,33 +74,28 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     print(f"{'workload':18} {'gpu':9} {'policy':16} {'requests':>8} {'virtual s':>9} {'wall s':>7} {'cpu s':>6} "
           f"{'x (wall)':>8} {'x (cpu)':>7} {'events':>8} {'both':>6}  runs (wall s)")
-    for w in a.workloads.split(","):
-        flags = [*WORKLOADS[w], "--models-from", "zipf", "--slices", str(a.slices), "--models", str(a.models)]
-        if not Path(flags[1]).exists():
-            print(f"{w}: {flags[1]} is absent, skipped")
-            continue
-        for gpu in a.gpus.split(","):
-            sc = cli_sim.scenario(sim_args([*flags, "--gpu", gpu]))
-            for name in a.policies.split(","):
-                walls, cpus = [], []
-                for _ in range(max(1, a.repeat)):
-                    prof = cProfile.Profile() if a.profile and name == "c2cq" else None
-                    if prof is not None:
-                        prof.enable()
-                    c0 = time.process_time()
-                    out, _, wall = run_policy(name, sc)
-                    cpus.append(time.process_time() - c0)
-                    if prof is not None:
-                        prof.disable()
-                        pstats.Stats(prof).sort_stats("tottime").print_stats(a.profile)
-                    walls.append(wall)
-                wall, cpu = statistics.median(walls), statistics.median(cpus)
-                v = out["sim"]["virtual_s"]
-                print(f"{w:18} {gpu:9} {name:16} {out['requests']:8d} {v:9.0f} {wall:7.1f} {cpu:6.1f} {v / wall:8.0f} "
-                      f"{v / cpu:7.0f} "
-                      f"{out['sim']['events']:8d} {out['slo_attainment'] * 100:5.1f}%  "
-                      f"{' '.join(f'{x:.1f}' for x in walls)}", flush=True)
-            print(f"  c2cq sim {' '.join(flags)} --gpu {gpu}", flush=True)
+    for w, flags, gpu in rows(a.workloads, a.gpus, a.slices, a.models):
+        sc = cli_sim.scenario(sim_args([*flags, "--gpu", gpu]))
+        for name in a.policies.split(","):
+            walls, cpus = [], []
+            for _ in range(max(1, a.repeat)):
+                prof = cProfile.Profile() if a.profile and name == "c2cq" else None
+                if prof is not None:
+                    prof.enable()
+                c0 = time.process_time()
+                out, _, wall = run_policy(name, sc)
+                cpus.append(time.process_time() - c0)
+                if prof is not None:
+                    prof.disable()
+                    pstats.Stats(prof).sort_stats("tottime").print_stats(a.profile)
+                walls.append(wall)
+            wall, cpu = statistics.median(walls), statistics.median(cpus)
+            v = out["sim"]["virtual_s"]
+            print(f"{w:18} {gpu:9} {name:16} {out['requests']:8d} {v:9.0f} {wall:7.1f} {cpu:6.1f} {v / wall:8.0f} "
+                  f"{v / cpu:7.0f} "
+                  f"{out['sim']['events']:8d} {out['slo_attainment'] * 100:5.1f}%  "
+                  f"{' '.join(f'{x:.1f}' for x in walls)}", flush=True)
+        print(f"  c2cq sim {' '.join(flags)} --gpu {gpu}", flush=True)
     return 0
 
 

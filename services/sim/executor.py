@@ -15,12 +15,8 @@ A switch is not free (profiles.toml [c2cq]): engine build, the embedding table o
 and, if configured, registering the model's mapping — then every step streams what is not
 resident while the residency copy shares the same link share.
 
-One shortcut that changes nothing but the simulator's speed: a run of decode steps that are
-alike (the same batch, every sequence past its prefill, the model wholly resident: the same
-duration, nothing read over the link) and say nothing (no first token, no completion, no
-stream flush or StepStats due) is one engine event, not one per step (``_run_of_steps``). Their
-end times are the same sums as step by step; a command that arrives within the run ends it at
-the step in flight, which is where the command would have taken effect."""
+Shortcuts that change nothing but the simulator's speed (runs of alike decode steps as one
+event, steady steps computed in closed form): services/sim/shortcuts.py."""
 
 from __future__ import annotations
 
@@ -31,7 +27,7 @@ from c2cq.schemas import executor as m
 from c2cq.schemas.catalog import ModelInfo
 from c2cq.schemas.enums import ErrorCode, FinishReason
 from c2cq.services.executor.backend import StepResult
-from c2cq.services.executor.main import ANNOUNCE_S, HEARTBEAT_S, STATS_S
+from c2cq.services.executor.main import ANNOUNCE_S, HEARTBEAT_S
 from c2cq.services.executor.sim import SimBackend
 from c2cq.services.executor.slice import SliceQueue
 from c2cq.services.sim.engine import Engine, Link
@@ -39,8 +35,9 @@ from c2cq.services.sim.kv import KVBackend, KVSetup
 from c2cq.services.sim.metrics import Recorder
 from c2cq.services.sim.profiles import SliceSpec
 from c2cq.services.sim.requests import index_of
+from c2cq.services.sim.shortcuts import STREAM_S, Shortcuts, _Run, _Steady
 
-STREAM_S = 0.1  # later tokens of a request go out at least this often (the real executor: every step)
+__all__ = ["STREAM_S", "SimExecutor", "SwitchCosts"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,19 +50,7 @@ class SwitchCosts:
     register_on_switch: bool = False
 
 
-@dataclass(slots=True)
-class _Run:
-    """Alike decode steps in flight as one event: the first began at ``start``; each takes ``step_s``."""
-
-    start: float
-    step_s: float
-    steps: int
-    first: StepResult  # the first step's result (computed as usual)
-    batch: list  # the backend's sequences the steps run
-
-
-class SimExecutor:
-    runs = True  # a run of alike, silent decode steps is one event (False: one event per step)
+class SimExecutor(Shortcuts):
 
     def __init__(self, spec: SliceSpec, engine: Engine, link: Link, models: dict[str, ModelInfo],
                  send: Callable[[str, object], None], rec: Recorder, phase: float = 0.0,
@@ -92,6 +77,8 @@ class SimExecutor:
         self._stats_since = 0.0
         self._run: _Run | None = None  # a run of alike decode steps in flight (one event)
         self._run_gen = 0  # names the event that ends the current run (a cut run's old event is stale)
+        self._steady: _Steady | None = None  # set while the next step is a steady one (see _steady_start)
+        self._ahead: _Steady | None = None  # the steady step in flight
 
     def _backend(self, kv: KVSetup | None) -> SimBackend:
         """The sim backend; with a KV setup, the one with bounded KV tiers and a rotation policy (kv.py)."""
@@ -137,6 +124,8 @@ class SimExecutor:
     def on_command(self, cmd) -> None:
         if self._run is not None:
             self._cut_run()
+        if self._steady is not None:
+            self._steady_cut()
         if isinstance(cmd, m.AssignRequest):
             self.hb_idle = False
             if self.queue.admit(cmd):
@@ -211,6 +200,9 @@ class SimExecutor:
         share = link.capacity_bps / max(1, link.users + 1)  # link.share(joining=True), inlined
         cap = self.spec.profile.link_bps
         b.link_share_bps = cap if cap <= share else share  # min(cap, share)
+        if self._steady is not None:
+            self._steady_start(self._steady, uses_link)
+            return
         res = b.step(self.chunk_tokens)
         if uses_link:
             link.users += 1
@@ -218,89 +210,6 @@ class SimExecutor:
         if self.runs and not uses_link and self._run_of_steps(res):
             return
         engine.at(engine.now + res.busy_s, self._publish, res, uses_link)
-
-    # -- runs of alike, silent decode steps (one event for many) ------------------------------
-    def _run_of_steps(self, res: StepResult) -> bool:
-        """``res`` was just computed, its model wholly resident: if the steps after it will be the
-        same (a pure decode of the same batch) and the publishing of it and of the next ones says
-        nothing, schedule one event for the whole run up to the first step whose end says
-        something; False when that is this step."""
-        b = self.backend
-        if res.prefill_tokens or b.copied_bytes or res.decode_tokens != len(b.seqs) or not res.outputs:
-            return False
-        started, running = self.started, self.queue.running
-        for o in res.outputs:
-            if o.finish is not None or o.request_id not in started or o.request_id not in running:
-                return False
-        d, t, due, since = res.busy_s, self.engine.now, self.flush_due, self._stats_since
-        last = b.remaining() + 1  # the step in which the first sequence completes
-        k = 0
-        while True:
-            k += 1
-            t = t + d  # as engine.after would sum it, step by step
-            if k == last or (due is not None and t >= due) or t - since >= STATS_S:
-                break
-            if due is None:
-                due = t + STREAM_S
-        if k == 1:
-            return False
-        self._run = _Run(start=self.engine.now, step_s=d, steps=k, first=res, batch=b.batch())
-        self._schedule_run_end(t)
-        return True
-
-    def _schedule_run_end(self, t: float) -> None:
-        self._run_gen += 1
-        self.engine.at(t, self._end_run, self._run_gen)
-
-    def _cut_run(self) -> None:
-        """A command arrived within a run: it ends with the step in flight (the steps that ended
-        before now are published with it; the command takes effect from the next step on)."""
-        r, now = self._run, self.engine.now
-        t, k = r.start, 0
-        while k < r.steps - 1 and t + r.step_s < now:
-            t += r.step_s
-            k += 1
-        if k + 1 < r.steps:
-            r.steps = k + 1
-            self._schedule_run_end(t + r.step_s)
-
-    def _end_run(self, gen: int) -> None:
-        """The run's last step ended: publish the silent steps before it as their own ends would
-        have (tokens held for the stream, from the first step's end on; the stats window, step by
-        step), then the last step as usual."""
-        if gen != self._run_gen or self._run is None:
-            return  # the run was cut: a later event ends it
-        r, self._run = self._run, None
-        first = r.first
-        if r.steps == 1:  # cut in its first step: that step is the last
-            self._publish(first, False)
-            return
-        b, running, held = self.backend, self.queue.running, self.held
-        more = b.decode_many(r.batch, r.steps - 2) if r.steps > 2 else {}
-        for o in first.outputs:  # steps 1 .. steps-1, request by request (their order in held is per request)
-            rid = o.request_id
-            if rid not in running:
-                continue  # aborted while the run went on
-            toks = more.get(rid, ())
-            texts = [o.text, " t" + " t".join(map(str, toks))] if toks else [o.text]  # the backend's text of each
-            h = held.get(rid)
-            if h is None:
-                held[rid] = [o.index, [*o.token_ids, *toks], texts]
-                if self.flush_due is None:
-                    self.flush_due = r.start + r.step_s + STREAM_S  # held from the first step's end
-            else:
-                h[1].extend(o.token_ids)
-                h[1].extend(toks)
-                h[2].extend(texts)
-        st = self._stats
-        for _ in range(r.steps - 1):  # summed step by step, as the steps' own ends would
-            st.busy_s += r.step_s
-        st.decode_tokens += first.decode_tokens * (r.steps - 1)
-        st.bytes_hbm += first.bytes_hbm * (r.steps - 1)
-        self._stats_steps += r.steps - 1
-        res = StepResult(outputs=b.decode_again(r.batch), busy_s=r.step_s, decode_tokens=first.decode_tokens,
-                         bytes_hbm=first.bytes_hbm)
-        self._publish(res, False)
 
     def _flush(self) -> None:
         for rid, (idx, toks, texts) in self.held.items():
@@ -343,14 +252,16 @@ class SimExecutor:
                 self.emit(m.RequestCompleted, request_id=rid, finish_reason=o.finish,
                           prompt_tokens=o.prompt_tokens, completion_tokens=o.index + len(o.token_ids),
                           error_code=(o.code or ErrorCode.INTERNAL) if o.error else None, message=o.error)
-        if self.flush_due is not None and (now >= self.flush_due or not held):
-            self._flush()
-        s = self._stats
-        s.accumulate(res)
+        self._stats.accumulate(res)
         self._stats_steps += 1
-        if now - self._stats_since >= STATS_S:
-            self.emit(m.StepStats, step_s=s.busy_s / self._stats_steps, tokens=s.prefill_tokens + s.decode_tokens,
-                      prefill_tokens=s.prefill_tokens, decode_tokens=s.decode_tokens, batch=len(running),
-                      bytes_hbm=s.bytes_hbm, bytes_host=s.bytes_host, model=self.queue.model, **self._kv_fields())
-            self._stats, self._stats_steps, self._stats_since = StepResult(), 0, now
-        self._work()
+        # a step that prefilled or left a sequence out is not followed by a steady one (a cheap
+        # filter: the step after it is computed, and its own publishing looks again)
+        self._said_after_step(None, not res.prefill_tokens and res.decode_tokens == len(self.backend.seqs))
+
+    def _emit_stats(self) -> None:
+        """The StepStats of the window since the last (the steps' mean duration, their sums)."""
+        s = self._stats
+        self.emit(m.StepStats, step_s=s.busy_s / self._stats_steps, tokens=s.prefill_tokens + s.decode_tokens,
+                  prefill_tokens=s.prefill_tokens, decode_tokens=s.decode_tokens, batch=len(self.queue.running),
+                  bytes_hbm=s.bytes_hbm, bytes_host=s.bytes_host, model=self.queue.model, **self._kv_fields())
+        self._stats, self._stats_steps, self._stats_since = StepResult(), 0, self.engine.now

@@ -10,9 +10,12 @@ from c2cq.schemas.client import SLO, RequestRejected, SubmitRequest
 from c2cq.services.scheduler.validate import Limits, check_submit
 
 
-@lru_cache(maxsize=4096)
+@lru_cache(maxsize=256)
 def prompt_ids(n: int) -> tuple[int, ...]:
-    """A prompt of ``n`` tokens (one shared tuple per length: the simulator only counts them)."""
+    """A prompt of ``n`` tokens (one shared tuple per recent length: the simulator only counts them).
+    A small cache: Mooncake's prompts (7k–120k tokens) rarely repeat a length, and 4,096 of them
+    kept alive (~400 MB) made every new one fault in fresh memory (0.68 s of its 5,719 arrivals,
+    0.10 s with 256; the Azure trace's repeated lengths 0.11 → 0.02 s)."""
     return (1,) * max(1, n)
 
 

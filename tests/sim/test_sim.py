@@ -85,16 +85,23 @@ def test_the_scheduler_core_never_sees_time_go_backwards():
     assert all(a <= b for a, b in zip(times, times[1:]))
 
 
-@pytest.mark.parametrize("gpu", ["gh200-96", "h100-sxm"])
-def test_runs_of_alike_decode_steps_as_one_event_change_nothing_the_scheduler_sees(gpu, monkeypatch):
-    """The shortcut (services/sim/executor.py ``_run_of_steps``) against one event per step: the
-    same events reach the core at the same times, and the same figures come out."""
-    sc = small_scenario(rate=8.0, seconds=30.0, seed=4, gpu=gpu)
+def with_and_without(sc: Scenario, monkeypatch, shortcut: str) -> tuple[tuple[dict, list], tuple[dict, list]]:
+    """The c2cq run of ``sc`` as the simulator is, then with ``SimExecutor.<shortcut>`` off: the
+    summary and the events the core was fed, of each."""
     fast_log: list = []
     fast, _, _ = run_policy("c2cq", sc, observe=fast_log.append)
-    monkeypatch.setattr(SimExecutor, "runs", False)
+    monkeypatch.setattr(SimExecutor, shortcut, False)
     slow_log: list = []
     slow, _, _ = run_policy("c2cq", sc, observe=slow_log.append)
+    return (fast, fast_log), (slow, slow_log)
+
+
+@pytest.mark.parametrize("gpu", ["gh200-96", "h100-sxm"])
+def test_runs_of_alike_decode_steps_as_one_event_change_nothing_the_scheduler_sees(gpu, monkeypatch):
+    """The shortcut (services/sim/shortcuts.py ``_run_of_steps``) against one event per step: the
+    same events reach the core at the same times, and the same figures come out."""
+    (fast, fast_log), (slow, slow_log) = with_and_without(small_scenario(rate=8.0, seconds=30.0, seed=4, gpu=gpu),
+                                                          monkeypatch, "runs")
     assert fast.pop("sim")["events"] < slow.pop("sim")["events"]  # the shortcut was taken
     assert fast == slow
     assert fast_log == slow_log
@@ -221,5 +228,6 @@ def test_an_azure_trace_window_runs_through_every_policy(tmp_path):
 def test_a_run_of_tokens_at_once_is_the_tokens_one_by_one():
     from c2cq.services.executor.sim import _token, _tokens
 
-    for seed, start, n, vocab in ((0, 0, 5, 49152), (2**64 - 1, 7, 48, 151936), (0x9E3779B97F4A7C15, 1000, 300, 128256)):
+    for seed, start, n, vocab in ((0, 0, 5, 49152), (2**64 - 1, 12345, 23, 7), (2**64 - 1, 7, 48, 151936),
+                                  (0x9E3779B97F4A7C15, 1000, 300, 128256)):
         assert _tokens(seed, start, n, vocab) == [_token(seed, i, vocab) for i in range(start, start + n)]
