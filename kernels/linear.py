@@ -5,7 +5,8 @@ resident in device memory (HBM), the remaining rows are read from host memory. O
 both parts are host memory; on a GPU the Triton HybridGEMM reads both in one launch.
 
 Dispatch (DESIGN.md, kernel selection): CUDA ``x`` → plain ``torch`` GEMM when the whole weight is
-in HBM (α = 1), otherwise HybridGEMM (α = 0 streams everything from host memory); CPU ``x`` → torch.
+in HBM (α = 1), otherwise HybridGEMM (α = 0 streams everything from host memory); CPU ``x`` → torch,
+or oneDNN's packed copy of the weight where the CPU backend made one (``SplitWeight.packed``).
 """
 
 from __future__ import annotations
@@ -133,7 +134,8 @@ def _widened_linear(x: torch.Tensor, w: SplitWeight, bias: torch.Tensor | None) 
 # in fp32 and bf16 alike, at every M from 1 to 100 (one thread, this machine, ms plain → packed):
 # fp32 49152×576 at M = 1 / 8 / 32: 10.6 → 9.8, 14.4 → 10.6, 26.3 → 21.3; 1536×576 at M=8: 0.28 → 0.17;
 # bf16 49152×576: 8.2 → 4.9, 9.5 → 4.7, 15.9 → 11.8; 3072×576 at M=8: 0.30 → 0.19 (a hint of 1 is
-# slower than 8 at M=1 too). It is a private copy (the weights are the catalog's shared pages) and
+# slower than 8 at M=1 too); at prefill shapes (M = 128 to 2048, 3072×576 and 576×1536) the two are within
+# ±20% either way, seen in both directions. It is a private copy (the weights are the catalog's shared pages) and
 # costs ~1 GB/s of weight to make (fp32 lm_head, 113 MB: 93-120 ms): the cpu backend makes one per
 # slice in the background of serving, within a budget (services/executor/packing.py). The results
 # equal the plain product's within rounding (fp32 at M ≥ 8 and bf16: bit for bit, seen here).
