@@ -15,7 +15,7 @@ core (and the GIL) from the step for as long as it packs, at times the step cann
 thread, 4 steps ran while it packed, median 363 ms, max 607 ms; in the step's thread, a PACK_SHARE of
 each step, 17 steps, median 188 ms, max 300 ms. So it runs in the step's thread: after a decode-only
 step (never delaying a first token), and while the slice is idle (a request that comes then waits for
-the one part being packed, ≤ ~15 ms).
+the one part being packed, ≤ ~7 ms: PART_BYTES).
 """
 
 from __future__ import annotations
@@ -32,11 +32,13 @@ from c2cq.services.executor.model.weights import Linear
 # Packed copies one slice may hold, all models together. SmolLM2-135M holds 540 MB in fp32 (its tied
 # lm_head packed apart from the embedding it reads), 270 MB in bf16: both fit, with room to spare.
 DEFAULT_PACKED_BYTES = 2 << 30
-# A weight is packed in parts of at most this many plain bytes, one part per call at least: a part takes
-# ~14 ms in fp32, ~8 ms in bf16 (one thread, here). The 49152×576 lm_head in parts of 6144 rows (14 MB
-# fp32) runs as fast as packed whole (M=8: 10.2 against 10.1 ms fp32, 5.4 against 5.5 bf16); parts of
-# 3072 rows are slower in fp32 (12.3 ms).
-PART_BYTES = 16 << 20
+# A weight is packed in parts of at most this many plain bytes, one part per call at least: what a
+# request that comes while the slice packs at idle waits for (a switch too: bench/switch_latency.py's
+# switch overhead, medians of 3 on a loaded VM, was 3-24 ms with 16 MB parts against 1-6 ms plain).
+# Measured (one thread, here; the 49152×576 lm_head at M=8, median of 7, whole → in parts): fp32 10.9 →
+# 12.8 ms in 14 parts of 8 MB (6.6 ms each to pack), 12.4 ms in 7 of 16 MB (11.4 ms each), 15.3 ms in
+# 28 of 4 MB; bf16 6.4 → 7.2 / 6.4 / 6.0 ms (6.5-6.8 ms each to pack, 8 and 16 MB).
+PART_BYTES = 8 << 20
 # After a decode step, packing goes on for this share of the step's time (at least one part): a model
 # packs within ~4× its packing time of serving (SmolLM2 fp32: ~0.5 s of packing) while no step is
 # delayed by much more than a quarter.
