@@ -10,7 +10,9 @@ step, to set against kernels/bench or a GEMM timed alone).
 
 Checkpoints: the Hugging Face folders that bench/decode_throughput.py builds (``--dir``, same default).
 
-    .venv/bin/python bench/decode_profile.py [--dtypes fp32,bf16] [--batches 1,8] [--steps 30]
+``--packed``: every linear weight packed first (services/executor/packing.py), as a slice serves it once packed.
+
+    .venv/bin/python bench/decode_profile.py [--dtypes fp32,bf16] [--batches 1,8] [--steps 30] [--packed]
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from safetensors.torch import load_file  # noqa: E402
 from c2cq.services.executor.model import attention, engine, kv_cache, layers, model, weights  # noqa: E402
 from c2cq.services.executor.model.engine import Engine  # noqa: E402
 from c2cq.services.executor.model.sampler import SamplingParams  # noqa: E402
+from c2cq.services.executor.packing import Packer  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 from decode_throughput import checkpoint  # noqa: E402
@@ -55,9 +58,14 @@ def timed(f, label: str):
     return run
 
 
-def engine_for(folder: Path, batch: int, prompt: int) -> Engine:
+def engine_for(folder: Path, batch: int, prompt: int, packed: bool) -> Engine:
     eng = Engine(json.loads((folder / "config.json").read_text()), load_file(folder / "model.safetensors"), None,
                  kv_blocks=batch * 64 + 64, block_size=16)
+    if packed:
+        packer = Packer(1 << 40)
+        packer.serve(eng, eng.model, folder.name)
+        while packer.work(float("inf")):
+            pass
     g = torch.Generator().manual_seed(batch)
     for i in range(batch):
         eng.add(f"r{i}", torch.randint(100, eng.config.vocab_size, (prompt,), generator=g).tolist(),
@@ -83,13 +91,14 @@ def main() -> None:
     ap.add_argument("--batches", default="1,8")
     ap.add_argument("--prompt-tokens", type=int, default=16)
     ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--packed", action="store_true", help="pack every linear weight first")
     args = ap.parse_args()
     torch.set_num_threads(1)
     args.dir.mkdir(parents=True, exist_ok=True)
     for d in args.dtypes.split(","):
         folder = checkpoint(args.dir, d)
         for b in (int(x) for x in args.batches.split(",")):
-            eng = engine_for(folder, b, args.prompt_tokens)
+            eng = engine_for(folder, b, args.prompt_tokens, args.packed)
             plain = step_ms(eng, args.steps)
             saved = [(owner, name, getattr(owner, name)) for owner, name, _ in WRAPPED]
             for (owner, name, label), (_, _, f) in zip(WRAPPED, saved, strict=True):

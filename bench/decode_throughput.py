@@ -17,13 +17,21 @@ The c2cq executor and this process each use ``--threads`` threads; runs alternat
 per case, so other load on the machine hits both alike. ``--quick``: batches 1 and 8, 32 new tokens,
 one repetition.
 
-    .venv/bin/python bench/decode_throughput.py [--quick] [--threads 1] [--dtypes fp32,bf16] [--batches 1,8,32]
+The executor packs the served model's weights (its private oneDNN copies, services/executor/packing.py)
+in the background of serving, from the plain shared pages; ``--packed-mb 0``: never (the plain path
+throughout). ``--steady``: per dtype, right after the switch, one batch of 8 is timed while packing is
+under way (the first-requests phase, printed as ``first``), then the run waits for the executor's log to
+say the model is packed before the cases are measured (the steady state).
+
+    .venv/bin/python bench/decode_throughput.py [--quick] [--threads 1] [--dtypes fp32,bf16] [--batches 1,8,32] \
+        [--steady] [--packed-mb MIB]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import shutil
 import statistics
@@ -106,6 +114,18 @@ async def c2cq_run(client: AsyncClient, model: str, ids: list[list[int]], new: i
     return time.monotonic() - t0, statistics.median(steps)
 
 
+async def wait_packed(rd: RunDir, model: str, timeout: float = 120.0) -> dict:
+    """The executor's ``packed`` log record of ``model`` (the budget may stop short of all of it)."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        for f in rd.log_dir.glob("exec-*.log"):
+            for line in f.read_text(errors="replace").splitlines():
+                if '"packed"' in line and f'"{model}"' in line:
+                    return json.loads(line)
+        await asyncio.sleep(0.2)
+    raise RuntimeError(f"{model}: not packed after {timeout:.0f} s")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()) / "c2cq-bench-decode")
@@ -116,6 +136,9 @@ def main() -> None:
     ap.add_argument("--new", type=int, default=64)
     ap.add_argument("--repeat", type=int, default=2, help="runs per case and side; the best is kept")
     ap.add_argument("--quick", action="store_true", help="batches 1,8; 32 new tokens; one run")
+    ap.add_argument("--steady", action="store_true", help="time the first batch of 8 after the switch, then wait "
+                                                         "until the model is packed before measuring")
+    ap.add_argument("--packed-mb", type=int, default=None, help="the executor's packed-weight budget (MiB)")
     args = ap.parse_args()
     if args.quick:
         args.batches, args.new, args.repeat = "1,8", 32, 1
@@ -130,7 +153,7 @@ def main() -> None:
     for d in dtypes:
         add_path(rd, folders[d], f"smollm2-{d}", progress=False)
     inst = Instance(home, slices=1, backend="cpu")
-    inst.up("--threads", str(args.threads))
+    inst.up("--threads", str(args.threads), *(("--packed-mb", str(args.packed_mb)) if args.packed_mb is not None else ()))
     rows = []
     try:
         async def run() -> None:
@@ -140,6 +163,13 @@ def main() -> None:
                     wbytes = step_weight_bytes(model)
                     vocab = model.config.vocab_size
                     await c2cq_run(client, f"smollm2-{d}", prompts(1, args.prompt_tokens, vocab), 4)  # switch, warm
+                    if args.steady:
+                        wall, step = await c2cq_run(client, f"smollm2-{d}", prompts(8, args.prompt_tokens, vocab),
+                                                    args.new)
+                        rec = await wait_packed(rd, f"smollm2-{d}")
+                        log(f"{d} first batch 8 after the switch: c2cq {8 * args.new / wall:.1f} tok/s "
+                            f"({step:.1f} ms/step); then packed: share {rec['share']}, {rec['bytes'] / 1e6:.0f} MB "
+                            f"in {rec['seconds']} s of packing")
                     # transformers runs in a thread: the client's loop keeps hearing the scheduler meanwhile
                     await asyncio.to_thread(hf_run, model, prompts(1, args.prompt_tokens, vocab), 4)
                     for b in batches:

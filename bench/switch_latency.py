@@ -211,6 +211,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads per executor and for the baseline")
     ap.add_argument("--prompt-tokens", type=int, default=16)
     ap.add_argument("--shm-root", default=None, help="c2cq up --shm-root: e.g. a hugetlbfs mount (default /dev/shm)")
+    ap.add_argument("--packed-mb", type=int, default=None, help="c2cq up --packed-mb: the slices' packed-weight budget")
     ap.add_argument("--no-baseline", action="store_true", help="c2cq only (switch and warm TTFT), no transformers")
     args = ap.parse_args()
     names = args.models.split(",")
@@ -229,7 +230,8 @@ def main() -> None:
         sizes[name] = (info.parameters, info.bytes, info.dtype)
 
     inst = Instance(home, slices=args.slices, backend="cpu")
-    inst.up("--threads", str(args.threads), *(["--shm-root", args.shm_root] if args.shm_root else []))
+    inst.up("--threads", str(args.threads), *(["--shm-root", args.shm_root] if args.shm_root else []),
+            *(["--packed-mb", str(args.packed_mb)] if args.packed_mb is not None else []))
     # per model: c2cq switch, c2cq resident, baseline total, its from_pretrained alone, the same two cold (s)
     runs: dict[str, list[tuple[float, float, float, float, float, float]]] = {n: [] for n in names}
     same_token: dict[str, int] = {n: 0 for n in names}

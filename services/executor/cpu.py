@@ -3,7 +3,10 @@
 Weights are zero-copy views of the published file (one read-only MAP_SHARED mapping), so a switch
 adds no private memory: every executor on the host shares the same page-cache pages. On a CPU
 both parts of every split weight are host memory, so α (the device-resident share) is 0 and every
-byte a step reads is counted as host bytes.
+byte a step reads is counted as host bytes. The slice's analog of a resident share, private packed
+copies of the served model's weights that its GEMMs read faster, is made in the background of serving
+(packing.py); ``packed_share`` says how far, and α as the scheduler sees it stays 0 (its cost model
+would take the share for HBM).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from c2cq.services.executor.model import Engine
 from c2cq.services.executor.model.config import parse_config
 from c2cq.services.executor.model.model import Model
 from c2cq.services.executor.model.engine import StepStats as EngineStats
+from c2cq.services.executor.packing import DEFAULT_PACKED_BYTES, PACK_SHARE, Packer
 from c2cq.services.executor.tokenizer_cache import TokenizerCache
 from c2cq.supervisor.discover import CORES_ENV
 
@@ -143,7 +147,8 @@ class CpuBackend(EngineBackend):
     blocking = True
 
     def __init__(self, device: str = "cpu", threads: int = 0, kv_bytes: int = DEFAULT_KV_BYTES,
-                 max_batch: int = 32, cores: tuple[int, ...] | None = None, kv: KVOptions = KVOptions()) -> None:
+                 max_batch: int = 32, cores: tuple[int, ...] | None = None, kv: KVOptions = KVOptions(),
+                 packed_bytes: int = DEFAULT_PACKED_BYTES) -> None:
         cores = slice_cores() if cores is None else cores
         if cores:
             os.sched_setaffinity(0, cores)  # this slice's share: no core is another CPU slice's
@@ -164,6 +169,7 @@ class CpuBackend(EngineBackend):
         self.kv = KVShell(kv)
         self._alpha_plan = 0.0
         self.tokenizers = TokenizerCache()
+        self.packer = Packer(packed_bytes)
         self._lock = threading.Lock()  # _held and _current: a preload runs beside the step's thread
 
     # -- residency ---------------------------------------------------------------------------------
@@ -184,8 +190,9 @@ class CpuBackend(EngineBackend):
         with self._lock:
             raced = self._held.pop(key, None)  # a preload of the same file that finished meanwhile
             self._current, self.model = (key, held), info
+        self.packer.serve(held, model, info.name)  # packed from the next decode step on, never before
         if raced is not None and raced is not held:
-            raced.close()
+            self._close(raced)
 
     def preload(self, info: ModelInfo) -> None:
         """Ahead of a switch (the scheduler's Preload, or a request queued behind another model's): map the
@@ -201,7 +208,7 @@ class CpuBackend(EngineBackend):
         held.model.warm()  # the GEMM primitives a first request would build (MoE experts: moe.py)
         with self._lock:
             if key in self._held or (self._current is not None and self._current[0] == key):
-                held.close()  # a switch or another preload got there first
+                self._close(held)  # a switch or another preload got there first
                 return
             self._held[key] = held
             self._held.move_to_end(key, last=False)  # let go first: a guess must not push out what was served
@@ -214,7 +221,7 @@ class CpuBackend(EngineBackend):
         with self._lock:
             held = next((self._held.pop(k) for k in list(self._held) if k[0] == info.shm.path), None)
         if held is not None:
-            held.close()
+            self._close(held)
 
     def prepare(self, infos: list[ModelInfo], limit: int = 32) -> tuple[int, int]:
         """At slice start, for the catalog's models: preload those that fit in ``HELD_MODELS`` and
@@ -260,9 +267,13 @@ class CpuBackend(EngineBackend):
 
     def _trim(self) -> None:
         for key in [k for k in self._held if not _still_published(k)]:  # removed or republished: its memory
-            self._held.pop(key).close()                                   # goes once nothing maps it
+            self._close(self._held.pop(key))                              # goes once nothing maps it
         while len(self._held) > HELD_MODELS:
-            self._held.popitem(last=False)[1].close()
+            self._close(self._held.popitem(last=False)[1])
+
+    def _close(self, held: Held) -> None:
+        self.packer.drop(held)
+        held.close()
 
     def alpha(self) -> float:
         return 0.0
@@ -272,7 +283,18 @@ class CpuBackend(EngineBackend):
 
     # -- the step ----------------------------------------------------------------------------------
     def step(self, chunk_tokens: int) -> StepResult:
-        return self._step(chunk_tokens)
+        res = self._step(chunk_tokens)
+        if res.decode_tokens and not res.prefill_tokens:  # a first token never waits for packing
+            self.packer.work(PACK_SHARE * res.busy_s)
+        return res
+
+    def idle(self) -> bool:
+        """Nothing to run: pack one part of the served model's weights; False when none is left."""
+        return self.packer.work(0.0)
+
+    def packed_share(self) -> float:
+        """The served model's packed share (a CPU slice's α, as packing.py makes it)."""
+        return self.packer.share()
 
     def _count_bytes(self, res: StepResult, stats: EngineStats) -> None:
         res.bytes_host = stats.weight_bytes  # every weight is read from host memory here

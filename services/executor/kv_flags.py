@@ -1,5 +1,6 @@
 """The executor's KV flags, shared by ``c2cq-executor`` and ``c2cq up`` (which checks and passes them on),
-and the options they make (``KVOptions``: policy, device and host pool sizes). No torch."""
+and the options they make (``KVOptions``: policy, device and host pool sizes); with them the other
+per-slice memory budget, a CPU slice's packed weights. No torch."""
 
 from __future__ import annotations
 
@@ -30,6 +31,9 @@ class KVOptions:
         return cfg if cfg.policy is self.policy else replace(cfg, policy=self.policy)
 
 
+PACKED_MB = 2048  # packing.DEFAULT_PACKED_BYTES (a test keeps them equal): why, there
+
+
 def add_kv_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kv-policy", choices=[str(k) for k in KVPolicy], default=str(KVPolicy.BLOCK),
                    help="when the KV pool is full: rotate running requests' KV to the host pool by SLO slack, "
@@ -38,12 +42,15 @@ def add_kv_flags(p: argparse.ArgumentParser) -> None:
                    help="device KV pool in blocks of 16 tokens (default 0: sized from the slice's memory)")
     p.add_argument("--kv-host-blocks", type=int, default=0, metavar="N",
                    help="host KV pool in blocks, what rotate moves requests to (default 0: none)")
+    p.add_argument("--packed-mb", type=int, default=PACKED_MB, metavar="MIB",
+                   help="cpu: MiB of private packed (oneDNN blocked) weight copies a slice makes of the models it "
+                        f"serves, read faster than the shared pages; 0: none (default {PACKED_MB})")
 
 
 def kv_argv(args: argparse.Namespace) -> tuple[str, ...]:
     """The flags to give an executor for what ``add_kv_flags`` parsed."""
     return ("--kv-policy", args.kv_policy, "--kv-blocks", str(args.kv_blocks),
-            "--kv-host-blocks", str(args.kv_host_blocks))
+            "--kv-host-blocks", str(args.kv_host_blocks), "--packed-mb", str(args.packed_mb))
 
 
 def kv_options(args: argparse.Namespace) -> KVOptions:

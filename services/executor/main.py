@@ -222,6 +222,7 @@ class Executor:
                 self.flush_stats()
                 self.wake.clear()
                 if not self.queue.pending:
+                    await self.idle_work()
                     await self.wake.wait()
                 continue
             t0 = time.monotonic()
@@ -231,6 +232,13 @@ class Executor:
                 res = self.backend.step(self.chunk_tokens)
                 await asyncio.sleep(max(0.0, res.busy_s - (time.monotonic() - t0)))
             self.publish(res)
+
+    async def idle_work(self) -> None:
+        """What the backend does while nothing is to run (cpu: packing the served model's weights), a
+        bounded piece at a time until something arrives."""
+        idle = getattr(self.backend, "idle", None)
+        while idle is not None and not self.wake.is_set() and await asyncio.to_thread(idle):
+            pass
 
     def publish(self, res: StepResult) -> None:
         for o in res.outputs:
@@ -282,7 +290,8 @@ def make_backend(args: argparse.Namespace) -> Backend:
     if args.backend == "cpu":
         from c2cq.services.executor.cpu import CpuBackend
 
-        return CpuBackend(device=args.device or "cpu", threads=args.threads, kv=kv_options(args))
+        return CpuBackend(device=args.device or "cpu", threads=args.threads, kv=kv_options(args),
+                          packed_bytes=args.packed_mb << 20)
     if args.backend == "cuda":
         from c2cq.services.executor.cuda import CudaBackend
 

@@ -18,11 +18,11 @@ def flag(argv: list[str], name: str) -> str:
 
 
 def test_up_passes_the_kv_flags_to_every_executor(home):
-    got = executors(home, "--kv-policy", "rotate", "--kv-blocks", "40", "--kv-host-blocks", "512")
+    got = executors(home, "--kv-policy", "rotate", "--kv-blocks", "40", "--kv-host-blocks", "512", "--packed-mb", "64")
     assert len(got) == 2
     for argv in got:
-        assert (flag(argv, "--kv-policy"), flag(argv, "--kv-blocks"), flag(argv, "--kv-host-blocks")) == (
-            "rotate", "40", "512")
+        assert (flag(argv, "--kv-policy"), flag(argv, "--kv-blocks"), flag(argv, "--kv-host-blocks"),
+                flag(argv, "--packed-mb")) == ("rotate", "40", "512", "64")
     for argv in executors(home):  # the default: today's schedule, no host pool
         assert (flag(argv, "--kv-policy"), flag(argv, "--kv-host-blocks")) == ("block", "0")
 

@@ -1,0 +1,169 @@
+"""Packed (oneDNN blocked) copies of the weights give what the plain shared weights give: the same greedy
+tokens as transformers, logits within the dtype's tolerance, also when a model switches from plain to
+packed mid-generation; the packed copies stay within their budget, least recently served let go first;
+without the oneDNN ops nothing is packed and the plain path serves."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from c2cq.kernels import linear as klinear
+from c2cq.kernels.linear import PackedWeight, SplitWeight, can_pack, hybrid_linear, pack_rows
+from c2cq.services.executor.model.batch import FlatBatch
+from c2cq.services.executor.model.engine import Engine
+from c2cq.services.executor.model.model import Model
+from c2cq.services.executor.model.config import parse_config
+from c2cq.services.executor.model.sampler import SamplingParams
+from c2cq.services.executor.packing import Packer
+
+from .conftest import DENSE, MOE, drain, prompt, token_ids
+
+K_MAX = 100  # the largest inner dimension of these models' GEMMs (as test_parity)
+needs_onednn = pytest.mark.skipif(not can_pack(torch.float32), reason="this torch has no oneDNN weight packing")
+
+
+def _pack_all(engine: Engine, part_bytes: int = 1 << 20) -> Packer:
+    packer = Packer(1 << 30, part_bytes)
+    packer.serve("owner", engine.model, "m")
+    while packer.work(math.inf):
+        pass
+    return packer
+
+
+def _packed(model: Model) -> list[bool]:
+    return [lin.weight.packed is not None for lin in model.weights]
+
+
+def _last_logits(engine: Engine, ids: list[int]) -> torch.Tensor:
+    table = engine.cache.new_table()
+    table.grow(engine.cache.allocator, len(ids))
+    return engine.model.forward(FlatBatch.build([(ids, 0, table)], [True]), engine.cache)[0]
+
+
+@needs_onednn
+@pytest.mark.parametrize("name", ["llama", "qwen2_tied", "qwen3", "mixtral", "qwen2_moe"])
+def test_packed_greedy_tokens_match_generate(checkpoints, name):
+    ck = checkpoints(name)
+    ids = prompt(7, 13)
+    ref = ck.hf.generate(torch.tensor([ids]), do_sample=False, max_new_tokens=24, min_new_tokens=24)
+    engine = Engine(ck.config, ck.tensors, None, kv_blocks=16, block_size=4)
+    packer = _pack_all(engine, part_bytes=4096)  # parts of a few rows: multi-part weights (and biases) too
+    assert all(_packed(engine.model)) and packer.share() == 1.0
+    assert any(len(lin.weight.packed.parts) > 1 for lin in engine.model.weights)
+    engine.add("r", ids, SamplingParams(max_tokens=24))
+    assert token_ids(drain(engine, chunk_tokens=5)["r"]) == ref[0, len(ids):].tolist()
+
+
+@needs_onednn
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("name", ["llama", "qwen2_tied", "mixtral"])
+def test_packed_logits_match_plain_and_hf(checkpoints, name, dtype):
+    if not can_pack(dtype):
+        pytest.skip(f"this CPU does not pack {dtype} (no native instructions)")
+    ck = checkpoints(name, dtype)
+    ids = prompt(3, 19)
+    engine = Engine(ck.config, ck.tensors, None, kv_blocks=16, block_size=4)
+    plain = _last_logits(engine, ids)
+    _pack_all(engine)
+    assert all(_packed(engine.model))
+    packed = _last_logits(engine, ids)
+    with torch.no_grad():
+        ref = ck.hf(torch.tensor([ids])).logits[0, -1]
+    # test_parity's tolerance: a few roundings per dot product of length K, growing ~ sqrt(K)
+    tol = torch.finfo(dtype).eps * math.sqrt(K_MAX) * ref.float().abs().max().item()
+    torch.testing.assert_close(packed.float(), ref.float(), rtol=0.0, atol=tol)
+    torch.testing.assert_close(packed.float(), plain.float(), rtol=0.0, atol=tol)
+
+
+@needs_onednn
+def test_switching_to_packed_mid_generation_keeps_the_tokens(checkpoints):
+    ck = checkpoints("llama_tied_llama3")
+    prompts = [prompt(s, n) for s, n in ((1, 9), (2, 17), (3, 4))]
+    refs = [ck.hf.generate(torch.tensor([p]), do_sample=False, max_new_tokens=20, min_new_tokens=20)[0, len(p):]
+            for p in prompts]
+    engine = Engine(ck.config, ck.tensors, None, kv_blocks=32, block_size=4)
+    for i, p in enumerate(prompts):
+        engine.add(f"r{i}", p, SamplingParams(max_tokens=20))
+    packer = Packer(1 << 30)  # one part per weight: all packed before the 20th token
+    packer.serve("owner", engine.model, "m")
+    out: dict[str, list[int]] = {f"r{i}": [] for i in range(len(prompts))}
+    states = set()
+    while engine.num_requests:
+        for o in engine.step(64):
+            out[o.request_id].extend(o.new_token_ids)
+        packer.work(0.0)  # one part per step: weights go packed one by one between steps
+        states.add(tuple(_packed(engine.model)))
+    assert len(states) > 2 and all(_packed(engine.model))  # steps ran with some weights packed, others plain
+    assert [out[f"r{i}"] for i in range(len(prompts))] == [r.tolist() for r in refs]
+
+
+def _models(ck, n: int) -> list[Model]:
+    cfg = parse_config(ck.config)
+    return [Model(cfg, {k: v.clone() for k, v in ck.tensors.items()}) for _ in range(n)]
+
+
+@needs_onednn
+def test_the_budget_holds_and_the_least_recently_served_goes_first(checkpoints):
+    a, b, c = _models(checkpoints("llama"), 3)
+    one = sum(lin.weight.host.numel() * 4 for lin in a.weights)
+    packer = Packer(2 * one + one // 2, part_bytes=4096)  # room for two models and a half
+    for label, model in (("a", a), ("b", b), ("a", a), ("c", c)):
+        packer.serve(label, model, label)
+        while packer.work(math.inf):
+            assert packer.bytes <= packer.budget
+        assert packer.bytes <= packer.budget
+    # served a, b, a, c: b is the least recently served and went back to its plain pages; a stayed
+    assert all(_packed(a)) and all(_packed(c)) and not any(_packed(b))
+    assert (packer.share("a"), packer.share("b"), packer.share("c")) == (1.0, 0.0, 1.0)
+    packer.serve("b", b, "b")  # b again: a (least recent now) goes, b packs afresh
+    while packer.work(math.inf):
+        pass
+    assert all(_packed(b)) and not any(_packed(a)) and all(_packed(c))
+    packer.drop("c")
+    assert not any(_packed(c)) and packer.bytes == one
+
+
+@needs_onednn
+def test_a_budget_smaller_than_the_model_packs_part_of_it(checkpoints):
+    (m,) = _models(checkpoints("llama"), 1)
+    one = sum(lin.weight.host.numel() * 4 for lin in m.weights)
+    packer = Packer(one // 2, part_bytes=4096)
+    packer.serve("m", m, "m")
+    while packer.work(math.inf):
+        pass
+    assert 0.0 < packer.share() <= 0.5 and any(_packed(m)) and not all(_packed(m)) and packer.bytes <= one // 2
+
+
+def test_without_the_onednn_ops_nothing_is_packed_and_the_plain_path_serves(checkpoints, monkeypatch):
+    monkeypatch.setattr(klinear, "_REORDER", None)
+    monkeypatch.setattr(klinear, "_POINTWISE", None)
+    monkeypatch.setattr(klinear, "_FP32_LINEAR", torch.nn.functional.linear)
+    ck = checkpoints("qwen2_tied")
+    ids = prompt(7, 13)
+    ref = ck.hf.generate(torch.tensor([ids]), do_sample=False, max_new_tokens=16, min_new_tokens=16)
+    engine = Engine(ck.config, ck.tensors, None, kv_blocks=16, block_size=4)
+    packer = Packer(1 << 30)
+    packer.serve("m", engine.model, "m")
+    assert not packer.work(math.inf) and not any(_packed(engine.model)) and packer.share() == 0.0
+    engine.add("r", ids, SamplingParams(max_tokens=16))
+    assert token_ids(drain(engine, chunk_tokens=5)["r"]) == ref[0, len(ids):].tolist()
+
+
+@needs_onednn
+@pytest.mark.parametrize("shape", [(37, 29, 1), (300, 72, 8), (5, 100, 33)])
+def test_a_weight_packed_in_parts_gives_the_plain_product(shape):
+    n, k, m = shape
+    g = torch.Generator().manual_seed(n)
+    w, bias, x = (torch.randn(*s, generator=g) for s in ((n, k), (n,), (m, k)))
+    rows = [0, n // 3, n // 3 + 1, n] if n > 3 else [0, n]
+    parts = tuple(pack_rows(w[a:b]) for a, b in zip(rows, rows[1:]) if b > a)
+    sizes = tuple(b - a for a, b in zip(rows, rows[1:]) if b > a)
+    sw = SplitWeight.host_only(w)
+    packed = SplitWeight(sw.hbm, sw.host, PackedWeight(parts, sizes, w.numel() * 4))
+    want = x.double() @ w.double().T + bias.double()
+    tol = torch.finfo(torch.float32).eps * math.sqrt(k) * want.abs().max().item()
+    for sw_ in (sw, packed):
+        torch.testing.assert_close(hybrid_linear(x, sw_, bias).double(), want, rtol=0.0, atol=tol)
