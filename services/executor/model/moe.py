@@ -58,8 +58,9 @@ class MoeBlock:
         for e in torch.unique(ids).tolist():
             token_idx, slot = torch.where(ids == e)
             rows, n = x[token_idx], token_idx.shape[0]
-            if pad and padded_rows(n) > n:
-                rows = torch.cat([rows, rows.new_zeros(padded_rows(n) - n, rows.shape[1])])
+            extra = padded_rows(n) - n if pad else 0
+            if extra:
+                rows = torch.cat([rows, rows.new_zeros(extra, rows.shape[1])])
             y = self.experts[e](rows)[:n] * weights[token_idx, slot, None]
             out.index_add_(0, token_idx, y.to(out.dtype))
         if self.shared is not None and self.shared_gate is not None:
