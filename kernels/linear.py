@@ -50,7 +50,8 @@ class PackedWeight:
 
     parts: tuple[torch.Tensor, ...]  # opaque mkldnn tensors, rows in order
     rows: tuple[int, ...]  # rows of each part
-    nbytes: int  # the plain bytes they copy
+    nbytes: int  # the bytes they hold (the plain weight's, twice them where widened: ``packed_dtype``)
+    dtype: torch.dtype = torch.float32  # what the parts hold, the product's dtype: ``packed_dtype`` of the weight's
 
 
 def hybrid_linear(x: torch.Tensor, w: SplitWeight, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -160,27 +161,46 @@ def _onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
 _FP32_LINEAR = _onednn_linear if _POINTWISE is not None else torch.nn.functional.linear
 
 
+# Half precision on a CPU without its instructions (AVX2 only: no avx512_bf16 / amx) runs through torch's
+# generic kernels, ~9.5 GFLOP/s here (AMD EPYC Zen 3, one thread, 2560×960 at M = 1 / 8 / 48: 0.50 / 4.1 /
+# 24.7 ms, against fp32's 0.45 / 1.8 / 4.3 ms), or _widened_linear's per-call fp32 copy of each block. A
+# packed copy of such a weight is widened once, to fp32: twice the plain bytes, read at fp32's speed
+# (the same products as _widened_linear's, which the parity tests hold to transformers in the dtype).
+def packed_dtype(dtype: torch.dtype) -> torch.dtype | None:
+    """What a packed copy of a ``dtype`` weight holds: ``dtype`` itself (fp32; half precision where the
+    CPU has its instructions), fp32 for half precision without them; None where nothing packs (no oneDNN
+    weight packing in this torch, or another dtype)."""
+    if _REORDER is None or _POINTWISE is None:
+        return None
+    if dtype == torch.float32 or (dtype in _NATIVE_FLAGS and cpu_has_native(dtype)):
+        return dtype
+    return torch.float32 if dtype in _NATIVE_FLAGS else None
+
+
 def can_pack(dtype: torch.dtype) -> bool:
-    """Whether this torch and CPU pack weights of ``dtype`` (fp32; half precision where the CPU has its
-    instructions: otherwise it is widened to fp32 block by block, above)."""
-    return _REORDER is not None and _POINTWISE is not None and (dtype == torch.float32 or cpu_has_native(dtype))
+    """Whether this torch and CPU pack weights of ``dtype`` (``packed_dtype``)."""
+    return packed_dtype(dtype) is not None
 
 
 def pack_rows(w: torch.Tensor) -> torch.Tensor:
-    """One part of a ``PackedWeight``: rows of a plain CPU weight (any view) in oneDNN's blocked layout."""
+    """One part of a ``PackedWeight``: rows of a plain CPU weight (any view) in oneDNN's blocked layout,
+    in ``packed_dtype(w.dtype)``."""
     with torch.no_grad():
-        return _REORDER(w.contiguous(), PACK_BATCH_HINT)
+        return _REORDER(w.to(packed_dtype(w.dtype)).contiguous(), PACK_BATCH_HINT)
 
 
 def _packed_linear(x: torch.Tensor, p: PackedWeight, bias: torch.Tensor | None) -> torch.Tensor:
     x2 = x.reshape(-1, x.shape[-1])
+    if x2.dtype != p.dtype:  # a widened copy: fp32 in, the product rounded once to x's dtype
+        x2 = x2.to(p.dtype)
+        bias = None if bias is None else bias.to(p.dtype)
     if len(p.parts) == 1:
         y = _POINTWISE(x2, p.parts[0], bias, "none", [], "")
     else:
         y = torch.cat([_POINTWISE(x2, part, None, "none", [], "") for part in p.parts], dim=-1)
         if bias is not None:
             y += bias
-    return y.reshape(*x.shape[:-1], y.shape[-1])
+    return y.to(x.dtype).reshape(*x.shape[:-1], y.shape[-1])
 
 
 def _cpu_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:

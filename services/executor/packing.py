@@ -25,14 +25,15 @@ import time
 from dataclasses import dataclass, field, replace
 
 from c2cq import log
-from c2cq.kernels.linear import PackedWeight, can_pack, pack_rows
+from c2cq.kernels.linear import PackedWeight, can_pack, pack_rows, packed_dtype
 from c2cq.services.executor.model.model import Model
 from c2cq.services.executor.model.weights import Linear
 
 # Packed copies one slice may hold, all models together. SmolLM2-135M holds 540 MB in fp32 (its tied
-# lm_head packed apart from the embedding it reads), 270 MB in bf16: both fit, with room to spare.
+# lm_head packed apart from the embedding it reads), 270 MB in bf16 (540 MB widened to fp32 on a CPU
+# without bf16 instructions, kernels/linear.packed_dtype): both fit, with room to spare.
 DEFAULT_PACKED_BYTES = 2 << 30
-# A weight is packed in parts of at most this many plain bytes, one part per call at least: what a
+# A weight is packed in parts of at most this many bytes (of the packed copy), one part per call at least: what a
 # request that comes while the slice packs at idle waits for (a switch too: bench/switch_latency.py's
 # switch overhead, medians of 3 on a loaded VM, was 3-24 ms with 16 MB parts against 1-6 ms plain).
 # Measured (one thread, here; the 49152×576 lm_head at M=8, median of 7, whole → in parts): fp32 10.9 →
@@ -53,8 +54,8 @@ class _Pack:
     linears: list[Linear]
     todo: list[Linear] = field(default_factory=list)
     parts: list = field(default_factory=list)  # (rows, packed tensor) of todo[0] made so far
-    parts_bytes: int = 0  # their plain bytes
-    packed: int = 0  # plain bytes of the weights switched to packed copies
+    parts_bytes: int = 0  # the bytes they hold
+    packed: int = 0  # bytes held by the packed copies of the weights switched to them
     total: int = 0
     spent_s: float = 0.0
     reported: bool = False
@@ -66,9 +67,14 @@ def _packable(model: Model) -> list[Linear]:
             and lin.weight.host.dim() == 2 and can_pack(lin.weight.host.dtype)]
 
 
-def _plain_bytes(lin: Linear) -> int:
+def _row_bytes(lin: Linear) -> int:
+    """Bytes of one row of ``lin``'s packed copy (fp32's where a half-precision weight is widened)."""
     w = lin.weight.host
-    return w.numel() * w.element_size()
+    return w.shape[1] * packed_dtype(w.dtype).itemsize
+
+
+def _packed_bytes(lin: Linear) -> int:
+    return lin.weight.host.shape[0] * _row_bytes(lin)
 
 
 class Packer:
@@ -82,7 +88,7 @@ class Packer:
 
     @property
     def bytes(self) -> int:
-        """Plain bytes of the packed copies held (weights switched and parts made)."""
+        """Bytes of the packed copies held (weights switched and parts made)."""
         return sum(p.packed + p.parts_bytes for p in self._packs.values())
 
     def serve(self, owner: object, model: Model, label: str) -> None:
@@ -93,7 +99,7 @@ class Packer:
             self._current = owner
             if not pack.todo and not pack.parts:
                 pack.todo = [lin for lin in pack.linears if lin.weight.packed is None]
-                pack.total = sum(_plain_bytes(lin) for lin in pack.linears)
+                pack.total = sum(_packed_bytes(lin) for lin in pack.linears)
 
     def share(self, owner: object | None = None) -> float:
         """α of ``owner``'s model (default: the one served): packed bytes over its packable bytes."""
@@ -133,7 +139,7 @@ class Packer:
     def _pack_part(self, pack: _Pack) -> bool:
         lin = pack.todo[0]
         w = lin.weight.host
-        row_bytes = w.shape[1] * w.element_size()
+        row_bytes = _row_bytes(lin)
         per = max(1, self.part_bytes // max(row_bytes, 1))
         n_parts = -(-w.shape[0] // per)
         rows = -(-w.shape[0] // n_parts)  # parts of (nearly) equal rows
@@ -145,8 +151,9 @@ class Packer:
         pack.parts_bytes += (stop - start) * row_bytes
         if stop == w.shape[0]:
             lin.resplit(replace(lin.weight, packed=PackedWeight(
-                tuple(t for _, t in pack.parts), tuple(r for r, _ in pack.parts), _plain_bytes(lin))))
-            pack.packed += _plain_bytes(lin)
+                tuple(t for _, t in pack.parts), tuple(r for r, _ in pack.parts), _packed_bytes(lin),
+                packed_dtype(w.dtype))))
+            pack.packed += _packed_bytes(lin)
             pack.todo.pop(0)
             pack.parts, pack.parts_bytes = [], 0
         return True

@@ -6,6 +6,7 @@ without the oneDNN ops nothing is packed and the plain path serves."""
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -17,6 +18,7 @@ from c2cq.services.executor.model.engine import Engine
 from c2cq.services.executor.model.model import Model
 from c2cq.services.executor.model.config import parse_config
 from c2cq.services.executor.model.sampler import SamplingParams
+from c2cq.services.executor.model.weights import Linear, ReadCounter
 from c2cq.services.executor.packing import Packer
 
 from .conftest import DENSE, MOE, drain, prompt, token_ids
@@ -162,8 +164,38 @@ def test_a_weight_packed_in_parts_gives_the_plain_product(shape):
     parts = tuple(pack_rows(w[a:b]) for a, b in zip(rows, rows[1:]) if b > a)
     sizes = tuple(b - a for a, b in zip(rows, rows[1:]) if b > a)
     sw = SplitWeight.host_only(w)
-    packed = SplitWeight(sw.hbm, sw.host, PackedWeight(parts, sizes, w.numel() * 4))
+    packed = SplitWeight(sw.hbm, sw.host, PackedWeight(parts, sizes, w.numel() * 4, torch.float32))
     want = x.double() @ w.double().T + bias.double()
     tol = torch.finfo(torch.float32).eps * math.sqrt(k) * want.abs().max().item()
     for sw_ in (sw, packed):
         torch.testing.assert_close(hybrid_linear(x, sw_, bias).double(), want, rtol=0.0, atol=tol)
+
+
+@needs_onednn
+@pytest.mark.parametrize("native", [
+    pytest.param(True, marks=pytest.mark.skipif(not klinear.cpu_has_native(torch.bfloat16),
+                                                reason="this CPU has no bf16 instructions")),
+    False], ids=["bf16-instructions", "widened"])
+def test_a_half_precision_weight_packs_in_its_dtype_or_widened_to_fp32(native, monkeypatch):
+    """With the CPU's bf16 instructions a bf16 weight packs as bf16; without them (AVX2 only; on any CPU
+    as if so) it packs once widened to fp32, twice the bytes; either gives the product of the bf16 values
+    rounded once."""
+    if not native:
+        monkeypatch.setattr(klinear, "cpu_has_native", lambda dtype: False)
+    g = torch.Generator().manual_seed(5)
+    w, bias, x = ((torch.randn(*s, generator=g)).to(torch.bfloat16) for s in ((300, 72), (300,), (8, 72)))
+    lin = Linear("w", SplitWeight.host_only(w), bias, ReadCounter())
+    packer = Packer(1 << 30, part_bytes=16 * 72 * 4)  # parts of 16 fp32 rows: several parts either way
+    packer.serve("m", SimpleNamespace(weights=[lin]), "m")  # the one thing a Packer reads of a model
+    while packer.work(math.inf):
+        pass
+    p = lin.weight.packed
+    assert p is not None and len(p.parts) > 1
+    assert p.dtype == (torch.bfloat16 if native else torch.float32)
+    assert p.nbytes == packer.bytes == w.numel() * (2 if native else 4)
+    y = hybrid_linear(x, lin.weight, bias)
+    assert y.dtype == torch.bfloat16
+    want = x.double() @ w.double().T + bias.double()
+    # fp32 sums of exact products (error ~1e-7 relative), then one rounding to bf16: ≤ eps/2 of each value
+    tol = torch.finfo(torch.bfloat16).eps * want.abs().max().item()
+    torch.testing.assert_close(y.double(), want, rtol=0.0, atol=tol)
