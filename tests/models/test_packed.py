@@ -199,3 +199,10 @@ def test_a_half_precision_weight_packs_in_its_dtype_or_widened_to_fp32(native, m
     # fp32 sums of exact products (error ~1e-7 relative), then one rounding to bf16: ≤ eps/2 of each value
     tol = torch.finfo(torch.bfloat16).eps * want.abs().max().item()
     torch.testing.assert_close(y.double(), want, rtol=0.0, atol=tol)
+    # below CPU_WIDEN_MIN_ROWS (memory-bound) a widened copy's twice the bytes lose: the plain weight serves
+    calls = []
+    real = klinear._packed_linear
+    monkeypatch.setattr(klinear, "_packed_linear", lambda *a: calls.append(a[0].shape[0]) or real(*a))
+    for m in (1, klinear.CPU_WIDEN_MIN_ROWS):
+        torch.testing.assert_close(hybrid_linear(x[:m], lin.weight, bias).double(), want[:m], rtol=0.0, atol=tol)
+    assert calls == ([1] if native else []) + [klinear.CPU_WIDEN_MIN_ROWS]
