@@ -209,12 +209,20 @@ def _cpu_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     return torch.nn.functional.linear(x, weight, bias)
 
 
+# The fewest rows a packed copy is read for; a single row (a memory-bound GEMV) reads the plain weight
+# where that is faster. Measured on AVX2 only (AMD EPYC Zen 3, one thread, weights cycled past the L3;
+# ms plain → packed at M = 1 / 2 / 4): fp32 2560×960 0.66 → 0.74, 1.35 → 0.93, 1.75 → 1.34; 49152×576
+# 8.7 → 9.3, 22.9 → 8.3, 24.0 → 13.6; bf16 against its widened copy (twice the bytes) 2560×960 0.63 →
+# 1.04, 1.12 → 1.08, 1.97 → 1.14; 49152×576 8.0 → 8.5, 19.2 → 8.2, 37.0 → 11.3. With avx512 (Zen 4)
+# oneDNN's fp32 blocked layout won at M = 1 too (above: 49152×576, 10.6 → 9.8).
+def packed_min_rows(widened: bool) -> int:
+    return 1 if not widened and "avx512f" in _cpu_flags() else 2
+
+
 def _torch_linear(x: torch.Tensor, w: SplitWeight, bias: torch.Tensor | None) -> torch.Tensor:
     rows = x.numel() // max(x.shape[-1], 1)
     if (w.packed is not None and x.device.type == "cpu" and x.dtype == w.host.dtype and rows
-            and (w.packed.dtype == x.dtype or rows >= CPU_WIDEN_MIN_ROWS)):
-        # a widened copy reads twice the bytes: below CPU_WIDEN_MIN_ROWS (memory-bound) the plain half
-        # precision weight is read instead (SmolLM2-135M bf16 at batch 1, here: 50 ms a step against 66)
+            and rows >= packed_min_rows(w.packed.dtype != x.dtype)):
         return _packed_linear(x, w.packed, bias)
     if (x.device.type == "cpu" and x.dtype in (torch.bfloat16, torch.float16)
             and rows >= CPU_WIDEN_MIN_ROWS and not cpu_has_native(x.dtype)):

@@ -199,10 +199,30 @@ def test_a_half_precision_weight_packs_in_its_dtype_or_widened_to_fp32(native, m
     # fp32 sums of exact products (error ~1e-7 relative), then one rounding to bf16: ≤ eps/2 of each value
     tol = torch.finfo(torch.bfloat16).eps * want.abs().max().item()
     torch.testing.assert_close(y.double(), want, rtol=0.0, atol=tol)
-    # below CPU_WIDEN_MIN_ROWS (memory-bound) a widened copy's twice the bytes lose: the plain weight serves
+    # one row (memory-bound) reads the plain weight rather than a widened copy's twice the bytes
     calls = []
     real = klinear._packed_linear
     monkeypatch.setattr(klinear, "_packed_linear", lambda *a: calls.append(a[0].shape[0]) or real(*a))
-    for m in (1, klinear.CPU_WIDEN_MIN_ROWS):
+    for m in (1, 2):
         torch.testing.assert_close(hybrid_linear(x[:m], lin.weight, bias).double(), want[:m], rtol=0.0, atol=tol)
-    assert calls == ([1] if native else []) + [klinear.CPU_WIDEN_MIN_ROWS]
+    assert calls == ([1] if native and klinear.packed_min_rows(False) == 1 else []) + [2]
+
+
+@needs_onednn
+@pytest.mark.parametrize("flags", [frozenset(), frozenset({"avx2", "avx512f"})], ids=["avx2", "avx512"])
+def test_one_row_reads_the_plain_fp32_weight_where_the_packed_layout_loses(flags, monkeypatch):
+    """On AVX2 only, a single row (a GEMV) reads the plain fp32 weight, two rows and more the packed copy;
+    with avx512 every row count reads the packed copy (kernels/linear.packed_min_rows, measured there)."""
+    monkeypatch.setattr(klinear, "_cpu_flags", lambda: flags)
+    g = torch.Generator().manual_seed(9)
+    w, x = torch.randn(64, 40, generator=g), torch.randn(3, 40, generator=g)
+    sw = SplitWeight.host_only(w)
+    sw = SplitWeight(sw.hbm, sw.host, PackedWeight((pack_rows(w),), (64,), w.numel() * 4, torch.float32))
+    calls = []
+    real = klinear._packed_linear
+    monkeypatch.setattr(klinear, "_packed_linear", lambda *a: calls.append(a[0].shape[0]) or real(*a))
+    for m in (1, 2, 3):
+        want = x[:m].double() @ w.double().T
+        tol = torch.finfo(torch.float32).eps * math.sqrt(40) * want.abs().max().item()
+        torch.testing.assert_close(hybrid_linear(x[:m], sw).double(), want, rtol=0.0, atol=tol)
+    assert calls == ([1, 2, 3] if "avx512f" in flags else [2, 3])
