@@ -87,10 +87,16 @@ QUERIES = (Ping, StatusQuery, MetricsQuery)
 
 def apply(st: State, e: ev.SchedEvent) -> tuple[State, Out]:
     """Fold one event into the state (in place) and return it with the commands to send."""
-    st.applied += 1
-    out = EVENT_HANDLERS[type(e)](st, e)
+    out = decide(st, e)
     metrics.observe(st, e, out)
     return st, out
+
+
+def decide(st: State, e: ev.SchedEvent) -> Out:
+    """``apply`` without folding the event into ``st.metrics`` (what /metrics serves; no decision reads
+    them): the simulator's fold, which serves no metrics (the same commands, the same state but those)."""
+    st.applied += 1
+    return EVENT_HANDLERS[type(e)](st, e)
 
 
 def fold(st: State, events) -> State:
