@@ -43,8 +43,9 @@ def add_kv_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kv-host-blocks", type=int, default=0, metavar="N",
                    help="host KV pool in blocks, what rotate moves requests to (default 0: none)")
     p.add_argument("--packed-mb", type=int, default=PACKED_MB, metavar="MIB",
-                   help="cpu: MiB of private packed (oneDNN blocked) weight copies a slice makes of the models it "
-                        f"serves, read faster than the shared pages; 0: none (default {PACKED_MB})")
+                   help="cpu: MiB of private packed (oneDNN blocked, and transposed for single rows) weight copies a "
+                        f"slice makes of the models it serves, read faster than the shared pages; 0: none "
+                        f"(default {PACKED_MB})")
 
 
 def kv_argv(args: argparse.Namespace) -> tuple[str, ...]:

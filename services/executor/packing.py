@@ -6,8 +6,10 @@ private copy per slice that the GEMMs read faster than the catalog's shared plai
 (kernels/linear.py, measured there). A switch serves at once from the plain pages; packing then runs
 between steps, a bounded amount at a time (``Packer.work``), and every weight switches from plain to
 packed between two steps once all its parts are made (the two give the same products within
-rounding). The packed copies of all models fit in one budget per slice; the served model takes room
-from the least recently served one, whose weights go back to the plain pages.
+rounding). Once every weight of the model has its blocked copy, the wide fp32 ones get a second, transposed
+copy that single rows read faster (kernels/linear.gemv_copy, measured there), made the same way. The
+packed copies of all models fit in one budget per slice; the served model takes room from the least
+recently served one, whose weights go back to the plain pages.
 
 Packing on a thread beside the steps disturbs them more on a slice of one core: the thread takes the
 core (and the GIL) from the step for as long as it packs, at times the step cannot choose. Measured
@@ -25,13 +27,16 @@ import time
 from dataclasses import dataclass, field, replace
 
 from c2cq import log
-from c2cq.kernels.linear import PackedWeight, can_pack, pack_rows, packed_dtype
+import torch
+
+from c2cq.kernels.linear import PackedWeight, can_pack, gemv_copy, pack_rows, packed_dtype, transposed_cols
 from c2cq.services.executor.model.model import Model
 from c2cq.services.executor.model.weights import Linear
 
 # Packed copies one slice may hold, all models together. SmolLM2-135M holds 540 MB in fp32 (its tied
-# lm_head packed apart from the embedding it reads), 270 MB in bf16 (540 MB widened to fp32 on a CPU
-# without bf16 instructions, kernels/linear.packed_dtype): both fit, with room to spare.
+# lm_head packed apart from the embedding it reads; with avx512 326 MB more transposed, the lm_head and
+# the 30 gate/up weights), 270 MB in bf16 (540 MB widened to fp32 on a CPU without bf16 instructions,
+# kernels/linear.packed_dtype): both fit, with room to spare.
 DEFAULT_PACKED_BYTES = 2 << 30
 # A weight is packed in parts of at most this many bytes (of the packed copy), one part per call at least: what a
 # request that comes while the slice packs at idle waits for (a switch too: bench/switch_latency.py's
@@ -48,7 +53,8 @@ PACK_SHARE = 0.25
 
 @dataclass(eq=False)
 class _Pack:
-    """One model's packing: the weights still to pack, in forward order, and the parts made so far."""
+    """One model's packing: the weights still to pack, in forward order, and the parts made so far; then
+    the transposed copies that single rows read (``gemv_copy``), once every blocked copy is made."""
 
     label: str
     linears: list[Linear]
@@ -56,6 +62,10 @@ class _Pack:
     parts: list = field(default_factory=list)  # (rows, packed tensor) of todo[0] made so far
     parts_bytes: int = 0  # the bytes they hold
     packed: int = 0  # bytes held by the packed copies of the weights switched to them
+    gemv_todo: list[Linear] = field(default_factory=list)  # packed weights whose transposed copy is to make
+    gemv: torch.Tensor | None = None  # gemv_todo[0]'s copy, its first gemv_rows columns made
+    gemv_rows: int = 0
+    gemv_bytes: int = 0  # bytes of the transposed copies held (whole ones, and the one being made)
     total: int = 0
     spent_s: float = 0.0
     reported: bool = False
@@ -89,7 +99,7 @@ class Packer:
     @property
     def bytes(self) -> int:
         """Bytes of the packed copies held (weights switched and parts made)."""
-        return sum(p.packed + p.parts_bytes for p in self._packs.values())
+        return sum(p.packed + p.parts_bytes + p.gemv_bytes for p in self._packs.values())
 
     def serve(self, owner: object, model: Model, label: str) -> None:
         """``model`` (held by ``owner``) is served from now on: the most recent; its packing resumes."""
@@ -97,9 +107,11 @@ class Packer:
             pack = self._packs.pop(owner, None) or _Pack(label, _packable(model))
             self._packs[owner] = pack
             self._current = owner
-            if not pack.todo and not pack.parts:
+            if not pack.todo and not pack.parts and not pack.gemv_todo:
                 pack.todo = [lin for lin in pack.linears if lin.weight.packed is None]
                 pack.total = sum(_packed_bytes(lin) for lin in pack.linears)
+                pack.gemv_todo = [lin for lin in pack.linears if lin.weight.packed is not None
+                                  and lin.weight.packed.gemv is None and gemv_copy(lin.weight.host)]
 
     def share(self, owner: object | None = None) -> float:
         """α of ``owner``'s model (default: the one served): packed bytes over its packable bytes."""
@@ -123,18 +135,24 @@ class Packer:
             pack = self._packs.get(self._current) if self._current is not None else None
             if pack is None:
                 return False
-            while pack.todo:
-                if not self._pack_part(pack):
+            while pack.todo or pack.gemv_todo:
+                if pack.todo and not self._pack_part(pack):
                     pack.todo, pack.parts, pack.parts_bytes = [], [], 0  # out of room: the rest stays plain
+                    pack.gemv_todo = []
+                    break
+                if not pack.todo and pack.gemv_todo and not self._gemv_part(pack):
+                    _drop_gemv_part(pack)  # out of room: the rest reads the blocked copies
+                    pack.gemv_todo = []
                     break
                 if time.perf_counter() - t0 >= seconds:
                     break
             pack.spent_s += time.perf_counter() - t0
-            if not pack.todo and not pack.reported:
+            if not pack.todo and not pack.gemv_todo and not pack.reported:
                 pack.reported = True
                 log.get().info("packed", model=pack.label, share=round(self.share(), 4), bytes=pack.packed,
-                               seconds=round(pack.spent_s, 3), held=self.bytes, budget=self.budget)
-            return bool(pack.todo)
+                               gemv_bytes=pack.gemv_bytes, seconds=round(pack.spent_s, 3), held=self.bytes,
+                               budget=self.budget)
+            return bool(pack.todo or pack.gemv_todo)
 
     def _pack_part(self, pack: _Pack) -> bool:
         lin = pack.todo[0]
@@ -156,6 +174,27 @@ class Packer:
             pack.packed += _packed_bytes(lin)
             pack.todo.pop(0)
             pack.parts, pack.parts_bytes = [], 0
+            if gemv_copy(w):
+                pack.gemv_todo.append(lin)
+        return True
+
+    def _gemv_part(self, pack: _Pack) -> bool:
+        """Columns of gemv_todo[0]'s transposed copy, about a part's bytes; the weight reads it once whole."""
+        lin = pack.gemv_todo[0]
+        w = lin.weight.host
+        n, k = w.shape
+        stop = min(n, pack.gemv_rows + max(1, self.part_bytes // (4 * k)))
+        if not self._make_room((stop - pack.gemv_rows) * k * 4):
+            return False
+        if pack.gemv is None:
+            pack.gemv = torch.empty((k, n), dtype=torch.float32)  # pages taken as the parts write them
+        transposed_cols(w, pack.gemv, pack.gemv_rows, stop)
+        pack.gemv_bytes += (stop - pack.gemv_rows) * k * 4
+        pack.gemv_rows = stop
+        if stop == n:
+            lin.resplit(replace(lin.weight, packed=replace(lin.weight.packed, gemv=pack.gemv)))
+            pack.gemv_todo.pop(0)
+            pack.gemv, pack.gemv_rows = None, 0
         return True
 
     def _make_room(self, nbytes: int) -> bool:
@@ -167,7 +206,7 @@ class Packer:
             if owner is self._current:
                 continue
             pack = self._packs.pop(owner)
-            held -= pack.packed + pack.parts_bytes
+            held -= pack.packed + pack.parts_bytes + pack.gemv_bytes
             _unpack(pack)
         return held + nbytes <= self.budget
 
@@ -177,3 +216,11 @@ def _unpack(pack: _Pack) -> None:
         if lin.weight.packed is not None:
             lin.resplit(replace(lin.weight, packed=None))
     pack.todo, pack.parts, pack.parts_bytes, pack.packed = [], [], 0, 0
+    pack.gemv_todo, pack.gemv, pack.gemv_rows, pack.gemv_bytes = [], None, 0, 0
+
+
+def _drop_gemv_part(pack: _Pack) -> None:
+    """Let go of a transposed copy not yet whole (the weight never read it)."""
+    if pack.gemv is not None:
+        pack.gemv_bytes -= pack.gemv_rows * pack.gemv.shape[0] * 4
+        pack.gemv, pack.gemv_rows = None, 0

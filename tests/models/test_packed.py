@@ -226,3 +226,89 @@ def test_one_row_reads_the_plain_fp32_weight_where_the_packed_layout_loses(flags
         tol = torch.finfo(torch.float32).eps * math.sqrt(40) * want.abs().max().item()
         torch.testing.assert_close(hybrid_linear(x[:m], sw).double(), want, rtol=0.0, atol=tol)
     assert calls == ([1, 2, 3] if "avx512f" in flags else [2, 3])
+
+
+AVX512 = frozenset({"avx2", "avx512f"})
+
+
+@needs_onednn
+@pytest.mark.parametrize("name", ["llama", "qwen2_tied", "mixtral"])
+def test_single_rows_through_transposed_copies_give_the_greedy_tokens_of_generate(checkpoints, name, monkeypatch):
+    """Every weight with N ≥ K given a transposed copy (the threshold lowered to these small models), a
+    decode of one sequence reads them and gives transformers' greedy tokens."""
+    monkeypatch.setattr(klinear, "_cpu_flags", lambda: AVX512)
+    monkeypatch.setattr(klinear, "GEMV_MIN_ROWS", 1)
+    reads = []
+    real = klinear._gemv_linear
+    monkeypatch.setattr(klinear, "_gemv_linear", lambda *a: reads.append(a[1].shape) or real(*a))
+    ck = checkpoints(name)
+    ids = prompt(7, 13)
+    ref = ck.hf.generate(torch.tensor([ids]), do_sample=False, max_new_tokens=24, min_new_tokens=24)
+    engine = Engine(ck.config, ck.tensors, None, kv_blocks=16, block_size=4)
+    _pack_all(engine, part_bytes=4096)
+    copies = [lin.weight.packed.gemv for lin in engine.model.weights if lin.weight.packed.gemv is not None]
+    assert copies and all(c.is_contiguous() for c in copies)
+    engine.add("r", ids, SamplingParams(max_tokens=24))
+    assert token_ids(drain(engine, chunk_tokens=5)["r"]) == ref[0, len(ids):].tolist()
+    assert reads  # the decode steps read them
+
+
+def _wide_linear(n: int, k: int) -> tuple[Linear, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(n + k)
+    w, bias = torch.randn(n, k, generator=g), torch.randn(n, generator=g)
+    return Linear("w", SplitWeight.host_only(w), bias, ReadCounter()), w, bias
+
+
+@needs_onednn
+def test_a_wide_fp32_weight_gets_a_transposed_copy_that_one_row_reads(monkeypatch):
+    """With avx512, a wide fp32 weight (N ≥ GEMV_MIN_ROWS, N ≥ K) gets, after its blocked copy, its
+    transposed copy, made in parts and counted in the budget; one row reads it, two rows the blocked copy,
+    both giving the product; a narrow weight and an AVX2 host get none."""
+    monkeypatch.setattr(klinear, "_cpu_flags", lambda: AVX512)
+    wide, w, bias = _wide_linear(klinear.GEMV_MIN_ROWS + 37, 48)
+    narrow, _, _ = _wide_linear(40, 48)
+    packer = Packer(1 << 30, part_bytes=100 * 48 * 4)  # parts of 100 rows: several of each copy
+    packer.serve("m", SimpleNamespace(weights=[wide, narrow]), "m")
+    assert packer.work(0.0)  # one part, more to come
+    while packer.work(math.inf):
+        pass
+    p = wide.weight.packed
+    assert p is not None and len(p.parts) > 1 and p.gemv is not None and torch.equal(p.gemv, w.t())
+    assert narrow.weight.packed is not None and narrow.weight.packed.gemv is None
+    blocked = (w.numel() + 40 * 48) * 4
+    assert packer.bytes == blocked + w.numel() * 4 and packer.share() == 1.0
+    x = torch.randn(2, 48, generator=torch.Generator().manual_seed(3))
+    want = x.double() @ w.double().T + bias.double()
+    tol = torch.finfo(torch.float32).eps * math.sqrt(48) * want.abs().max().item()
+    calls = []
+    for name in ("_gemv_linear", "_packed_linear"):
+        real = getattr(klinear, name)
+        monkeypatch.setattr(klinear, name, lambda *a, name=name, real=real: calls.append((name, a[0].shape[0]))
+                            or real(*a))
+    for m in (1, 2):
+        torch.testing.assert_close(hybrid_linear(x[:m], wide.weight, bias).double(), want[:m], rtol=0.0, atol=tol)
+    assert calls == [("_gemv_linear", 1), ("_packed_linear", 2)]
+    packer.drop("m")
+    assert packer.bytes == 0 and wide.weight.packed is None
+    monkeypatch.setattr(klinear, "_cpu_flags", lambda: frozenset({"avx2"}))
+    packer.serve("m", SimpleNamespace(weights=[wide, narrow]), "m")
+    while packer.work(math.inf):
+        pass
+    assert wide.weight.packed is not None and wide.weight.packed.gemv is None and packer.bytes == blocked
+
+
+@needs_onednn
+def test_a_transposed_copy_that_does_not_fit_is_let_go_and_the_blocked_copy_serves(monkeypatch):
+    monkeypatch.setattr(klinear, "_cpu_flags", lambda: AVX512)
+    wide, w, bias = _wide_linear(klinear.GEMV_MIN_ROWS + 5, 32)
+    blocked = w.numel() * 4
+    packer = Packer(blocked + blocked // 2, part_bytes=64 * 32 * 4)  # room for half the transposed copy
+    packer.serve("m", SimpleNamespace(weights=[wide]), "m")
+    while packer.work(math.inf):
+        assert packer.bytes <= packer.budget
+    assert wide.weight.packed is not None and wide.weight.packed.gemv is None
+    assert packer.bytes == blocked and packer.share() == 1.0
+    x = torch.randn(1, 32, generator=torch.Generator().manual_seed(4))
+    want = x.double() @ w.double().T + bias.double()
+    tol = torch.finfo(torch.float32).eps * math.sqrt(32) * want.abs().max().item()
+    torch.testing.assert_close(hybrid_linear(x, wide.weight, bias).double(), want, rtol=0.0, atol=tol)
