@@ -225,10 +225,11 @@ def packed_min_rows(widened: bool) -> int:
 # Measured (AMD EPYC Zen 4, avx512, one thread, weights cycled past the L3, GB/s of weight read, blocked →
 # transposed): 49152×576 15.0 → 19.0, 3072×576 14.9 → 20.2, 6144×1024 12.8 → 20.5, 2048×1024 14.8 → 17.3,
 # 1536×1536 13.6 → 16.6, 960×576 12.7 → 15.2, 1024×1024 14.8 → 15.9; where N < K or N is small it does
-# not pay (576×1536 13.0 → 12.8, 1024×2048 14.5 → 14.1, 192×576 9.2 → 7.5). SmolLM2-135M fp32, batch 1,
-# engine step (thread CPU time, four interleaved runs): 54-59 → 45-56 ms. It is a second private copy of
-# those weights (SmolLM2 fp32: 391 of its 538 MB), made after the blocked copies, within the same budget
-# (services/executor/packing.py). Not measured on AVX2 hosts, where one row reads the plain weight.
+# not pay (576×1536 13.0 → 12.8, 1024×2048 14.5 → 14.1, 192×576 9.2 → 7.5). SmolLM2-135M fp32, batch 1:
+# engine step (thread CPU time, four interleaved runs) 54-59 → 45-56 ms; served (bench/decode_throughput.py)
+# 52.9 → 44.9 ms. It is a second private copy of those weights (SmolLM2 fp32: 391 of its 538 MB), made
+# after the blocked copies, in the room the budget has free (services/executor/packing.py). Not measured
+# on AVX2 hosts, where one row reads the plain weight.
 GEMV_MIN_ROWS = 768
 
 

@@ -26,16 +26,16 @@ import threading
 import time
 from dataclasses import dataclass, field, replace
 
-from c2cq import log
 import torch
 
+from c2cq import log
 from c2cq.kernels.linear import PackedWeight, can_pack, gemv_copy, pack_rows, packed_dtype, transposed_cols
 from c2cq.services.executor.model.model import Model
 from c2cq.services.executor.model.weights import Linear
 
 # Packed copies one slice may hold, all models together. SmolLM2-135M holds 540 MB in fp32 (its tied
-# lm_head packed apart from the embedding it reads; with avx512 326 MB more transposed, the lm_head and
-# the 30 gate/up weights), 270 MB in bf16 (540 MB widened to fp32 on a CPU without bf16 instructions,
+# lm_head packed apart from the embedding it reads; with avx512 391 MB more transposed: the lm_head and
+# each layer's fused q/k/v and gate/up weights), 270 MB in bf16 (540 MB widened to fp32 on a CPU without bf16 instructions,
 # kernels/linear.packed_dtype): both fit, with room to spare.
 DEFAULT_PACKED_BYTES = 2 << 30
 # A weight is packed in parts of at most this many bytes (of the packed copy), one part per call at least: what a
@@ -179,12 +179,13 @@ class Packer:
         return True
 
     def _gemv_part(self, pack: _Pack) -> bool:
-        """Columns of gemv_todo[0]'s transposed copy, about a part's bytes; the weight reads it once whole."""
+        """Columns of gemv_todo[0]'s transposed copy, about a part's bytes; the weight reads it once whole.
+        Only in room the budget has free: a faster single row is not worth another model's blocked copies."""
         lin = pack.gemv_todo[0]
         w = lin.weight.host
         n, k = w.shape
         stop = min(n, pack.gemv_rows + max(1, self.part_bytes // (4 * k)))
-        if not self._make_room((stop - pack.gemv_rows) * k * 4):
+        if self.bytes + (stop - pack.gemv_rows) * k * 4 > self.budget:
             return False
         if pack.gemv is None:
             pack.gemv = torch.empty((k, n), dtype=torch.float32)  # pages taken as the parts write them

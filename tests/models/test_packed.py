@@ -312,3 +312,20 @@ def test_a_transposed_copy_that_does_not_fit_is_let_go_and_the_blocked_copy_serv
     want = x.double() @ w.double().T + bias.double()
     tol = torch.finfo(torch.float32).eps * math.sqrt(32) * want.abs().max().item()
     torch.testing.assert_close(hybrid_linear(x, wide.weight, bias).double(), want, rtol=0.0, atol=tol)
+
+
+@needs_onednn
+def test_a_transposed_copy_takes_only_free_room_never_another_models_blocked_copies(monkeypatch):
+    (a, wa, _), (b, wb, _) = _wide_linear(klinear.GEMV_MIN_ROWS + 3, 32), _wide_linear(klinear.GEMV_MIN_ROWS + 9, 32)
+    blocked = (wa.numel() + wb.numel()) * 4
+    packer = Packer(blocked + wb.numel() * 2, part_bytes=64 * 32 * 4)  # both blocked copies, half of b's other
+    monkeypatch.setattr(klinear, "_cpu_flags", lambda: frozenset({"avx2"}))
+    packer.serve("a", SimpleNamespace(weights=[a]), "a")  # a: its blocked copy only
+    while packer.work(math.inf):
+        pass
+    monkeypatch.setattr(klinear, "_cpu_flags", lambda: AVX512)
+    packer.serve("b", SimpleNamespace(weights=[b]), "b")
+    while packer.work(math.inf):
+        assert packer.bytes <= packer.budget
+    assert a.weight.packed is not None and b.weight.packed is not None  # a's blocked copy stayed
+    assert b.weight.packed.gemv is None and packer.bytes == blocked  # b's transposed one had no free room
