@@ -217,7 +217,8 @@ def main() -> None:
     ap.add_argument("--prompt-tokens", type=int, default=16)
     ap.add_argument("--shm-root", default=None, help="c2cq up --shm-root: e.g. a hugetlbfs mount (default /dev/shm)")
     ap.add_argument("--packed-mb", type=int, default=None, help="c2cq up --packed-mb: the slices' packed-weight budget")
-    ap.add_argument("--no-baseline", action="store_true", help="c2cq only (switch and warm TTFT; warm then right after resident), no transformers")
+    ap.add_argument("--no-baseline", action="store_true",
+                    help="c2cq only (switch and warm TTFT; warm then right after resident), no transformers")
     args = ap.parse_args()
     names = args.models.split(",")
     if len(names) <= args.slices:

@@ -52,7 +52,7 @@ class PackedWeight:
     rows: tuple[int, ...]  # rows of each part
     nbytes: int  # the bytes they hold (the plain weight's, twice them where widened: ``packed_dtype``)
     dtype: torch.dtype = torch.float32  # what the parts hold, the product's dtype: ``packed_dtype`` of the weight's
-    gemv: torch.Tensor | None = None  # the weight transposed (K × N, contiguous), what a single row reads: ``gemv_copy``
+    gemv: torch.Tensor | None = None  # the weight transposed (K × N, contiguous) that single rows read (``gemv_copy``)
 
 
 def hybrid_linear(x: torch.Tensor, w: SplitWeight, bias: torch.Tensor | None = None) -> torch.Tensor:

@@ -35,8 +35,8 @@ from c2cq.services.executor.model.weights import Linear
 
 # Packed copies one slice may hold, all models together. SmolLM2-135M holds 540 MB in fp32 (its tied
 # lm_head packed apart from the embedding it reads; with avx512 391 MB more transposed: the lm_head and
-# each layer's fused q/k/v and gate/up weights), 270 MB in bf16 (540 MB widened to fp32 on a CPU without bf16 instructions,
-# kernels/linear.packed_dtype): both fit, with room to spare.
+# each layer's fused q/k/v and gate/up weights), 270 MB in bf16 (540 MB widened to fp32 on a CPU without
+# bf16 instructions, kernels/linear.packed_dtype): both fit, with room to spare.
 DEFAULT_PACKED_BYTES = 2 << 30
 # A weight is packed in parts of at most this many bytes (of the packed copy), one part per call at least: what a
 # request that comes while the slice packs at idle waits for (a switch too: bench/switch_latency.py's
