@@ -184,13 +184,15 @@ class Packer:
         lin = pack.gemv_todo[0]
         w = lin.weight.host
         n, k = w.shape
-        stop = min(n, pack.gemv_rows + max(1, self.part_bytes // (4 * k)))
-        if self.bytes + (stop - pack.gemv_rows) * k * 4 > self.budget:
+        row_bytes = k * w.element_size()  # fp32: gemv_copy
+        stop = min(n, pack.gemv_rows + max(1, self.part_bytes // row_bytes))
+        part_bytes = (stop - pack.gemv_rows) * row_bytes
+        if self.bytes + part_bytes > self.budget:
             return False
         if pack.gemv is None:
-            pack.gemv = torch.empty((k, n), dtype=torch.float32)  # pages taken as the parts write them
+            pack.gemv = torch.empty((k, n), dtype=w.dtype)  # pages taken as the parts write them
         transposed_cols(w, pack.gemv, pack.gemv_rows, stop)
-        pack.gemv_bytes += (stop - pack.gemv_rows) * k * 4
+        pack.gemv_bytes += part_bytes
         pack.gemv_rows = stop
         if stop == n:
             lin.resplit(replace(lin.weight, packed=replace(lin.weight.packed, gemv=pack.gemv)))
@@ -223,5 +225,5 @@ def _unpack(pack: _Pack) -> None:
 def _drop_gemv_part(pack: _Pack) -> None:
     """Let go of a transposed copy not yet whole (the weight never read it)."""
     if pack.gemv is not None:
-        pack.gemv_bytes -= pack.gemv_rows * pack.gemv.shape[0] * 4
+        pack.gemv_bytes -= pack.gemv_rows * pack.gemv.shape[0] * pack.gemv.element_size()
         pack.gemv, pack.gemv_rows = None, 0
