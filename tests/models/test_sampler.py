@@ -9,7 +9,8 @@ import torch
 
 from c2cq.errors import RequestError
 from c2cq.services.executor.model.engine import Engine
-from c2cq.services.executor.model.sampler import SamplingParams, filter_logits, new_generator, sample, sample_rows
+from c2cq.services.executor.model.sampler import (ARGMAX_CHUNK, SamplingParams, argmax_rows, filter_logits,
+                                                  new_generator, sample, sample_rows)
 
 from .conftest import drain, prompt, token_ids
 
@@ -36,6 +37,28 @@ def test_sample_rows_gives_each_row_what_sample_gives_it(dtype):
     assert got == [sample(logits[i], p, new_generator(p.seed)) for i, p in enumerate(params)]
     assert got[3] == 7
     assert sample_rows(logits[:1], params[:1], [new_generator(0)]) == [int(logits[0].float().argmax())]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("cols", [49152, 5 * ARGMAX_CHUNK + 904, 2 * ARGMAX_CHUNK + 1, 2 * ARGMAX_CHUNK, 50])
+def test_argmax_rows_is_torch_argmax(dtype, cols):
+    """The two-pass argmax against torch's: random rows, ties within and across chunks (the first wins), the
+    maximum in the tail or in the last column, NaN (counted as the maximum, its first occurrence), -inf rows."""
+    x = torch.randn(12, cols, generator=torch.Generator().manual_seed(cols)).to(dtype)
+    top = float(x.float().max()) + 1
+    x[1, [cols - 1, cols // 2]] = top  # a tie across chunks: the lower column
+    x[2, cols - 1] = top  # the last column (the tail's last, where there is a tail)
+    x[3, [ARGMAX_CHUNK % cols, (ARGMAX_CHUNK + 1) % cols]] = top  # a tie at a chunk's start
+    x[4, [cols - 2, cols - 1]] = top  # a tie inside the tail
+    x[5, [cols // 3, cols - 1]] = float("nan")
+    x[6] = float("-inf")
+    x[7, :] = top  # all equal: column 0
+    x[8, cols // 2:] = float("-inf")
+    x[9, ::7] = float("nan")
+    got = argmax_rows(x)
+    assert got.dtype == torch.long
+    assert got.tolist() == torch.argmax(x.float(), dim=-1).tolist()
+    assert got[1] == cols // 2 and got[7] == 0
 
 
 def test_top_k_masks_all_but_k():

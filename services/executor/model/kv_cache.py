@@ -70,7 +70,7 @@ class BlockTable:
 
 class KVCache:
     """Per layer one pool of [num_blocks, block_size, 2, kv_heads, head_dim] (K then V of each slot side by
-    side: a step writes both with one indexed copy and gathers both with one); ``k``/``v`` are its halves."""
+    side: attention gathers both with one indexed copy); ``k``/``v`` are its halves."""
 
     def __init__(self, num_layers: int, num_blocks: int, block_size: int, kv_heads: int, head_dim: int,
                  dtype: torch.dtype, device: torch.device | str | None = None) -> None:
@@ -86,6 +86,8 @@ class KVCache:
         self.pools = [torch.empty(shape, dtype=dtype, device=device) for _ in range(num_layers)]
         self.k = [p[:, :, 0] for p in self.pools]
         self.v = [p[:, :, 1] for p in self.pools]
+        self._k_slots = [k.flatten(0, 1) for k in self.k]  # [blocks · block_size, kv_heads, head_dim] views
+        self._v_slots = [v.flatten(0, 1) for v in self.v]
 
     def _zero(self, blocks: list[int]) -> None:
         ids = torch.tensor(blocks, dtype=torch.long, device=self.pools[0].device)
@@ -97,8 +99,10 @@ class KVCache:
 
     def write(self, layer: int, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         """Store k, v [tokens, kv_heads, head_dim] at flat ``slots``."""
-        pool = self.pools[layer]
-        pool.view(-1, *pool.shape[2:]).index_copy_(0, slots, torch.stack((k, v), dim=1))
+        # one indexed copy each into the pool's K and V halves (a stack of the two first and one copy: 15 µs
+        # a layer at batch 8 against 9)
+        self._k_slots[layer].index_copy_(0, slots, k)
+        self._v_slots[layer].index_copy_(0, slots, v)
 
     def read(self, layer: int, table: BlockTable, length: int) -> tuple[torch.Tensor, torch.Tensor]:
         """K, V of positions [0, length) of one sequence, each [length, kv_heads, head_dim]."""

@@ -80,6 +80,33 @@ def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Genera
     return int(torch.multinomial(probs, 1, generator=generator))
 
 
+# Columns of a chunk in argmax_rows: torch's CPU argmax (and max with indices) reduces ~0.6 G elements/s
+# where amax, which keeps no index, is vectorised: ~15 G/s. Measured (AMD EPYC Zen 4, one thread, 8 × 49152
+# rows): argmax fp32 714 µs, bf16 1,695 µs (fp32 after the conversion: 810); argmax_rows ~80 µs.
+ARGMAX_CHUNK = 1024
+
+
+def argmax_rows(x: torch.Tensor) -> torch.Tensor:
+    """``torch.argmax(x, dim=-1)`` of 2-D ``x`` (the first index of each row's maximum, NaN counting as
+    the maximum), on a CPU in two passes: each chunk's maximum by ``amax``, then argmax within the first
+    chunk that holds the row's maximum: the first occurrence of the maximum lies in the first chunk that
+    holds it."""
+    rows, cols = x.shape
+    if x.device.type != "cpu" or cols <= 2 * ARGMAX_CHUNK or rows == 0:
+        return torch.argmax(x.float() if x.device.type == "cpu" else x, dim=-1)
+    c = ARGMAX_CHUNK
+    whole = cols // c * c
+    best = x[:, :whole].view(rows, -1, c).amax(dim=-1)  # [rows, chunks]
+    if whole < cols:  # the tail, as one more (shorter) chunk
+        best = torch.cat((best, x[:, whole:].amax(dim=-1, keepdim=True)), dim=1)
+    chunk = torch.argmax(best.float(), dim=-1)
+    # the chosen chunk's columns; in the tail, past the last column, repeats of the last one (after it: a
+    # first occurrence stays where it is)
+    cols_of = (chunk[:, None] * c + torch.arange(c, device=x.device)).clamp_(max=cols - 1)
+    within = torch.argmax(x.gather(1, cols_of).float(), dim=-1)
+    return cols_of.gather(1, within[:, None])[:, 0]
+
+
 def sample_rows(logits: torch.Tensor, params: list[SamplingParams], generators: list[torch.Generator]) -> list[int]:
     """One token id per row of ``logits`` [rows, vocab]: the greedy rows by one argmax over all of them (and one
     transfer of their ids), the others row by row with their own stream."""
@@ -87,8 +114,7 @@ def sample_rows(logits: torch.Tensor, params: list[SamplingParams], generators: 
     out = [0] * len(params)
     if greedy:
         rows = logits if len(greedy) == len(params) else logits[torch.tensor(greedy, device=logits.device)]
-        # in fp32: torch's argmax over bf16 rows is ~5x slower than the conversion and an fp32 argmax
-        for i, token in zip(greedy, torch.argmax(rows.float(), dim=-1).tolist(), strict=True):
+        for i, token in zip(greedy, argmax_rows(rows).tolist(), strict=True):
             out[i] = token
     for i, (p, g) in enumerate(zip(params, generators, strict=True)):
         if not p.greedy:
