@@ -8,7 +8,9 @@ metadata; the rest is rope, residual adds, activations and Python), then the ste
 linear replaced by a cached result of its shape (what is not GEMM) and the difference (the GEMMs in the
 step, to set against kernels/bench or a GEMM timed alone).
 
-Checkpoints: the Hugging Face folders that bench/decode_throughput.py builds (``--dir``, same default).
+Checkpoints: the Hugging Face folders that bench/decode_throughput.py builds (``--dir``, same default), read
+through the catalog's model file as a slice maps them (converted once beside them: q/k/v and gate/up
+then fuse into one product each, as served).
 
 ``--packed``: every linear weight packed first (services/executor/packing.py), as a slice serves it once packed.
 
@@ -30,8 +32,9 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the executors (before torch loads)
 
 import torch  # noqa: E402
-from safetensors.torch import load_file  # noqa: E402
 
+from c2cq.services.catalog.convert import convert_hf  # noqa: E402
+from c2cq.services.catalog.layout import read_layout  # noqa: E402
 from c2cq.services.executor.model import attention, engine, kv_cache, layers, model, weights  # noqa: E402
 from c2cq.services.executor.model.engine import Engine  # noqa: E402
 from c2cq.services.executor.model.sampler import SamplingParams  # noqa: E402
@@ -58,8 +61,17 @@ def timed(f, label: str):
     return run
 
 
+def served_tensors(folder: Path) -> dict[str, torch.Tensor]:
+    """The checkpoint's tensors as a slice maps them: from the catalog's ``.c2cqm`` file (forward order,
+    back to back, so that q/k/v and gate/up fuse into one product each, as served), converted once."""
+    path = folder / "profile.c2cqm"
+    if not path.exists() or path.stat().st_mtime < (folder / "model.safetensors").stat().st_mtime:
+        convert_hf(folder, path, progress=False)
+    return read_layout(path).tensors()
+
+
 def engine_for(folder: Path, batch: int, prompt: int, packed: bool) -> Engine:
-    eng = Engine(json.loads((folder / "config.json").read_text()), load_file(folder / "model.safetensors"), None,
+    eng = Engine(json.loads((folder / "config.json").read_text()), served_tensors(folder), None,
                  kv_blocks=batch * 64 + 64, block_size=16)
     if packed:
         packer = Packer(1 << 40)
