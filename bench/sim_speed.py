@@ -11,13 +11,17 @@ per-window rates (m-mid ≈ 1,300 req/s at noon), so its windows are slowed to t
 as the Azure code trace at 8× (the settings of bench/results/sim_headline.md). The rate is
 given per wall second and per CPU second of the process (less sensitive to other processes on a
 shared host); with --repeat N the medians of N runs are reported;
---profile N prints the N functions of most own time of each c2cq run (cProfile; slows the run).
+--profile N prints the N functions of most own time of each c2cq run (cProfile; slows the run);
+--core-split prints the CPU time the real scheduler core's fold takes in each c2cq run, by event (the
+messages of the executors by their type), against the run's whole CPU time.
 The traces are read from ../shared/traces (never copied into the repo); a missing one is skipped.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
+import contextlib
 import cProfile
 import pstats
 import statistics
@@ -26,6 +30,8 @@ import time
 from pathlib import Path
 
 from c2cq import cli_sim
+from c2cq.services.scheduler import core
+from c2cq.services.scheduler import events as ev
 from c2cq.services.sim.run import run_policy
 
 TRACES = Path(__file__).resolve().parents[1] / ".." / "shared" / "traces"
@@ -64,6 +70,40 @@ def rows(workloads: str, gpus: str, slices: int, models: int):
             yield w, flags, gpu
 
 
+class CoreSplit:
+    """While on: ``core.decide`` (what the c2cq policy folds through) timed per event, in process CPU time."""
+
+    def __init__(self) -> None:
+        self.seconds: collections.Counter = collections.Counter()
+        self.count: collections.Counter = collections.Counter()
+        self._real = core.decide
+
+    def __enter__(self) -> "CoreSplit":
+        real, seconds, count, clock = self._real, self.seconds, self.count, time.process_time
+
+        def timed(state, e):
+            t0 = clock()
+            try:
+                return real(state, e)
+            finally:
+                kind = type(e.msg).__name__ if type(e) is ev.ExecutorSaid else type(e).__name__
+                seconds[kind] += clock() - t0
+                count[kind] += 1
+
+        core.decide = timed
+        return self
+
+    def __exit__(self, *exc) -> None:
+        core.decide = self._real
+
+    def report(self, cpu_s: float) -> str:
+        total = sum(self.seconds.values())
+        lines = [f"  the core's fold: {total:.2f} of {cpu_s:.2f} CPU s (timed per event, which adds ~1 us each)"]
+        lines += [f"    {k:18} {self.count[k]:8d} events {v:6.2f} s {v / self.count[k] * 1e6:7.1f} us each"
+                  for k, v in self.seconds.most_common()]
+        return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="sim_speed")
     p.add_argument("--workloads", default=",".join(WORKLOADS))
@@ -73,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", type=int, default=1000)
     p.add_argument("--repeat", type=int, default=1, help="runs per row; the median wall time is reported")
     p.add_argument("--profile", type=int, default=0, metavar="N", help="print the top N of a cProfile of each c2cq run")
+    p.add_argument("--core-split", action="store_true", help="print the scheduler core's CPU time by event type")
     a = p.parse_args(argv)
     print(f"{'workload':18} {'gpu':9} {'policy':16} {'requests':>8} {'virtual s':>9} {'wall s':>7} {'cpu s':>6} "
           f"{'x (wall)':>8} {'x (cpu)':>7} {'events':>8} {'both':>6}  runs (wall s)")
@@ -84,9 +125,13 @@ def main(argv: list[str] | None = None) -> int:
                 prof = cProfile.Profile() if a.profile and name == "c2cq" else None
                 if prof is not None:
                     prof.enable()
+                split = CoreSplit() if a.core_split and name == "c2cq" else contextlib.nullcontext()
                 c0 = time.process_time()
-                out, _, wall = run_policy(name, sc)
+                with split:
+                    out, _, wall = run_policy(name, sc)
                 cpus.append(time.process_time() - c0)
+                if isinstance(split, CoreSplit):
+                    print(split.report(cpus[-1]), flush=True)
                 if prof is not None:
                     prof.disable()
                     pstats.Stats(prof).sort_stats("tottime").print_stats(a.profile)
