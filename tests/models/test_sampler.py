@@ -59,6 +59,7 @@ def test_argmax_rows_is_torch_argmax(dtype, cols):
     assert got.dtype == torch.long
     assert got.tolist() == torch.argmax(x.float(), dim=-1).tolist()
     assert got[1] == cols // 2 and got[7] == 0
+    assert argmax_rows(x.t().contiguous().t()).tolist() == got.tolist()  # any strides
 
 
 def test_top_k_masks_all_but_k():
