@@ -3,7 +3,7 @@
 1,000 models.
 
     .venv/bin/python bench/sim_speed.py [--workloads azure-code,...] [--gpus h100-sxm,gh200-96]
-        [--policies c2cq] [--slices 64] [--models 1000] [--repeat 3] [--profile N]
+        [--policies c2cq] [--slices 64] [--models 1000] [--repeat 3] [--profile N] [--core-split]
 
 Each workload is a `c2cq sim` flag set (printed with its figures, so any row can be rerun as a
 `c2cq sim` command). The request traces (Azure code, Mooncake) replay at 8× speed; ServeGen holds
