@@ -14,6 +14,7 @@ sampling, the bytes StepStats reports, and a pinned mapping that adds no private
 
 from __future__ import annotations
 
+import functools
 import gc
 import math
 import os
@@ -26,7 +27,6 @@ import torch
 
 from c2cq.schemas.catalog import ModelInfo
 from c2cq.schemas.client import SamplingParams
-from c2cq.schemas.executor import AssignRequest
 from c2cq.schemas.refs import ShmRef
 from c2cq.services.catalog.convert import convert_hf
 from c2cq.services.catalog.describe import describe_file
@@ -35,6 +35,7 @@ from c2cq.services.catalog.synth import write_random
 from c2cq.services.executor.model import Engine
 from c2cq.services.executor.model.batch import FlatBatch
 from c2cq.services.executor.residency import EMBED, copied_whole
+import backend_drive
 from hf_models import build_checkpoint
 
 pytestmark = pytest.mark.gpu
@@ -102,30 +103,7 @@ def catalog(tmp_path_factory, shm_dir):
     return infos
 
 
-def generate(backend, info: ModelInfo, prompts: list[list[int]], new: int, *, chunk: int = CHUNK,
-             sampling: SamplingParams | None = None, switch: bool = True, each_step=None):
-    """Greedy (or ``sampling``) continuations of ``prompts`` through the backend protocol; (tokens, steps)."""
-    if switch:
-        backend.switch(info)
-    for i, p in enumerate(prompts):
-        backend.add(AssignRequest(request_id=f"r{i}", model=info.name, prompt_token_ids=tuple(p), max_tokens=new,
-                                  sampling=sampling or SamplingParams(ignore_eos=True)))
-    tokens: dict[str, list[int]] = {f"r{i}": [] for i in range(len(prompts))}
-    steps = []
-    for _ in range(10_000):
-        if not backend.has_work():
-            break
-        res = backend.step(chunk)
-        for o in res.outputs:
-            assert o.error is None, f"{o.request_id}: {o.error}"
-            assert o.index == len(tokens[o.request_id])
-            tokens[o.request_id].extend(o.token_ids)
-        steps.append(res)
-        if each_step is not None:
-            each_step(backend)
-    else:
-        raise AssertionError("the backend did not finish its requests")
-    return [tokens[f"r{i}"] for i in range(len(prompts))], steps
+generate = functools.partial(backend_drive.generate, chunk=CHUNK)  # the shared driver, at this file's chunk
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,7 @@ import pytest
 import torch
 
 from c2cq.kernels.linear import can_pack
-from c2cq.schemas.client import SamplingParams as WireSampling
-from c2cq.schemas.executor import AssignRequest
+from backend_drive import generate
 from c2cq.services.executor import cpu, kv_flags, packing
 
 from .conftest import publish_tiny
@@ -19,19 +18,10 @@ PROMPTS = [[1, 2, 3, 4, 5], list(range(10, 40)), [7]]
 
 def _run(b, info, max_tokens: int = 8) -> tuple[list[list[int]], list[float]]:
     """Tokens per prompt, and the packed share after each step."""
-    for i, p in enumerate(PROMPTS):
-        b.add(AssignRequest(request_id=f"r{i}", model=info.name, prompt_token_ids=tuple(p), max_tokens=max_tokens,
-                            sampling=WireSampling(ignore_eos=True)))
-    tokens: dict[str, list[int]] = {f"r{i}": [] for i in range(len(PROMPTS))}
-    shares = []
-    for _ in range(200):
-        if not b.has_work():
-            break
-        for o in b.step(64).outputs:
-            assert o.error is None, o.error
-            tokens[o.request_id].extend(o.token_ids)
-        shares.append(b.packed_share())
-    return [tokens[f"r{i}"] for i in range(len(PROMPTS))], shares
+    shares: list[float] = []
+    tokens, _ = generate(b, info, PROMPTS, max_tokens, chunk=64, switch=False,
+                         each_step=lambda be: shares.append(be.packed_share()))
+    return tokens, shares
 
 
 def test_the_default_budget_is_the_flags_default():

@@ -19,6 +19,7 @@ if not torch.cuda.is_available() and "triton" not in sys.modules:
 
 import pytest  # noqa: E402
 
+from backend_drive import generate  # noqa: E402
 from c2cq.services.catalog.synth import write_random  # noqa: E402
 
 from .conftest import TINY, FakeDriver  # noqa: E402
@@ -106,27 +107,7 @@ PROMPTS = [[1, 2, 3, 4, 5], list(range(10, 80)), [7] * 9]
 
 
 def _generate(b, info, *, switch: bool = True, chunk: int = 32, new: int = 12, each_step=None):
-    from c2cq.schemas.client import SamplingParams as WireSampling
-    from c2cq.schemas.executor import AssignRequest
-
-    if switch:
-        b.switch(info)
-    for i, p in enumerate(PROMPTS):
-        b.add(AssignRequest(request_id=f"r{i}", model=info.name, prompt_token_ids=tuple(p), max_tokens=new,
-                            sampling=WireSampling(ignore_eos=True)))
-    tokens: dict[str, list[int]] = {f"r{i}": [] for i in range(len(PROMPTS))}
-    steps = []
-    for _ in range(1000):
-        if not b.has_work():
-            break
-        res = b.step(chunk)
-        for o in res.outputs:
-            assert o.error is None, o.error
-            tokens[o.request_id].extend(o.token_ids)
-        steps.append(res)
-        if each_step is not None:
-            each_step(b)
-    return [tokens[f"r{i}"] for i in range(len(PROMPTS))], steps
+    return generate(b, info, PROMPTS, new, chunk=chunk, switch=switch, each_step=each_step)
 
 
 @pytest.fixture(scope="module")
