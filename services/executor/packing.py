@@ -135,12 +135,13 @@ class Packer:
             pack = self._packs.get(self._current) if self._current is not None else None
             if pack is None:
                 return False
-            while pack.todo or pack.gemv_todo:
-                if pack.todo and not self._pack_part(pack):
-                    pack.todo, pack.parts, pack.parts_bytes = [], [], 0  # out of room: the rest stays plain
-                    pack.gemv_todo = []
-                    break
-                if not pack.todo and pack.gemv_todo and not self._gemv_part(pack):
+            while pack.todo or pack.gemv_todo:  # one part an iteration: blocked copies first, then transposed
+                if pack.todo:
+                    if not self._pack_part(pack):
+                        pack.todo, pack.parts, pack.parts_bytes = [], [], 0  # out of room: the rest stays plain
+                        pack.gemv_todo = []
+                        break
+                elif not self._gemv_part(pack):
                     _drop_gemv_part(pack)  # out of room: the rest reads the blocked copies
                     pack.gemv_todo = []
                     break
