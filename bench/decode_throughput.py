@@ -170,8 +170,7 @@ def main() -> None:
                         log(f"{d} first batch 8 after the switch: c2cq {8 * args.new / wall:.1f} tok/s "
                             f"({step:.1f} ms/step); then packed: share {rec['share']}, "
                             f"{rec['bytes'] / 1e6:.0f} MB blocked and {rec.get('gemv_bytes', 0) / 1e6:.0f} MB "
-                            f"transposed for single rows in "
-                            f"{rec['seconds']} s of packing")
+                            f"transposed for single rows in {rec['seconds']} s of packing")
                     # transformers runs in a thread: the client's loop keeps hearing the scheduler meanwhile
                     await asyncio.to_thread(hf_run, model, prompts(1, args.prompt_tokens, vocab), 4)
                     for b in batches:
